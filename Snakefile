@@ -1,0 +1,12 @@
+# unitscope: what single units of a vision CNN do, proven with interventions.
+# This file is the table of contents; every stage lives in rules/<stage>.smk and its logic in src/unitscope.
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/report.smk"
+include: "rules/data.smk"
+include: "rules/models.smk"
+include: "rules/extract.smk"

@@ -1,0 +1,101 @@
+# Shared setup: config validation (schema defaults filled in), paths, and input functions.
+# No torch here: dry runs and cluster submissions must stay fast.
+import sys
+from pathlib import Path
+
+REPO = Path(workflow.basedir)
+sys.path.insert(0, str(REPO / "src"))
+
+from unitscope.codedeps import module_closure  # noqa: E402
+from unitscope.config import ConfigError, validate_config  # noqa: E402
+
+try:
+    validate_config(config)
+except ConfigError as err:
+    raise WorkflowError(f"unitscope: {err}") from None
+
+ENV = "../envs/unitscope.yaml"
+# Run settings that never change results: kept out of params so changing them re-runs nothing.
+RUN_ONLY_SETTINGS = {"extraction": ("batch_size", "num_workers", "device", "maps_chunk_images")}
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9_]+",
+    model=r"[A-Za-z0-9_]+",
+    layer=r"[^/]+",
+
+
+def code(*modules):
+    """Source files of the given unitscope modules and everything they import (rule inputs)."""
+    return sorted({path for module in modules for path in module_closure(f"unitscope.{module}")})
+
+
+def data_dir():
+    return str(Path(config["data_dir"]).resolve())
+
+
+def torch_home():
+    return str(Path(config["resources_dir"]).resolve() / "torch")
+
+
+def enabled_models():
+    return [name for name, spec in config["models"].items() if spec["enabled"]]
+
+
+def extraction_targets():
+    """(model, dataset, layer, save_maps) for every configured extraction."""
+    return [
+        (target["model"], dataset, layer, target["save_maps"])
+        for target in config["extraction"]["targets"]
+        for dataset in target["datasets"]
+        for layer in target["layers"]
+    ]
+
+
+def target_save_maps(wildcards):
+    for model, dataset, layer, save_maps in extraction_targets():
+        if (model, dataset, layer) == (wildcards.model, wildcards.dataset, wildcards.layer):
+            return save_maps
+    raise WorkflowError(
+        f"unitscope: no extraction target for {wildcards.model}/{wildcards.dataset}/{wildcards.layer} in config extraction.targets"
+    )
+
+
+def activation_stores():
+    return [f"results/activations/{m}/{d}/{layer}.zarr" for m, d, layer, _ in extraction_targets()]
+
+
+def activation_figures():
+    return [f"results/report/figures/activations/{m}/{d}/{layer}.png" for m, d, layer, _ in extraction_targets()]
+
+
+def manifest(dataset):
+    return f"results/data/{dataset}/manifest.parquet"
+
+
+def model_checkpoint(wildcards):
+    """The checkpoint file as an input (so replacing it re-runs the model's stages)."""
+    checkpoint = config["models"][wildcards.model]["checkpoint"]
+    if checkpoint is None:
+        return []
+    path = Path(checkpoint)
+    return [str(path if path.is_absolute() else Path(data_dir()) / path)]
+
+
+def model_eval_manifest(wildcards):
+    evaluation = config["models"][wildcards.model]["eval"]
+    return [manifest(evaluation["dataset"])] if evaluation else []
+
+
+def model_params(wildcards):
+    """The model's registry entry minus `enabled` (which changes no result)."""
+    return {k: v for k, v in config["models"][wildcards.model].items() if k != "enabled"}
+
+
+def results_config():
+    """The config minus run-only settings: what the report records as having produced the results."""
+    settings = {key: dict(value) if isinstance(value, dict) else value for key, value in config.items()}
+    for section, keys in RUN_ONLY_SETTINGS.items():
+        for key in keys:
+            settings[section].pop(key, None)
+    return settings

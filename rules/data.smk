@@ -1,0 +1,19 @@
+# Data stage: a manifest per dataset (which images, their labels, hashes, and why any was excluded).
+
+
+rule manifest:
+    input:
+        code=code("data"),
+    output:
+        "results/data/{dataset}/manifest.parquet",
+    params:
+        dataset=lambda wc: config["datasets"][wc.dataset],
+        seed=config["seed"],
+        data_dir=data_dir(),
+        resources_dir=config["resources_dir"],
+    log:
+        "logs/data/{dataset}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/manifest.py"

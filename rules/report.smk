@@ -1,0 +1,66 @@
+# Report: figures (flagged for `snakemake --report`), the HTML page, and results/summary.json.
+
+
+rule report:
+    default_target: True
+    input:
+        code=code("report"),
+        manifests=expand("results/data/{dataset}/manifest.parquet", dataset=list(config["datasets"])),
+        cards=expand("results/models/{model}/card.json", model=enabled_models()),
+        stores=activation_stores(),
+        datasets_figure="results/report/figures/datasets.png",
+        activation_figures=activation_figures(),
+    output:
+        html="results/report/index.html",
+        summary="results/summary.json",
+    params:
+        config=results_config(),
+        datasets=list(config["datasets"]),
+        models=enabled_models(),
+        targets=[list(target[:3]) for target in extraction_targets()],
+    log:
+        "logs/report/report.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/report.py"
+
+
+rule figure_datasets:
+    input:
+        code=code("figures"),
+        manifests=expand("results/data/{dataset}/manifest.parquet", dataset=list(config["datasets"])),
+    output:
+        report(
+            "results/report/figures/datasets.png",
+            caption="../workflow/report/datasets.rst",
+            category="Data",
+        ),
+    params:
+        datasets=list(config["datasets"]),
+    log:
+        "logs/report/figure_datasets.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/figure_datasets.py"
+
+
+rule figure_activations:
+    input:
+        code=code("figures"),
+        store="results/activations/{model}/{dataset}/{layer}.zarr",
+    output:
+        report(
+            "results/report/figures/activations/{model}/{dataset}/{layer}.png",
+            caption="../workflow/report/activations.rst",
+            category="Activations",
+            subcategory="{model}",
+            labels={"model": "{model}", "dataset": "{dataset}", "layer": "{layer}"},
+        ),
+    log:
+        "logs/report/figure_activations/{model}/{dataset}/{layer}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/figure_activations.py"

@@ -1,0 +1,103 @@
+"""Config validation: the JSON schema in config/schema.yaml, with defaults filled in.
+
+Errors are one line that names the config key and what was expected, so a typo in a YAML file
+is found without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration does not match the schema; the message is one line."""
+
+
+def _with_defaults(validator_class):
+    """A validator class that fills `default` values of object properties while validating."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def properties_with_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, subschema in properties.items():
+                if "default" in subschema and key not in instance:
+                    instance[key] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": properties_with_defaults})
+
+
+def _key(path) -> str:
+    parts = [str(part) if not isinstance(part, int) else f"[{part}]" for part in path]
+    return ".".join(parts).replace(".[", "[") or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """One readable line for the most specific error."""
+    if error.validator == "oneOf" and error.context:
+        # Report the alternative that got furthest (deepest path), not the whole list.
+        error = max(error.context, key=lambda sub: len(sub.absolute_path))
+    key = _key(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        return f"config key {key}: unknown key {', '.join(map(repr, extra))} (allowed: {', '.join(allowed)})"
+    if error.validator == "required":
+        return f"config key {key}: {error.message}"
+    if error.validator == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        return f"config key {key}: expected {expected}, got {error.instance!r}"
+    return f"config key {key}: {error.message}"
+
+
+def load_schema(path: str | os.PathLike = SCHEMA_PATH) -> dict:
+    with open(path) as handle:
+        return yaml.safe_load(handle)
+
+
+def validate_config(config: dict, schema: dict | None = None) -> dict:
+    """Validate `config` in place (defaults filled) and return it; raise ConfigError on the first problem."""
+    schema = load_schema() if schema is None else schema
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        raise ConfigError(_describe(errors[0]))
+    _check_references(config)
+    return config
+
+
+def _check_references(config: dict) -> None:
+    """Cross-references the schema cannot express: targets name known models and datasets."""
+    for index, target in enumerate(config.get("extraction", {}).get("targets", [])):
+        where = f"config key extraction.targets[{index}]"
+        if target["model"] not in config["models"]:
+            raise ConfigError(f"{where}.model: unknown model {target['model']!r} (models: {', '.join(config['models'])})")
+        if not config["models"][target["model"]].get("enabled", True):
+            raise ConfigError(f"{where}.model: model {target['model']!r} is disabled (models.{target['model']}.enabled)")
+        for dataset in target["datasets"]:
+            if dataset not in config["datasets"]:
+                raise ConfigError(
+                    f"{where}.datasets: unknown dataset {dataset!r} (datasets: {', '.join(config['datasets'])})"
+                )
+    for name, model in config["models"].items():
+        evaluation = model.get("eval")
+        if evaluation and evaluation["dataset"] not in config["datasets"]:
+            raise ConfigError(f"config key models.{name}.eval.dataset: unknown dataset {evaluation['dataset']!r}")
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    """Read a YAML config file and validate it."""
+    try:
+        with open(path) as handle:
+            config = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    return validate_config(config)

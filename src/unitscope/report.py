@@ -1,0 +1,122 @@
+"""The report: one offline HTML page (figures as files beside it) and results/summary.json.
+
+Later studies contribute sections and headline numbers; this module states only what the
+numbers show, with the sample sizes they rest on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import jinja2
+import numpy as np
+import pandas as pd
+import yaml
+
+from unitscope.fsutil import atomic_path, write_text_atomic
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+def dataset_summary(name: str, manifest: pd.DataFrame) -> dict:
+    included = manifest[manifest["included"]]
+    excluded = manifest[~manifest["included"]]
+    return {
+        "name": name,
+        "category": str(manifest["category"].iloc[0]) if len(manifest) else "",
+        "drawn": len(manifest),
+        "included": len(included),
+        "excluded": len(excluded),
+        "labels": {str(k): int(v) for k, v in included["label"].value_counts().sort_index().items()},
+        "exclusions": [
+            {"path": str(row.path), "reason": str(row.exclude_reason)} for row in excluded.itertuples()
+        ],
+    }
+
+
+def extraction_summary(store_path: str | os.PathLike) -> dict:
+    """Headline numbers of one activation store (reads only the [N, C] means)."""
+    import zarr  # local: keeps `import unitscope.report` light for tests that only render
+
+    group = zarr.open_group(store=str(store_path), mode="r")
+    means = np.asarray(group["means"][:])
+    attrs = dict(group.attrs)
+    channel_mean = means.mean(axis=0)
+    return {
+        "store": str(store_path),
+        "model": attrs.get("model"),
+        "dataset": attrs.get("dataset"),
+        "layer": attrs.get("layer"),
+        "n_images": int(means.shape[0]),
+        "n_channels": int(means.shape[1]),
+        "map_shape": attrs.get("map_shape"),
+        "mean_activation": float(means.mean()),
+        "dead_channels": int((np.abs(means).max(axis=0) == 0).sum()),
+        "top_channels": [int(c) for c in np.argsort(channel_mean)[::-1][:5]],
+        "device": attrs.get("device"),
+        "package_versions": attrs.get("package_versions", {}),
+    }
+
+
+def _fmt_pct(x: float | None) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+
+def build_report(
+    *,
+    manifests: dict[str, str | os.PathLike],
+    cards: dict[str, str | os.PathLike],
+    stores: list[str | os.PathLike],
+    figures: dict[str, str | os.PathLike],
+    config: dict,
+    html_path: str | os.PathLike,
+    summary_path: str | os.PathLike,
+) -> dict:
+    """Write the HTML report and the machine-readable summary; return the summary."""
+    html_path = Path(html_path)
+    datasets = [dataset_summary(name, pd.read_parquet(path)) for name, path in manifests.items()]
+    models = [json.loads(Path(path).read_text()) for path in cards.values()]
+    extractions = [extraction_summary(path) for path in stores]
+    versions = extractions[0]["package_versions"] if extractions else {}
+    summary = {
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
+        "datasets": {d["name"]: {k: d[k] for k in ("category", "drawn", "included", "excluded")} for d in datasets},
+        "models": {
+            m["name"]: {
+                "parameters": m.get("parameters"),
+                "accuracy": (m.get("accuracy") or {}).get("top1"),
+                "accuracy_n": (m.get("accuracy") or {}).get("n"),
+            }
+            for m in models
+        },
+        "extraction": {
+            f"{e['model']}/{e['dataset']}/{e['layer']}": {
+                k: e[k] for k in ("n_images", "n_channels", "mean_activation", "dead_channels")
+            }
+            for e in extractions
+        },
+        "package_versions": versions,
+    }
+    relative_figures = {key: os.path.relpath(path, html_path.parent) for key, path in figures.items()}
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+    )
+    environment.filters["pct"] = _fmt_pct
+    html = environment.get_template("report.html.j2").render(
+        summary=summary,
+        datasets=datasets,
+        models=models,
+        extractions=extractions,
+        figures=relative_figures,
+        config_yaml=yaml.safe_dump(config, sort_keys=False),
+        versions=versions,
+    )
+    write_text_atomic(html_path, html)
+    with atomic_path(summary_path) as temp:
+        temp.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
