@@ -69,22 +69,22 @@ def activation_figures():
     return [f"results/report/figures/activations/{m}/{d}/{layer}.png" for m, d, layer, _ in extraction_targets()]
 
 
-def manifest(dataset):
+def manifest_path(dataset):
     return f"results/data/{dataset}/manifest.parquet"
 
 
 def model_checkpoint(wildcards):
     """The checkpoint file as an input (so replacing it re-runs the model's stages)."""
-    checkpoint = config["models"][wildcards.model]["checkpoint"]
-    if checkpoint is None:
+    checkpoint_file = config["models"][wildcards.model]["checkpoint"]
+    if checkpoint_file is None:
         return []
-    path = Path(checkpoint)
+    path = Path(checkpoint_file)
     return [str(path if path.is_absolute() else Path(data_dir()) / path)]
 
 
 def model_eval_manifest(wildcards):
     evaluation = config["models"][wildcards.model]["eval"]
-    return [manifest(evaluation["dataset"])] if evaluation else []
+    return [manifest_path(evaluation["dataset"])] if evaluation else []
 
 
 def model_params(wildcards):

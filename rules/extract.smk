@@ -5,7 +5,7 @@
 rule extract:
     input:
         code=code("extract"),
-        manifest=lambda wc: manifest(wc.dataset),
+        manifest=lambda wc: manifest_path(wc.dataset),
         checkpoint=model_checkpoint,
     output:
         directory("results/activations/{model}/{dataset}/{layer}.zarr"),

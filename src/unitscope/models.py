@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import json
 import math
 import os
 import pickle
@@ -37,8 +38,8 @@ from torch import nn
 from torchvision import transforms
 
 from unitscope.cifar_resnet import cifar_resnet20, cifar_resnet56
-from unitscope.data import ManifestDataset, resolve
-from unitscope.fsutil import atomic_path, sha256_file
+from unitscope.data import ManifestDataset, read_manifest, resolve
+from unitscope.fsutil import atomic_path, sha256_file, write_text_atomic
 from unitscope.toponet import toponet_resnet18
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "layer_names",
     "model_card",
     "resolve_layer",
+    "run_model_card",
     "summary_layers",
     "wilson_interval",
 ]
@@ -99,7 +101,8 @@ def _checkpoint_path(name: str, spec: Mapping, data_dir, *, required: bool) -> P
     if not value:
         if required:
             raise ModelError(
-                f"model {name}: models.{name}.checkpoint is not set; arch {spec.get('arch')} needs a checkpoint file"
+                f"model {name}: models.{name}.checkpoint is not set; "
+                f"arch {spec.get('arch')} needs a checkpoint file"
             )
         return None
     path = resolve(value, data_dir)
@@ -125,15 +128,17 @@ def _read_checkpoint(name: str, path: Path, *, trusted: bool):
     try:
         return torch.load(path, map_location="cpu", weights_only=not trusted)
     except pickle.UnpicklingError as err:
-        if "weights only load failed" not in str(err).lower():
+        text = str(err)
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found:  # a real pickle of some class: only a full (unsafe) unpickle can read it
             raise ModelError(
-                f"model {name}: cannot read checkpoint {path} as a torch file (UnpicklingError: {_one_line(err)})"
+                f"model {name}: checkpoint {path} is refused by safe loading (weights_only=True): it pickles "
+                f"{found.group(1)}; set models.{name}.trusted: true only if you trust this file"
             ) from None
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        what = f"it pickles {found.group(1)}" if found else _one_line(str(err).splitlines()[-1], 120)
+        detail = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Check the documentation|$)", text, re.S)
         raise ModelError(
-            f"model {name}: checkpoint {path} is refused by safe loading (weights_only=True): {what}; "
-            f"set models.{name}.trusted: true only if you trust this file"
+            f"model {name}: cannot read checkpoint {path} as a torch file "
+            f"(UnpicklingError: {_one_line(detail.group(1) if detail else text, 150)})"
         ) from None
     except Exception as err:  # truncated, not a torch file, wrong device...: one line, not a traceback
         raise ModelError(
@@ -156,7 +161,8 @@ def _state_dict(name: str, path: Path, obj) -> dict[str, torch.Tensor]:
     not_tensors = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise ModelError(
-            f"model {name}: checkpoint {path} is not a state_dict: entries {_first(not_tensors)} are not tensors"
+            f"model {name}: checkpoint {path} is not a state_dict: "
+            f"entries {_first(not_tensors)} are not tensors"
         )
     state = {}
     for key, value in obj.items():
@@ -187,7 +193,9 @@ def _load_into(name: str, arch: str, model: nn.Module, path: Path, state: Mappin
     if unexpected:
         problems.append(f"unexpected {_first(unexpected)}")
     if shapes:
-        problems.append("; ".join(shapes[:SHOW]) + (f"; … ({len(shapes)} shape mismatches)" if len(shapes) > SHOW else ""))
+        problems.append(
+            "; ".join(shapes[:SHOW]) + (f"; … ({len(shapes)} shape mismatches)" if len(shapes) > SHOW else "")
+        )
     if problems:
         raise ModelError(f"model {name}: checkpoint {path} does not fit {arch}: " + "; ".join(problems))
     model.load_state_dict(dict(state), strict=False)
@@ -213,7 +221,9 @@ def _torchvision_weights(name: str, tv_arch: str, weights_name: str):
         return enum[key]
     except KeyError:
         valid = ", ".join([*enum.__members__.keys()])
-        raise ModelError(f"model {name}: models.{name}.weights {weights_name!r} is not one of {valid}") from None
+        raise ModelError(
+            f"model {name}: models.{name}.weights {weights_name!r} is not one of {valid}"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -254,7 +264,9 @@ def _stage(name: str, spec: Mapping, source: Path, weights, target: Path) -> Non
         shutil.copyfile(source, temp)
 
 
-def _build_torchvision(name: str, spec: Mapping, arch: str, data_dir, torch_home) -> tuple[nn.Module, Path | None]:
+def _build_torchvision(
+    name: str, spec: Mapping, arch: str, data_dir, torch_home
+) -> tuple[nn.Module, Path | None]:
     tv_arch = arch.split(".", 1)[1]
     try:
         builder = torchvision.models.get_model_builder(tv_arch)
@@ -280,7 +292,9 @@ def _build_torchvision(name: str, spec: Mapping, arch: str, data_dir, torch_home
         try:
             model = builder(weights=weights)
         except Exception as err:
-            hint = "" if checkpoint else f"; offline, set models.{name}.checkpoint to a local copy of {filename}"
+            hint = (
+                "" if checkpoint else f"; offline, set models.{name}.checkpoint to a local copy of {filename}"
+            )
             raise ModelError(
                 f"model {name}: torchvision could not load {weights} from {cached} "
                 f"({type(err).__name__}: {_one_line(err, 150)}){hint}"
@@ -330,7 +344,9 @@ def build_transform(preprocessing: dict):
             ),
             transforms.CenterCrop(int(preprocessing["crop"])),
             transforms.ToTensor(),
-            transforms.Normalize([float(m) for m in preprocessing["mean"]], [float(s) for s in preprocessing["std"]]),
+            transforms.Normalize(
+                [float(m) for m in preprocessing["mean"]], [float(s) for s in preprocessing["std"]]
+            ),
         ]
     )
 
@@ -394,7 +410,11 @@ def _classes(spec: Mapping, num_outputs: int | None) -> dict:
     if arch.startswith("cifar_resnet"):
         return {"n": 10, "source": "CIFAR-10 standard order", "names": list(CIFAR10_CLASSES)}
     if num_outputs == 1000:
-        return {"n": 1000, "source": "ImageNet-1k standard order (torchvision categories)", "names": imagenet_categories()}
+        return {
+            "n": 1000,
+            "source": "ImageNet-1k standard order (torchvision categories)",
+            "names": imagenet_categories(),
+        }
     return {"n": num_outputs, "source": "unknown", "names": None}
 
 
@@ -436,20 +456,32 @@ def _layer_table(model: nn.Module, crop: int) -> tuple[list[dict], int | None]:
 
 
 def _evaluate(
-    name: str, model: nn.Module, preprocessing: dict, manifest: pd.DataFrame, num_outputs, batch_size, device, num_workers
+    name: str,
+    model: nn.Module,
+    preprocessing: dict,
+    manifest: pd.DataFrame,
+    num_outputs,
+    batch_size,
+    device,
+    num_workers,
 ) -> dict:
     for column in ("path", "label"):
         if column not in manifest.columns:
             raise ModelError(f"model {name}: eval manifest has no column {column!r}")
     if len(manifest) == 0:
         raise ModelError(f"model {name}: eval manifest has no images")
-    try:
-        labels = np.array([int(str(v)) for v in manifest["label"]], dtype=np.int64)
-    except ValueError:
-        bad = next(v for v in manifest["label"] if not str(v).lstrip("-").isdigit())
-        raise ModelError(f"model {name}: eval labels must be class indices, got {bad!r}") from None
+    values = []
+    for value in manifest["label"]:
+        try:
+            values.append(int(str(value)))
+        except ValueError:
+            raise ModelError(f"model {name}: eval labels must be class indices, got {value!r}") from None
+    labels = np.array(values, dtype=np.int64)
     if num_outputs is not None and (labels.min() < 0 or labels.max() >= num_outputs):
-        raise ModelError(f"model {name}: eval labels span {labels.min()}..{labels.max()} but the model has {num_outputs} outputs")
+        raise ModelError(
+            f"model {name}: eval labels span {labels.min()}..{labels.max()}, "
+            f"but the model has {num_outputs} outputs"
+        )
     loader = torch.utils.data.DataLoader(
         ManifestDataset(manifest, build_transform(preprocessing)),
         batch_size=batch_size,
@@ -457,6 +489,8 @@ def _evaluate(
         num_workers=num_workers,
     )
     predictions = np.full(len(manifest), -1, dtype=np.int64)
+    if str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     original = next(model.parameters()).device
     model.to(device)
     try:
@@ -469,7 +503,13 @@ def _evaluate(
     correct = int((predictions == labels).sum())
     n = len(labels)
     low, high = wilson_interval(correct, n)
-    return {"n": n, "correct": correct, "top1": correct / n, "ci95": [low, high], "interval": "Wilson score, 95%"}
+    return {
+        "n": n,
+        "correct": correct,
+        "top1": correct / n,
+        "ci95": [low, high],
+        "interval": "Wilson score, 95%",
+    }
 
 
 def model_card(
@@ -483,12 +523,20 @@ def model_card(
     num_workers: int = 0,
 ) -> dict:
     """A JSON-able description of a built model: weights, preprocessing, layers with their output
-    shapes, classes, and (given a labelled manifest) top-1 accuracy with a 95% Wilson interval."""
+    shapes, classes, and (given a labelled manifest) top-1 accuracy with a 95% Wilson interval.
+
+    `eval_manifest` needs columns path and label (a class index, as a string or int); `top1` and
+    `ci95` are fractions. `device` may be "auto" (CUDA when present); the model is moved back after.
+    """
     preprocessing = dict(spec["preprocessing"])
     checkpoint = getattr(model, "unitscope_checkpoint", None)
     ckpt_info = None
     if checkpoint and Path(checkpoint).is_file():
-        ckpt_info = {"path": str(checkpoint), "sha256": sha256_file(checkpoint), "bytes": Path(checkpoint).stat().st_size}
+        ckpt_info = {
+            "path": str(checkpoint),
+            "sha256": sha256_file(checkpoint),
+            "bytes": Path(checkpoint).stat().st_size,
+        }
     layers, num_outputs = _layer_table(model, int(preprocessing["crop"]))
     card = {
         "name": name,
@@ -508,6 +556,34 @@ def model_card(
     if eval_manifest is not None:
         card["eval"] = {
             "dataset": (spec.get("eval") or {}).get("dataset"),
-            **_evaluate(name, model, preprocessing, eval_manifest, num_outputs, batch_size, device, num_workers),
+            **_evaluate(
+                name, model, preprocessing, eval_manifest, num_outputs, batch_size, device, num_workers
+            ),
         }
+    return card
+
+
+def run_model_card(
+    name: str,
+    spec: dict,
+    *,
+    data_dir,
+    torch_home,
+    out_path,
+    eval_manifest_path=None,
+    threads: int = 1,
+) -> dict:
+    """The model stage: build `models.<name>`, write its card as JSON to `out_path` (atomically).
+
+    With `eval_manifest_path` (a data-stage manifest of the entry's `eval.dataset`), the card
+    reports top-1 accuracy on its included images. Runs on CPU with `threads` torch threads.
+    """
+    torch.set_num_threads(max(1, int(threads)))
+    model = build_model(name, spec, data_dir=data_dir, torch_home=torch_home)
+    manifest = read_manifest(eval_manifest_path) if eval_manifest_path else None
+    card = model_card(name, spec, model, eval_manifest=manifest)
+    write_text_atomic(out_path, json.dumps(card, indent=2) + "\n")
+    evaluation = card["eval"]
+    accuracy = f", top-1 {evaluation['top1']:.1%} on {evaluation['n']} images" if evaluation else ""
+    print(f"model {name}: {card['arch']}, {card['parameters']:,} parameters{accuracy}", flush=True)
     return card

@@ -88,8 +88,8 @@ def build_report(
         "models": {
             m["name"]: {
                 "parameters": m.get("parameters"),
-                "accuracy": (m.get("accuracy") or {}).get("top1"),
-                "accuracy_n": (m.get("accuracy") or {}).get("n"),
+                "accuracy": (m.get("eval") or {}).get("top1"),
+                "accuracy_n": (m.get("eval") or {}).get("n"),
             }
             for m in models
         },

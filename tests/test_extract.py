@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+import torch
+import zarr
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from unitscope.data import build_manifest, folder_layout, write_manifest
+from unitscope.extract import ExtractionError, extract_to_zarr, open_store, run_extraction
+
+
+class Tensors(Dataset):
+    def __init__(self, x, fail_at=None):
+        self.x, self.fail_at = x, fail_at
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        if i == self.fail_at:
+            raise RuntimeError(f"simulated crash at image {i}")
+        return self.x[i], i
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, stride=2), nn.ReLU()).eval()
+
+
+def test_store_layout_values_and_attributes(tmp_path):
+    model, x = tiny_model(), torch.randn(10, 3, 12, 12)
+    loader = DataLoader(Tensors(x), batch_size=4)
+    ids = [f"set/img{i}.jpg" for i in range(10)]
+    path = extract_to_zarr(model, loader, ids, "2", tmp_path / "a.zarr", save_maps=True, maps_chunk_images=3,
+                           attrs={"model": "tiny"}, progress=False)
+    store = open_store(path)
+    with torch.inference_mode():
+        expected = model[:3](x)
+    np.testing.assert_allclose(store["means"][:], expected.mean(dim=(2, 3)).numpy(), rtol=1e-5, atol=1e-6)
+    assert store["means"].dtype == np.float32 and store["maps"].dtype == np.float16
+    assert store["maps"].shape == (10, 4, 5, 5) and store["maps"].chunks == (3, 4, 5, 5)
+    np.testing.assert_allclose(store["maps"][:].astype(np.float32), expected.numpy(), rtol=1e-2, atol=1e-3)
+    assert list(store["image_id"][:]) == ids
+    assert store.attrs["model"] == "tiny" and store.attrs["n_channels"] == 4 and store.attrs["map_shape"] == [4, 5, 5]
+    assert "torch" in store.attrs["package_versions"]
+
+
+def test_crash_midway_leaves_no_store_and_keeps_the_previous_one(tmp_path):
+    model, x = tiny_model(), torch.randn(10, 3, 12, 12)
+    ids = [str(i) for i in range(10)]
+    target = tmp_path / "a.zarr"
+    extract_to_zarr(model, DataLoader(Tensors(x), batch_size=4), ids, "1", target, progress=False)
+    before = open_store(target)["means"][:]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        extract_to_zarr(model, DataLoader(Tensors(x * 2, fail_at=7), batch_size=4), ids, "1", target, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zarr"]  # no temporary store left behind
+    np.testing.assert_array_equal(open_store(target)["means"][:], before)
+    with pytest.raises(RuntimeError):
+        extract_to_zarr(model, DataLoader(Tensors(x, fail_at=0), batch_size=4), ids, "1", tmp_path / "b.zarr",
+                        progress=False)
+    assert not (tmp_path / "b.zarr").exists()
+
+
+def test_nan_activations_are_reported_not_stored(tmp_path):
+    model, x = tiny_model(), torch.randn(6, 3, 12, 12)
+    x[4] = float("nan")
+    with pytest.raises(ExtractionError, match=r"layer '1': 1 of 6 images gave NaN"):
+        extract_to_zarr(model, DataLoader(Tensors(x), batch_size=4), list("abcdef"), "1", tmp_path / "n.zarr",
+                        progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_extraction_on_real_cifar_images_matches_the_model(data_dir, tmp_path, default_config):
+    from unitscope.config import validate_config
+    from unitscope.data import ManifestDataset
+    from unitscope.models import build_model, build_transform
+
+    config = validate_config(default_config)
+    spec = config["models"]["resnet20_cifar"]
+    manifest = build_manifest("objects", "object", folder_layout("objects", config["datasets"]["objects"]["source"],
+                                                                 data_dir), 24, 0)
+    write_manifest(manifest, tmp_path / "m.parquet")
+    out = run_extraction(model_name="resnet20_cifar", model_spec=spec, dataset_name="objects",
+                         manifest_path=tmp_path / "m.parquet", layer="layer3", out_path=tmp_path / "s.zarr",
+                         data_dir=data_dir, torch_home=tmp_path / "torch", save_maps=False, batch_size=10,
+                         num_workers=0, device="cpu")
+    store = zarr.open_group(str(out), mode="r")
+    assert store["means"].shape == (24, 64)
+    assert list(store["image_id"][:]) == list(manifest["image_id"])
+    model = build_model("resnet20_cifar", spec, data_dir=data_dir, torch_home=tmp_path / "torch")
+    dataset = ManifestDataset(manifest, build_transform(spec["preprocessing"]))
+    x = torch.stack([dataset[i][0] for i in (0, 23)])
+    with torch.inference_mode():
+        h = model.layer3(model.layer2(model.layer1(torch.relu(model.bn1(model.conv1(x))))))
+    np.testing.assert_allclose(store["means"][[0, 23]], h.mean(dim=(2, 3)).numpy(), rtol=1e-4, atol=1e-5)
+    assert store.attrs["checkpoint_sha256"] == spec["sha256"] and store.attrs["dataset"] == "objects"
