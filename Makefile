@@ -16,10 +16,12 @@ report: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) report
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests workflow bench
 	$(VENV)/bin/python -m pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests workflow bench
+	$(VENV)/bin/ruff format --check src tests workflow bench
 	$(VENV)/bin/snakemake --lint
 
 dryrun: $(STAMP)

@@ -60,7 +60,10 @@ def test_bad_checksum_format(default_config):
 
 def test_download_source_requires_sha256(default_config):
     default_config["datasets"]["faces"]["source"] = {
-        "kind": "download", "url": "http://127.0.0.1/x.zip", "labels": "l.csv", "path_column": "p",
+        "kind": "download",
+        "url": "http://127.0.0.1/x.zip",
+        "labels": "l.csv",
+        "path_column": "p",
     }
     assert "datasets.faces.source" in _error(default_config)
 

@@ -13,8 +13,14 @@ from unitscope.data import (
     source_layout,
 )
 
-FACES = {"kind": "folder", "root": "faces_utkface", "labels": "labels.csv", "path_column": "filename",
-         "image_dir": "images", "label_column": "gender"}
+FACES = {
+    "kind": "folder",
+    "root": "faces_utkface",
+    "labels": "labels.csv",
+    "path_column": "filename",
+    "image_dir": "images",
+    "label_column": "gender",
+}
 
 
 def test_manifest_of_real_faces_is_seeded_and_nested(data_dir):
@@ -51,8 +57,14 @@ def test_corrupt_zero_byte_and_missing_images_are_excluded_with_reasons(data_dir
     (images / names[2]).write_bytes(b"this is not a jpeg")
     (images / names[3]).unlink()
     source = {**FACES, "root": str(root)}
-    manifest = run_manifest("faces", {"category": "face", "size": 100, "source": source}, seed=0,
-                            data_dir=data_dir, resources_dir=tmp_path / "res", out_path=tmp_path / "m.parquet")
+    manifest = run_manifest(
+        "faces",
+        {"category": "face", "size": 100, "source": source},
+        seed=0,
+        data_dir=data_dir,
+        resources_dir=tmp_path / "res",
+        out_path=tmp_path / "m.parquet",
+    )
     reasons = dict(zip(manifest["image_id"].str.split("/").str[-1], manifest["exclude_reason"], strict=True))
     assert reasons[names[1]] == "empty file (0 bytes)"
     assert reasons[names[3]] == "missing file"
@@ -87,8 +99,17 @@ def test_missing_csv_column_names_key_and_lists_columns(data_dir):
 
 def test_download_source_is_fetched_verified_and_read(data_dir, tmp_path, http_zip_server):
     url, sha256 = http_zip_server
-    source = {"kind": "download", "url": url, "sha256": sha256, "subdir": "faces", "labels": "labels.csv",
-              "path_column": "filename", "image_dir": "images", "label_column": "gender", "retries": 0}
+    source = {
+        "kind": "download",
+        "url": url,
+        "sha256": sha256,
+        "subdir": "faces",
+        "labels": "labels.csv",
+        "path_column": "filename",
+        "image_dir": "images",
+        "label_column": "gender",
+        "retries": 0,
+    }
     layout = source_layout("faces", source, data_dir=data_dir, resources_dir=tmp_path / "resources")
     manifest = build_manifest("faces", "face", layout, 5, 0)
     assert manifest["included"].all() and len(manifest) == 5
@@ -96,9 +117,23 @@ def test_download_source_is_fetched_verified_and_read(data_dir, tmp_path, http_z
 
 
 def test_manifest_dataset_yields_transformed_images(data_dir):
-    manifest = build_manifest("objects", "object", folder_layout(
-        "objects", {"kind": "folder", "root": "objects_cifar10", "labels": "labels.csv", "path_column": "path",
-                    "label_column": "label"}, data_dir), 3, 0)
+    manifest = build_manifest(
+        "objects",
+        "object",
+        folder_layout(
+            "objects",
+            {
+                "kind": "folder",
+                "root": "objects_cifar10",
+                "labels": "labels.csv",
+                "path_column": "path",
+                "label_column": "label",
+            },
+            data_dir,
+        ),
+        3,
+        0,
+    )
     dataset = ManifestDataset(manifest, lambda image: image.size)
     assert len(dataset) == 3 and dataset[2] == ((32, 32), 2)
 
@@ -122,7 +157,10 @@ def http_zip_server(data_dir, tmp_path):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}/faces.zip", hashlib.sha256(archive.read_bytes()).hexdigest()
+        yield (
+            f"http://127.0.0.1:{server.server_port}/faces.zip",
+            hashlib.sha256(archive.read_bytes()).hexdigest(),
+        )
     finally:
         server.shutdown()
         server.server_close()

@@ -25,9 +25,7 @@ import pytest
 
 from unitscope.download import DownloadError, extract_archive, fetch
 
-SHARED_FILE = (
-    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "checkpoints" / "resnet20-12fca82f.th"
-)
+SHARED_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "checkpoints" / "resnet20-12fca82f.th"
 FAST = {"backoff": 0.01, "timeout": 5}
 
 

@@ -31,8 +31,17 @@ def test_store_layout_values_and_attributes(tmp_path):
     model, x = tiny_model(), torch.randn(10, 3, 12, 12)
     loader = DataLoader(Tensors(x), batch_size=4)
     ids = [f"set/img{i}.jpg" for i in range(10)]
-    path = extract_to_zarr(model, loader, ids, "2", tmp_path / "a.zarr", save_maps=True, maps_chunk_images=3,
-                           attrs={"model": "tiny"}, progress=False)
+    path = extract_to_zarr(
+        model,
+        loader,
+        ids,
+        "2",
+        tmp_path / "a.zarr",
+        save_maps=True,
+        maps_chunk_images=3,
+        attrs={"model": "tiny"},
+        progress=False,
+    )
     store = open_store(path)
     with torch.inference_mode():
         expected = model[:3](x)
@@ -56,8 +65,14 @@ def test_crash_midway_leaves_no_store_and_keeps_the_previous_one(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zarr"]  # no temporary store left behind
     np.testing.assert_array_equal(open_store(target)["means"][:], before)
     with pytest.raises(RuntimeError):
-        extract_to_zarr(model, DataLoader(Tensors(x, fail_at=0), batch_size=4), ids, "1", tmp_path / "b.zarr",
-                        progress=False)
+        extract_to_zarr(
+            model,
+            DataLoader(Tensors(x, fail_at=0), batch_size=4),
+            ids,
+            "1",
+            tmp_path / "b.zarr",
+            progress=False,
+        )
     assert not (tmp_path / "b.zarr").exists()
 
 
@@ -65,8 +80,14 @@ def test_nan_activations_are_reported_not_stored(tmp_path):
     model, x = tiny_model(), torch.randn(6, 3, 12, 12)
     x[4] = float("nan")
     with pytest.raises(ExtractionError, match=r"layer '1': 1 of 6 images gave NaN"):
-        extract_to_zarr(model, DataLoader(Tensors(x), batch_size=4), list("abcdef"), "1", tmp_path / "n.zarr",
-                        progress=False)
+        extract_to_zarr(
+            model,
+            DataLoader(Tensors(x), batch_size=4),
+            list("abcdef"),
+            "1",
+            tmp_path / "n.zarr",
+            progress=False,
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -77,13 +98,28 @@ def test_run_extraction_on_real_cifar_images_matches_the_model(data_dir, tmp_pat
 
     config = validate_config(default_config)
     spec = config["models"]["resnet20_cifar"]
-    manifest = build_manifest("objects", "object", folder_layout("objects", config["datasets"]["objects"]["source"],
-                                                                 data_dir), 24, 0)
+    manifest = build_manifest(
+        "objects",
+        "object",
+        folder_layout("objects", config["datasets"]["objects"]["source"], data_dir),
+        24,
+        0,
+    )
     write_manifest(manifest, tmp_path / "m.parquet")
-    out = run_extraction(model_name="resnet20_cifar", model_spec=spec, dataset_name="objects",
-                         manifest_path=tmp_path / "m.parquet", layer="layer3", out_path=tmp_path / "s.zarr",
-                         data_dir=data_dir, torch_home=tmp_path / "torch", save_maps=False, batch_size=10,
-                         num_workers=0, device="cpu")
+    out = run_extraction(
+        model_name="resnet20_cifar",
+        model_spec=spec,
+        dataset_name="objects",
+        manifest_path=tmp_path / "m.parquet",
+        layer="layer3",
+        out_path=tmp_path / "s.zarr",
+        data_dir=data_dir,
+        torch_home=tmp_path / "torch",
+        save_maps=False,
+        batch_size=10,
+        num_workers=0,
+        device="cpu",
+    )
     store = zarr.open_group(str(out), mode="r")
     assert store["means"].shape == (24, 64)
     assert list(store["image_id"][:]) == list(manifest["image_id"])

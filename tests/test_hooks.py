@@ -37,7 +37,10 @@ def test_unknown_layer_lists_valid_names_and_registers_nothing(resnet):
 
 def test_recorded_means_match_a_manual_forward(resnet):
     x = torch.randn(3, 3, 64, 64)
-    with torch.inference_mode(), ActivationRecorder(resnet, ["layer3"], keep_maps=True, maps_dtype=torch.float32) as rec:
+    with (
+        torch.inference_mode(),
+        ActivationRecorder(resnet, ["layer3"], keep_maps=True, maps_dtype=torch.float32) as rec,
+    ):
         means = rec(x)["layer3"]
         maps = rec.maps["layer3"]
     with torch.inference_mode():
@@ -57,7 +60,10 @@ def test_module_run_twice_per_forward_is_refused(resnet):
 def test_inplace_activation_after_the_hooked_module_does_not_change_the_record():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(inplace=True)).eval()
     x = torch.randn(2, 3, 16, 16)
-    with torch.inference_mode(), ActivationRecorder(model, ["1"], keep_maps=True, maps_dtype=torch.float32) as rec:
+    with (
+        torch.inference_mode(),
+        ActivationRecorder(model, ["1"], keep_maps=True, maps_dtype=torch.float32) as rec,
+    ):
         rec(x)
     with torch.inference_mode():
         expected = model[1](model[0](x))

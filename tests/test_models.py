@@ -111,9 +111,7 @@ def test_cifar_resnets_reproduce_reference_accuracy_on_all_2000_images(depth, ex
 def test_wilson_interval():
     low, high = wilson_interval(166, 200)  # by hand: centre 0.82378, half-width 0.05194
     assert low == pytest.approx(0.77184, abs=1e-4) and high == pytest.approx(0.87572, abs=1e-4)
-    assert wilson_interval(0, 10)[0] == pytest.approx(0.0) and wilson_interval(10, 10)[1] == pytest.approx(
-        1.0
-    )
+    assert wilson_interval(0, 10)[0] == pytest.approx(0.0) and wilson_interval(10, 10)[1] == pytest.approx(1.0)
 
 
 # ---------------------------------------------------------------------------------------------- MobileNetV2
@@ -281,9 +279,7 @@ def test_truncated_checkpoint_is_one_line_error(tmp_path):
     data = (CKPT / "resnet56-4bfd9763.th").read_bytes()
     half = tmp_path / "half.th"
     half.write_bytes(data[: len(data) // 2])
-    with pytest.raises(
-        ModelError, match=r"^model r56: cannot read checkpoint .*half\.th as a torch file"
-    ) as err:
+    with pytest.raises(ModelError, match=r"^model r56: cannot read checkpoint .*half\.th as a torch file") as err:
         build_model("r56", cifar_spec(56, checkpoint=str(half), sha256=None), data_dir=DATA, torch_home=None)
     assert "\n" not in str(err.value)
     junk = tmp_path / "junk.th"
@@ -312,9 +308,7 @@ def test_checkpoint_of_another_architecture_lists_mismatches():
         build_model("resnet56_cifar", spec, data_dir=DATA, torch_home=None)
     message = str(err.value)
     assert "\n" not in message
-    assert (
-        message.startswith("model resnet56_cifar: checkpoint ") and "does not fit cifar_resnet56" in message
-    )
+    assert message.startswith("model resnet56_cifar: checkpoint ") and "does not fit cifar_resnet56" in message
     assert "missing layer1.3.conv1.weight" in message and "in all)" in message
 
 
@@ -374,9 +368,7 @@ def test_every_relu_runs_once_per_forward(resnet20):
     ]
     outputs = {}
     handles.append(resnet20.layer2[1].register_forward_hook(lambda m, i, o: outputs.__setitem__("block", o)))
-    handles.append(
-        resnet20.layer2[1].relu2.register_forward_hook(lambda m, i, o: outputs.__setitem__("relu2", o))
-    )
+    handles.append(resnet20.layer2[1].relu2.register_forward_hook(lambda m, i, o: outputs.__setitem__("relu2", o)))
     with torch.inference_mode():
         resnet20(torch.randn(2, 3, 32, 32))
     for handle in handles:
@@ -407,9 +399,7 @@ def test_toponet_resnet18_matches_toponets_layout_and_loads(tmp_path):
     # a DataParallel-style checkpoint without num_batches_tracked loads (weights_only) and round-trips
     torch.manual_seed(0)
     source = toponet_resnet18().eval()
-    state = {
-        f"module.{k}": v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")
-    }
+    state = {f"module.{k}": v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
     path = tmp_path / "all_topo_tau_10.0.pt"
     torch.save(state, path)
     spec = {"arch": "toponet_resnet18", "checkpoint": str(path), "tau": 10.0, "preprocessing": IMAGENET_PRE}
@@ -423,9 +413,7 @@ def test_toponet_resnet18_matches_toponets_layout_and_loads(tmp_path):
     # a plain torchvision ResNet-18 state_dict is not a TopoNet checkpoint
     plain = tmp_path / "plain.pt"
     torch.save(torchvision.models.resnet18().state_dict(), plain)
-    with pytest.raises(
-        ModelError, match=r"does not fit toponet_resnet18: missing layer2\.0\.conv1\.conv\.weight"
-    ):
+    with pytest.raises(ModelError, match=r"does not fit toponet_resnet18: missing layer2\.0\.conv1\.conv\.weight"):
         build_model("toponet_resnet18", dict(spec, checkpoint=str(plain)), data_dir=DATA, torch_home=None)
 
 
@@ -452,7 +440,5 @@ def test_run_model_card_writes_json_from_a_manifest(tmp_path):
         threads=1,
     )
     card = json.loads(out.read_text())
-    assert (
-        card["name"] == "resnet20_cifar" and card["eval"]["n"] == 49 and card["eval"]["dataset"] == "objects"
-    )
+    assert card["name"] == "resnet20_cifar" and card["eval"]["n"] == 49 and card["eval"]["dataset"] == "objects"
     assert 0.6 < card["eval"]["top1"] <= 1.0

@@ -79,9 +79,13 @@ def _check_references(config: dict) -> None:
     for index, target in enumerate(config.get("extraction", {}).get("targets", [])):
         where = f"config key extraction.targets[{index}]"
         if target["model"] not in config["models"]:
-            raise ConfigError(f"{where}.model: unknown model {target['model']!r} (models: {', '.join(config['models'])})")
+            raise ConfigError(
+                f"{where}.model: unknown model {target['model']!r} (models: {', '.join(config['models'])})"
+            )
         if not config["models"][target["model"]].get("enabled", True):
-            raise ConfigError(f"{where}.model: model {target['model']!r} is disabled (models.{target['model']}.enabled)")
+            raise ConfigError(
+                f"{where}.model: model {target['model']!r} is disabled (models.{target['model']}.enabled)"
+            )
         for dataset in target["datasets"]:
             if dataset not in config["datasets"]:
                 raise ConfigError(

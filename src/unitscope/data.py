@@ -148,7 +148,9 @@ class ManifestDataset:
             return self.transform(image.convert("RGB")), index
 
 
-def source_layout(name: str, source: dict, *, data_dir: str | os.PathLike, resources_dir: str | os.PathLike) -> FolderLayout:
+def source_layout(
+    name: str, source: dict, *, data_dir: str | os.PathLike, resources_dir: str | os.PathLike
+) -> FolderLayout:
     """Resolve a dataset source to a folder layout, downloading and unpacking it first if needed."""
     if source["kind"] == "folder":
         return folder_layout(name, source, data_dir)
@@ -161,7 +163,12 @@ def source_layout(name: str, source: dict, *, data_dir: str | os.PathLike, resou
 
 
 def run_manifest(
-    name: str, dataset: dict, *, seed: int, data_dir: str | os.PathLike, resources_dir: str | os.PathLike,
+    name: str,
+    dataset: dict,
+    *,
+    seed: int,
+    data_dir: str | os.PathLike,
+    resources_dir: str | os.PathLike,
     out_path: str | os.PathLike,
 ) -> pd.DataFrame:
     """The data stage: resolve the source, draw the images, write the manifest."""

@@ -127,8 +127,7 @@ def fetch(
     if actual != expected:
         part.unlink(missing_ok=True)
         raise DownloadError(
-            f"download {url}: sha256 mismatch for {dest} (expected {expected}, got {actual}); "
-            "the file was deleted"
+            f"download {url}: sha256 mismatch for {dest} (expected {expected}, got {actual}); the file was deleted"
         )
     os.replace(part, dest)
     return dest
@@ -156,8 +155,7 @@ def _attempt(opener: urllib.request.OpenerDirector, url: str, part: Path, label:
                 if match and offset > int(match.group(1)):
                     part.unlink()
                     raise _Retryable(
-                        f"{part} has {offset} bytes but the server's file has {match.group(1)}; "
-                        "restarting from zero"
+                        f"{part} has {offset} bytes but the server's file has {match.group(1)}; restarting from zero"
                     ) from None
                 return
             reason = _one_line(exc.reason)

@@ -70,15 +70,19 @@ def extract_to_zarr(
     *,
     save_maps: bool = False,
     maps_chunk_images: int = 32,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device | str = "cpu",
     attrs: dict | None = None,
     progress: bool = True,
 ) -> Path:
     """Run `model` over `loader` and write the layer's activations to a Zarr store at `out_path`."""
+    device = torch.device(device)
     model = model.to(device).eval()
     n_images = len(image_ids)
     out_path = Path(out_path)
-    with atomic_path(out_path) as temp, ActivationRecorder(model, [layer], keep_maps=save_maps, stop_early=True) as rec:
+    with (
+        atomic_path(out_path) as temp,
+        ActivationRecorder(model, [layer], keep_maps=save_maps, stop_early=True) as rec,
+    ):
         group = zarr.open_group(store=str(temp), mode="w", zarr_format=3)
         means_array = maps_array = None
         nonfinite = 0
@@ -90,7 +94,9 @@ def extract_to_zarr(
                 nonfinite += int((~np.isfinite(means)).any(axis=1).sum())
                 if means_array is None:
                     means_array = group.create_array(
-                        "means", shape=(n_images, means.shape[1]), chunks=(min(n_images, 4096), means.shape[1]),
+                        "means",
+                        shape=(n_images, means.shape[1]),
+                        chunks=(min(n_images, 4096), means.shape[1]),
                         dtype="float32",
                     )
                     means_buffer = np.empty((n_images, means.shape[1]), dtype=np.float32)
@@ -98,11 +104,15 @@ def extract_to_zarr(
                 if save_maps:
                     maps = rec.maps[layer].numpy()
                     if maps.ndim != 4:
-                        raise ExtractionError(f"layer {layer!r}: output has shape {list(maps.shape)}; full maps need [N, C, H, W]")
+                        raise ExtractionError(
+                            f"layer {layer!r}: output has shape {list(maps.shape)}; full maps need [N, C, H, W]"
+                        )
                     if maps_array is None:
                         maps_array = group.create_array(
-                            "maps", shape=(n_images, *maps.shape[1:]),
-                            chunks=(min(maps_chunk_images, n_images), *maps.shape[1:]), dtype="float16",
+                            "maps",
+                            shape=(n_images, *maps.shape[1:]),
+                            chunks=(min(maps_chunk_images, n_images), *maps.shape[1:]),
+                            dtype="float16",
                         )
                     maps_array[start:stop] = maps
                 bar.update(stop - start)
@@ -160,10 +170,20 @@ def run_extraction(
         "device": str(torch_device),
         "params": params or {},
     }
-    print(f"extracting {model_name} / {dataset_name} / {layer}: {len(manifest)} images on {torch_device}", flush=True)
+    print(
+        f"extracting {model_name} / {dataset_name} / {layer}: {len(manifest)} images on {torch_device}",
+        flush=True,
+    )
     return extract_to_zarr(
-        model, loader, list(manifest["image_id"]), layer, out_path,
-        save_maps=save_maps, maps_chunk_images=maps_chunk_images, device=torch_device, attrs=attrs,
+        model,
+        loader,
+        list(manifest["image_id"]),
+        layer,
+        out_path,
+        save_maps=save_maps,
+        maps_chunk_images=maps_chunk_images,
+        device=torch_device,
+        attrs=attrs,
     )
 
 

@@ -32,7 +32,7 @@ def datasets_figure(manifests: dict[str, pd.DataFrame], path: str | os.PathLike)
         ax.text(x, inc + exc, f"{inc}" + (f" (+{exc})" if exc else ""), ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("images")
     ax.set_title("Images per dataset")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _save(fig, path)
 
 
@@ -44,8 +44,14 @@ def activation_figure(means: np.ndarray, title: str, path: str | os.PathLike) ->
     order = np.argsort(channel_mean)[::-1]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
     rank = np.arange(n_channels)
-    left.fill_between(rank, (channel_mean - half_width)[order], (channel_mean + half_width)[order], alpha=0.3,
-                      color="#4477aa", label="95% CI of the mean")
+    left.fill_between(
+        rank,
+        (channel_mean - half_width)[order],
+        (channel_mean + half_width)[order],
+        alpha=0.3,
+        color="#4477aa",
+        label="95% CI of the mean",
+    )
     left.plot(rank, channel_mean[order], color="#4477aa", lw=1, label="mean over images")
     left.set_xlabel(f"channel rank (of {n_channels})")
     left.set_ylabel("spatial-mean activation")

@@ -93,7 +93,9 @@ class ActivationRecorder:
     def _make_hook(self, layer: str) -> HookFn:
         def hook(_module, _inputs, output):
             if not isinstance(output, torch.Tensor):
-                raise HookError(f"layer {layer!r} returns {type(output).__name__}, not a tensor; hook a module inside it")
+                raise HookError(
+                    f"layer {layer!r} returns {type(output).__name__}, not a tensor; hook a module inside it"
+                )
             if layer in self.means:
                 raise HookError(
                     f"layer {layer!r} ran twice in one forward pass (the module is reused, as BasicBlock's "

@@ -101,8 +101,7 @@ def _checkpoint_path(name: str, spec: Mapping, data_dir, *, required: bool) -> P
     if not value:
         if required:
             raise ModelError(
-                f"model {name}: models.{name}.checkpoint is not set; "
-                f"arch {spec.get('arch')} needs a checkpoint file"
+                f"model {name}: models.{name}.checkpoint is not set; arch {spec.get('arch')} needs a checkpoint file"
             )
         return None
     path = resolve(value, data_dir)
@@ -161,8 +160,7 @@ def _state_dict(name: str, path: Path, obj) -> dict[str, torch.Tensor]:
     not_tensors = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise ModelError(
-            f"model {name}: checkpoint {path} is not a state_dict: "
-            f"entries {_first(not_tensors)} are not tensors"
+            f"model {name}: checkpoint {path} is not a state_dict: entries {_first(not_tensors)} are not tensors"
         )
     state = {}
     for key, value in obj.items():
@@ -221,9 +219,7 @@ def _torchvision_weights(name: str, tv_arch: str, weights_name: str):
         return enum[key]
     except KeyError:
         valid = ", ".join([*enum.__members__.keys()])
-        raise ModelError(
-            f"model {name}: models.{name}.weights {weights_name!r} is not one of {valid}"
-        ) from None
+        raise ModelError(f"model {name}: models.{name}.weights {weights_name!r} is not one of {valid}") from None
 
 
 @contextlib.contextmanager
@@ -264,9 +260,7 @@ def _stage(name: str, spec: Mapping, source: Path, weights, target: Path) -> Non
         shutil.copyfile(source, temp)
 
 
-def _build_torchvision(
-    name: str, spec: Mapping, arch: str, data_dir, torch_home
-) -> tuple[nn.Module, Path | None]:
+def _build_torchvision(name: str, spec: Mapping, arch: str, data_dir, torch_home) -> tuple[nn.Module, Path | None]:
     tv_arch = arch.split(".", 1)[1]
     try:
         builder = torchvision.models.get_model_builder(tv_arch)
@@ -292,9 +286,7 @@ def _build_torchvision(
         try:
             model = builder(weights=weights)
         except Exception as err:
-            hint = (
-                "" if checkpoint else f"; offline, set models.{name}.checkpoint to a local copy of {filename}"
-            )
+            hint = "" if checkpoint else f"; offline, set models.{name}.checkpoint to a local copy of {filename}"
             raise ModelError(
                 f"model {name}: torchvision could not load {weights} from {cached} "
                 f"({type(err).__name__}: {_one_line(err, 150)}){hint}"
@@ -344,9 +336,7 @@ def build_transform(preprocessing: dict):
             ),
             transforms.CenterCrop(int(preprocessing["crop"])),
             transforms.ToTensor(),
-            transforms.Normalize(
-                [float(m) for m in preprocessing["mean"]], [float(s) for s in preprocessing["std"]]
-            ),
+            transforms.Normalize([float(m) for m in preprocessing["mean"]], [float(s) for s in preprocessing["std"]]),
         ]
     )
 
@@ -479,8 +469,7 @@ def _evaluate(
     labels = np.array(values, dtype=np.int64)
     if num_outputs is not None and (labels.min() < 0 or labels.max() >= num_outputs):
         raise ModelError(
-            f"model {name}: eval labels span {labels.min()}..{labels.max()}, "
-            f"but the model has {num_outputs} outputs"
+            f"model {name}: eval labels span {labels.min()}..{labels.max()}, but the model has {num_outputs} outputs"
         )
     loader = torch.utils.data.DataLoader(
         ManifestDataset(manifest, build_transform(preprocessing)),
@@ -556,9 +545,7 @@ def model_card(
     if eval_manifest is not None:
         card["eval"] = {
             "dataset": (spec.get("eval") or {}).get("dataset"),
-            **_evaluate(
-                name, model, preprocessing, eval_manifest, num_outputs, batch_size, device, num_workers
-            ),
+            **_evaluate(name, model, preprocessing, eval_manifest, num_outputs, batch_size, device, num_workers),
         }
     return card
 

@@ -32,9 +32,7 @@ def dataset_summary(name: str, manifest: pd.DataFrame) -> dict:
         "included": len(included),
         "excluded": len(excluded),
         "labels": {str(k): int(v) for k, v in included["label"].value_counts().sort_index().items()},
-        "exclusions": [
-            {"path": str(row.path), "reason": str(row.exclude_reason)} for row in excluded.itertuples()
-        ],
+        "exclusions": [{"path": str(row.path), "reason": str(row.exclude_reason)} for row in excluded.itertuples()],
     }
 
 
@@ -103,7 +101,8 @@ def build_report(
     }
     relative_figures = {key: os.path.relpath(path, html_path.parent) for key, path in figures.items()}
     environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=jinja2.select_autoescape(["html", "j2"]),
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
         undefined=jinja2.StrictUndefined,
     )
     environment.filters["pct"] = _fmt_pct

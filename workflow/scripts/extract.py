@@ -1,4 +1,5 @@
 """Extraction stage: one (model, dataset, layer) to a Zarr store."""
+
 import sys
 from pathlib import Path
 

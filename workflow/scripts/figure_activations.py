@@ -1,4 +1,5 @@
 """Figure: one activation store's channel statistics."""
+
 import sys
 from pathlib import Path
 

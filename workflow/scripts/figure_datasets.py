@@ -1,4 +1,5 @@
 """Figure: images included / excluded per dataset."""
+
 import sys
 from pathlib import Path
 
@@ -9,5 +10,8 @@ from unitscope.figures import datasets_figure
 from unitscope.logs import log_to
 
 with log_to(snakemake.log[0]):
-    manifests = {name: pd.read_parquet(path) for name, path in zip(snakemake.params.datasets, snakemake.input.manifests, strict=True)}
+    manifests = {
+        name: pd.read_parquet(path)
+        for name, path in zip(snakemake.params.datasets, snakemake.input.manifests, strict=True)
+    }
     datasets_figure(manifests, snakemake.output[0])

@@ -1,4 +1,5 @@
 """Data stage: draw one dataset's images and write its manifest."""
+
 import sys
 from pathlib import Path
 

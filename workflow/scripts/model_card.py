@@ -1,4 +1,5 @@
 """Model stage: build one registered model and write its card."""
+
 import sys
 from pathlib import Path
 

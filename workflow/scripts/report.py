@@ -1,4 +1,5 @@
 """Report stage: the HTML page and results/summary.json."""
+
 import sys
 from pathlib import Path
 
