@@ -15,6 +15,9 @@ except ConfigError as err:
     raise WorkflowError(f"unitscope: {err}") from None
 
 ENV = "../envs/unitscope.yaml"
+# Studies: each has rules/<study>.smk, config key <study> (schema in config/schemas/), and writes
+# results/<study>/section.json for the report.
+STUDIES = ("faces", "actmax", "nefesi", "dissection")
 # Run settings that never change results: kept out of params so changing them re-runs nothing.
 RUN_ONLY_SETTINGS = {"extraction": ("batch_size", "num_workers", "device", "maps_chunk_images")}
 
@@ -52,13 +55,25 @@ def extraction_targets():
     ]
 
 
+# Stores that study rules need beyond extraction.targets; filled by request_extraction() at parse time.
+STUDY_EXTRACTIONS = []
+
+
+def request_extraction(model, dataset, layer, save_maps=False):
+    """Declare that a study needs this store (and whether with full maps); returns its path for `input:`."""
+    STUDY_EXTRACTIONS.append((model, dataset, layer, save_maps))
+    return f"results/activations/{model}/{dataset}/{layer}.zarr"
+
+
 def target_save_maps(wildcards):
-    for model, dataset, layer, save_maps in extraction_targets():
-        if (model, dataset, layer) == (wildcards.model, wildcards.dataset, wildcards.layer):
-            return save_maps
-    raise WorkflowError(
-        f"unitscope: no extraction target for {wildcards.model}/{wildcards.dataset}/{wildcards.layer} in config extraction.targets"
-    )
+    """Whether the store keeps full maps: yes if any target or study asks for them."""
+    wanted = (wildcards.model, wildcards.dataset, wildcards.layer)
+    requests = [maps for *key, maps in extraction_targets() + STUDY_EXTRACTIONS if tuple(key) == wanted]
+    if not requests:
+        raise WorkflowError(
+            f"unitscope: no extraction target for {'/'.join(wanted)} in config extraction.targets or any study"
+        )
+    return any(requests)
 
 
 def activation_stores():
@@ -67,6 +82,14 @@ def activation_stores():
 
 def activation_figures():
     return [f"results/report/figures/activations/{m}/{d}/{layer}.png" for m, d, layer, _ in extraction_targets()]
+
+
+def enabled_studies():
+    return [study for study in STUDIES if config.get(study, {}).get("enabled", False)]
+
+
+def study_sections():
+    return [f"results/{study}/section.json" for study in enabled_studies()]
 
 
 def manifest_path(dataset):

@@ -10,6 +10,7 @@ rule report:
         stores=activation_stores(),
         datasets_figure="results/report/figures/datasets.png",
         activation_figures=activation_figures(),
+        sections=study_sections(),
     output:
         html="results/report/index.html",
         summary="results/summary.json",

@@ -14,6 +14,8 @@ import jsonschema
 import yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+# Each study's settings are described in config/schemas/<study>.schema.yaml (top-level key <study>).
+STUDY_SCHEMAS = SCHEMA_PATH.parent / "schemas"
 
 
 class ConfigError(ValueError):
@@ -59,8 +61,13 @@ def _describe(error: jsonschema.ValidationError) -> str:
 
 
 def load_schema(path: str | os.PathLike = SCHEMA_PATH) -> dict:
+    """The main schema plus every study's schema (config/schemas/<study>.schema.yaml) as a top-level key."""
     with open(path) as handle:
-        return yaml.safe_load(handle)
+        schema = yaml.safe_load(handle)
+    for study_file in sorted((Path(path).parent / "schemas").glob("*.schema.yaml")):
+        with open(study_file) as handle:
+            schema["properties"][study_file.name.removesuffix(".schema.yaml")] = yaml.safe_load(handle)
+    return schema
 
 
 def validate_config(config: dict, schema: dict | None = None) -> dict:

@@ -18,6 +18,7 @@ import pandas as pd
 import yaml
 
 from unitscope.fsutil import atomic_path, write_text_atomic
+from unitscope.sections import read_section
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -70,6 +71,7 @@ def build_report(
     cards: dict[str, str | os.PathLike],
     stores: list[str | os.PathLike],
     figures: dict[str, str | os.PathLike],
+    sections: list[str | os.PathLike] = (),
     config: dict,
     html_path: str | os.PathLike,
     summary_path: str | os.PathLike,
@@ -79,6 +81,7 @@ def build_report(
     datasets = [dataset_summary(name, pd.read_parquet(path)) for name, path in manifests.items()]
     models = [json.loads(Path(path).read_text()) for path in cards.values()]
     extractions = [extraction_summary(path) for path in stores]
+    studies = [read_section(path) for path in sections]
     versions = extractions[0]["package_versions"] if extractions else {}
     summary = {
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -97,6 +100,7 @@ def build_report(
             }
             for e in extractions
         },
+        **{study["study"]: study["summary"] for study in studies},
         "package_versions": versions,
     }
     relative_figures = {key: os.path.relpath(path, html_path.parent) for key, path in figures.items()}
@@ -111,6 +115,7 @@ def build_report(
         datasets=datasets,
         models=models,
         extractions=extractions,
+        studies=studies,
         figures=relative_figures,
         config_yaml=yaml.safe_dump(config, sort_keys=False),
         versions=versions,

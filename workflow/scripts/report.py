@@ -16,6 +16,7 @@ with log_to(snakemake.log[0]):
         cards=dict(zip(snakemake.params.models, snakemake.input.cards, strict=True)),
         stores=list(snakemake.input.stores),
         figures=figures,
+        sections=list(snakemake.input.sections),
         config=snakemake.params.config,
         html_path=snakemake.output.html,
         summary_path=snakemake.output.summary,

@@ -1,0 +1,1 @@
+# Study stage 'nefesi': see its issue. Rules arrive with the study; until then this file defines none.
