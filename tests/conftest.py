@@ -25,3 +25,18 @@ def data_dir() -> Path:
 def default_config() -> dict:
     with open(REPO / "config" / "config.yaml") as handle:
         return copy.deepcopy(yaml.safe_load(handle))
+
+
+@pytest.fixture(scope="session")
+def tiny_local_run(tmp_path_factory):
+    """The workflow run locally to `report` on the tiny config, in a temporary copy of the repository.
+
+    Returns (workdir, config). Shared by the workflow, failure and SLURM tests (which compare against it).
+    """
+    from wfutil import copy_workflow, disable_studies, snakemake, tiny_config, write_config
+
+    workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
+    config = disable_studies(tiny_config(DATA_DIR))
+    write_config(workdir, config)
+    snakemake(workdir, "report")
+    return workdir, config

@@ -9,20 +9,14 @@ import sys
 
 import pytest
 import zarr
-from wfutil import REPO, SNAKEMAKE, copy_workflow, disable_studies, planned_jobs, snakemake, tiny_config, write_config
+from wfutil import REPO, SNAKEMAKE, planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    from conftest import DATA_DIR
-
-    workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
-    config = disable_studies(tiny_config(DATA_DIR))
-    write_config(workdir, config)
-    snakemake(workdir, "report")
-    return workdir, config
+def finished_run(tiny_local_run):
+    return tiny_local_run
 
 
 def test_report_and_artifacts(finished_run):
