@@ -7,10 +7,11 @@ REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO / "src"))
 
 from unitscope.codedeps import module_closure  # noqa: E402
-from unitscope.config import ConfigError, validate_config  # noqa: E402
+from unitscope.config import ConfigError, check_paths, validate_config  # noqa: E402
 
 try:
     validate_config(config)
+    check_paths(config)
 except ConfigError as err:
     raise WorkflowError(f"unitscope: {err}") from None
 

@@ -1,6 +1,6 @@
 import pytest
 
-from unitscope.config import ConfigError, load_config, validate_config
+from unitscope.config import ConfigError, check_paths, load_config, validate_config
 
 
 def test_default_config_is_valid_and_gets_defaults(default_config):
@@ -73,3 +73,14 @@ def test_load_config_reports_yaml_syntax(tmp_path):
     bad.write_text("datasets: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_config(bad)
+
+
+def test_check_paths_names_missing_checkpoint(default_config, data_dir):
+    config = validate_config(default_config)
+    config["data_dir"] = str(data_dir)
+    check_paths(config)  # the shipped config points at files that exist
+    config["models"]["resnet56_cifar"]["checkpoint"] = "checkpoints/nope.th"
+    with pytest.raises(
+        ConfigError, match=r"config key models.resnet56_cifar.checkpoint: file .*nope.th does not exist"
+    ):
+        check_paths(config)

@@ -104,6 +104,23 @@ def _check_references(config: dict) -> None:
             raise ConfigError(f"config key models.{name}.eval.dataset: unknown dataset {evaluation['dataset']!r}")
 
 
+def check_paths(config: dict) -> None:
+    """Fail fast, before any job, when a configured folder or checkpoint is not where the config says."""
+    data_dir = Path(config["data_dir"])
+    for name, dataset in config["datasets"].items():
+        source = dataset["source"]
+        if source["kind"] == "folder":
+            root = Path(source["root"]) if Path(source["root"]).is_absolute() else data_dir / source["root"]
+            if not root.is_dir():
+                raise ConfigError(f"config key datasets.{name}.source.root: folder {root} does not exist")
+    for name, model in config["models"].items():
+        if model.get("enabled", True) and model.get("checkpoint"):
+            path = Path(model["checkpoint"])
+            path = path if path.is_absolute() else data_dir / path
+            if not path.is_file():
+                raise ConfigError(f"config key models.{name}.checkpoint: file {path} does not exist")
+
+
 def load_config(path: str | os.PathLike) -> dict:
     """Read a YAML config file and validate it."""
     try:

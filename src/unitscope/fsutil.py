@@ -30,6 +30,15 @@ def _temp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
 
 
+def remove_stale_temps(final: Path) -> None:
+    """Delete temporaries a killed writer of `final` left behind (one writer per output, as Snakemake ensures)."""
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
@@ -39,6 +48,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(final)
     temp = _temp_sibling(final)
     try:
         yield temp

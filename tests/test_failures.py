@@ -1,0 +1,103 @@
+"""Failures lose nothing: a run killed mid-extraction resumes to the same results; bad config is one clear line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import zarr
+from wfutil import SNAKEMAKE, copy_workflow, snakemake, write_config
+
+from unitscope.fsutil import atomic_path
+
+pytestmark = pytest.mark.integration
+
+
+def test_sigkill_during_extraction_then_rerun_equals_uninterrupted_run(tmp_path, tiny_local_run):
+    local, config = tiny_local_run
+    workdir = copy_workflow(tmp_path / "wf")
+    write_config(workdir, config)
+    process = subprocess.Popen(
+        [SNAKEMAKE, "--cores", "1", "report"],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    activations = workdir / "results" / "activations"
+    deadline, partial = time.monotonic() + 300, []
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            partial = list(activations.rglob(".*.zarr.tmp-*")) if activations.exists() else []
+            if partial:
+                break
+            time.sleep(0.02)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert partial, "the run ended before any extraction started writing; cannot test the kill"
+    finished_before_kill = {p.name for p in activations.rglob("*.zarr")}
+    assert all(not name.startswith(".") for name in finished_before_kill)
+
+    snakemake(workdir, "--unlock")
+    snakemake(workdir, "report")
+    assert not list(activations.rglob(".*.tmp-*")), "a partial store from the killed run is still there"
+    for store in sorted((local / "results" / "activations").glob("*/*/*.zarr")):
+        ours = zarr.open_group(str(workdir / store.relative_to(local)), mode="r")
+        theirs = zarr.open_group(str(store), mode="r")
+        np.testing.assert_array_equal(ours["means"][:], theirs["means"][:])
+        assert list(ours["image_id"][:]) == list(theirs["image_id"][:])
+    assert (workdir / "results" / "report" / "index.html").is_file()
+
+
+def test_stale_temporary_is_removed_by_the_next_write(tmp_path):
+    stale = tmp_path / ".out.zarr.tmp-deadbeef"
+    (stale / "means").mkdir(parents=True)
+    with atomic_path(tmp_path / "out.zarr") as temp:
+        temp.mkdir()
+        (temp / "zarr.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda c: c.update(extration={}), "config key <top level>: unknown key 'extration'"),
+        (lambda c: c["datasets"]["faces"].update(size="many"), "config key datasets.faces.size: expected integer"),
+        (lambda c: c["extraction"]["targets"][0].update(model="vgg99"), "unknown model 'vgg99'"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_key(tmp_path, tiny_local_run, change, expected):
+    _, config = tiny_local_run
+    workdir = copy_workflow(tmp_path / "wf")
+    bad = {
+        **config,
+        "datasets": {k: dict(v) for k, v in config["datasets"].items()},
+        "extraction": {**config["extraction"], "targets": [dict(t) for t in config["extraction"]["targets"]]},
+    }
+    change(bad)
+    write_config(workdir, bad)
+    result = snakemake(workdir, "-n", "report", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    lines = [line for line in output.splitlines() if expected in line]
+    assert len(lines) == 1, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+
+
+def test_missing_data_folder_fails_before_any_job_with_one_line(tmp_path, tiny_local_run):
+    _, config = tiny_local_run
+    workdir = copy_workflow(tmp_path / "wf")
+    write_config(workdir, {**config, "data_dir": str(tmp_path / "no-data")})
+    result = snakemake(workdir, "report", check=False)
+    output = result.stderr + result.stdout
+    assert result.returncode != 0
+    assert (
+        f"config key datasets.faces.source.root: folder {tmp_path / 'no-data'}/faces_utkface does not exist" in output
+    )
+    assert "Traceback" not in output
+    assert not (workdir / "results").exists()
