@@ -6,8 +6,9 @@ merges `summary` into results/summary.json under the study's name. Figures refer
 are paths relative to results/report/ (e.g. "figures/faces/lesion.png").
 
 `units` lists the units the study singled out, each a dict with at least `model`, `layer`, `channel`
-and a `facts` dict (name -> value or short text), so the report can join what every study knows
-about one unit.
+and a `facts` dict (name -> value or short text), optionally `images` (a list of {"src", "caption"} with
+src relative to results/report/), so the report can join what every study knows about one unit on one
+page. Tables in `body_html` link a unit to that page with `unit_href(model, layer, channel)`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,16 @@ from pathlib import Path
 from unitscope.fsutil import write_text_atomic
 
 SECTION_KEYS = ("study", "title", "conclusion", "body_html", "summary", "units")
+
+
+def unit_page_name(model: str, layer: str, channel: int) -> str:
+    """File name of a unit's page inside results/report/units/."""
+    return f"{model}__{layer}__{int(channel)}.html"
+
+
+def unit_href(model: str, layer: str, channel: int) -> str:
+    """Link to a unit's page, relative to results/report/ (where section bodies are rendered)."""
+    return f"units/{unit_page_name(model, layer, channel)}"
 
 
 def write_section(
