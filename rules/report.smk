@@ -14,6 +14,7 @@ rule report:
     output:
         html="results/report/index.html",
         summary="results/summary.json",
+        units=directory("results/report/units"),
     params:
         config=results_config(),
         datasets=list(config["datasets"]),

@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 
 from unitscope.fsutil import atomic_path, write_text_atomic
-from unitscope.sections import read_section
+from unitscope.sections import read_section, unit_href, unit_page_name
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -61,6 +61,34 @@ def extraction_summary(store_path: str | os.PathLike) -> dict:
     }
 
 
+def collect_units(studies: list[dict]) -> list[dict]:
+    """Join what every study says about each unit: one entry per (model, layer, channel), studies in order."""
+    joined: dict[tuple, dict] = {}
+    for study in studies:
+        for unit in study.get("units", []):
+            key = (unit["model"], unit["layer"], int(unit["channel"]))
+            entry = joined.setdefault(
+                key,
+                {
+                    "model": key[0],
+                    "layer": key[1],
+                    "channel": key[2],
+                    "href": unit_href(*key),
+                    "page": unit_page_name(*key),
+                    "studies": [],
+                },
+            )
+            entry["studies"].append(
+                {
+                    "study": study["study"],
+                    "title": study["title"],
+                    "facts": unit.get("facts", {}),
+                    "images": unit.get("images", []),
+                }
+            )
+    return sorted(joined.values(), key=lambda u: (u["model"], u["layer"], u["channel"]))
+
+
 def _fmt_pct(x: float | None) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
 
@@ -75,6 +103,7 @@ def build_report(
     config: dict,
     html_path: str | os.PathLike,
     summary_path: str | os.PathLike,
+    units_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Write the HTML report and the machine-readable summary; return the summary."""
     html_path = Path(html_path)
@@ -82,6 +111,7 @@ def build_report(
     models = [json.loads(Path(path).read_text()) for path in cards.values()]
     extractions = [extraction_summary(path) for path in stores]
     studies = [read_section(path) for path in sections]
+    units = collect_units(studies)
     versions = extractions[0]["package_versions"] if extractions else {}
     summary = {
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -116,11 +146,17 @@ def build_report(
         models=models,
         extractions=extractions,
         studies=studies,
+        units=units,
         figures=relative_figures,
         config_yaml=yaml.safe_dump(config, sort_keys=False),
         versions=versions,
     )
     write_text_atomic(html_path, html)
+    unit_template = environment.get_template("unit.html.j2")
+    with atomic_path(units_dir or html_path.parent / "units") as folder:
+        folder.mkdir()
+        for unit in units:
+            (folder / unit["page"]).write_text(unit_template.render(unit=unit))
     with atomic_path(summary_path) as temp:
         temp.write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -20,4 +20,5 @@ with log_to(snakemake.log[0]):
         config=snakemake.params.config,
         html_path=snakemake.output.html,
         summary_path=snakemake.output.summary,
+        units_dir=snakemake.output.units,
     )
