@@ -8,6 +8,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from unitscope.codedeps import module_closure  # noqa: E402
 from unitscope.config import ConfigError, check_paths, validate_config  # noqa: E402
+from unitscope.data import source_files  # noqa: E402
 
 try:
     validate_config(config)
@@ -91,6 +92,11 @@ def enabled_studies():
 
 def study_sections():
     return [f"results/{study}/section.json" for study in enabled_studies()]
+
+
+def dataset_files(wildcards):
+    """The dataset's labels CSV and image files (a changed image re-runs its manifest)."""
+    return source_files(config["datasets"][wildcards.dataset]["source"], data_dir())
 
 
 def manifest_path(dataset):

@@ -4,6 +4,7 @@
 rule manifest:
     input:
         code=code("data"),
+        files=dataset_files,
     output:
         "results/data/{dataset}/manifest.parquet",
     params:

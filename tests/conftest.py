@@ -33,10 +33,12 @@ def tiny_local_run(tmp_path_factory):
 
     Returns (workdir, config). Shared by the workflow, failure and SLURM tests (which compare against it).
     """
-    from wfutil import copy_workflow, disable_studies, snakemake, tiny_config, write_config
+    from wfutil import copy_face_images, copy_workflow, disable_studies, snakemake, tiny_config, write_config
 
     workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
     config = disable_studies(tiny_config(DATA_DIR))
+    # faces come from a writable copy, so re-run tests can change a file in a dataset folder
+    config["datasets"]["faces"]["source"]["root"] = str(copy_face_images(workdir / "data" / "faces", DATA_DIR))
     write_config(workdir, config)
     snakemake(workdir, "report")
     return workdir, config

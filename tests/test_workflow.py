@@ -76,6 +76,21 @@ def test_rerun_plans_exactly_what_changed(finished_run):
 
     write_config(workdir, config)
     assert planned_jobs(workdir) == set()
+    faces_folder = workdir / "data" / "faces" / "images"
+    image = sorted(faces_folder.iterdir())[0]
+    original = image.read_bytes()
+    image.write_bytes(sorted(faces_folder.iterdir())[1].read_bytes())  # a file in the dataset folder changes
+    try:
+        assert planned_jobs(workdir) == {
+            ("manifest", "dataset=faces"),
+            ("extract", faces_store),
+            ("figure_activations", faces_store),
+            ("figure_datasets", ""),
+            ("report", ""),
+        }
+    finally:
+        image.write_bytes(original)
+    assert planned_jobs(workdir) == set(), "restoring the file's content plans nothing (Snakemake compares checksums)"
     module = workdir / "src" / "unitscope" / "extract.py"
     module.write_text(module.read_text() + "\n# an edit\n")  # content, not just mtime: Snakemake compares checksums
     plan = planned_jobs(workdir)

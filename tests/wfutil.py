@@ -115,6 +115,18 @@ def write_config(workdir: Path, config: dict) -> None:
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
+def copy_face_images(dest: Path, data_dir: Path, n: int = 30) -> Path:
+    """A writable folder source of the first `n` UTKFace images (so tests can change a file in a dataset folder)."""
+    import pandas as pd
+
+    (dest / "images").mkdir(parents=True, exist_ok=True)
+    labels = pd.read_csv(data_dir / "faces_utkface" / "labels.csv").head(n)
+    for name in labels["filename"]:
+        shutil.copy2(data_dir / "faces_utkface" / "images" / name, dest / "images" / name)
+    labels.to_csv(dest / "labels.csv", index=False)
+    return dest
+
+
 def copy_workflow(workdir: Path) -> Path:
     """Copy what the workflow needs (not results, not .venv) into `workdir`; return it."""
     for item in COPIED:

@@ -60,6 +60,26 @@ def folder_layout(name: str, source: dict, data_dir: str | os.PathLike) -> Folde
     )
 
 
+def source_files(source: dict, data_dir: str | os.PathLike) -> list[str]:
+    """Every file a folder source reads (labels CSV and all files under its image folder), for rule inputs.
+
+    Listing them lets a changed, added or removed image re-run that dataset's manifest and what depends on it.
+    A folder that does not exist gives no files (the config check reports it). Download sources give none:
+    their URL and checksum are rule params.
+    """
+    if source["kind"] != "folder":
+        return []
+    root = resolve(source["root"], data_dir)
+    images = root / source.get("image_dir", "")
+    if not images.is_dir():
+        return []
+    files = [str(resolve(source["labels"], root))]
+    for folder, subfolders, names in os.walk(images):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        files.extend(os.path.join(folder, name) for name in sorted(names) if not name.startswith("."))
+    return sorted(set(files))
+
+
 def read_labels(name: str, layout: FolderLayout) -> pd.DataFrame:
     """The labels CSV with the columns the config names; a missing column is a one-line error."""
     try:
