@@ -101,3 +101,18 @@ def test_missing_data_folder_fails_before_any_job_with_one_line(tmp_path, tiny_l
     )
     assert "Traceback" not in output
     assert not (workdir / "results").exists()
+
+
+def test_unknown_layer_fails_its_extraction_job_with_one_line_and_no_store(tmp_path, tiny_local_run):
+    _, config = tiny_local_run
+    workdir = copy_workflow(tmp_path / "wf")
+    targets = [{"model": "resnet20_cifar", "datasets": ["objects"], "layers": ["layer9"]}]
+    write_config(workdir, {**config, "extraction": {**config["extraction"], "targets": targets}})
+    result = snakemake(workdir, "results/activations/resnet20_cifar/objects/layer9.zarr", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    lines = [line for line in output.splitlines() if "model resnet20_cifar has no layer 'layer9'" in line]
+    assert lines and "valid layers include" in lines[0] and "layer3" in lines[0]
+    assert not (workdir / "results" / "activations" / "resnet20_cifar" / "objects").exists() or not list(
+        (workdir / "results" / "activations" / "resnet20_cifar" / "objects").iterdir()
+    )
