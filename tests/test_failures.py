@@ -97,7 +97,7 @@ def test_missing_data_folder_fails_before_any_job_with_one_line(tmp_path, tiny_l
     output = result.stderr + result.stdout
     assert result.returncode != 0
     assert (
-        f"config key datasets.faces.source.root: folder {tmp_path / 'no-data'}/faces_utkface does not exist" in output
+        f"config key datasets.scenes.source.root: folder {tmp_path / 'no-data'}/scenes_intel does not exist" in output
     )
     assert "Traceback" not in output
     assert not (workdir / "results").exists()

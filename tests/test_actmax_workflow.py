@@ -1,0 +1,101 @@
+"""End to end: the actmax study on a tiny config (small training run, few units and steps) in a temporary copy
+of the repository; then which jobs a changed setting re-plans."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from wfutil import copy_workflow, disable_studies, planned_jobs, snakemake, tiny_config, write_config
+
+pytestmark = pytest.mark.integration
+
+TINY_ACTMAX = {
+    "enabled": True,
+    "training": {"epochs": 1, "train_images": 3000, "widths": [8, 16, 16]},
+    "units": {"layers": ["conv1", "conv3"], "channels_per_layer": 2, "neurons_per_channel": 1},
+    "optimization": {"seeds": 3, "steps": 12, "snapshot_every": 5, "inits": ["gray_noise", "lowfreq"]},
+    "analysis": {"probe_groups": 4, "interpolation_units": 1, "interpolation_steps": 5},
+}
+
+
+def actmax_config(data_dir) -> dict:
+    """The foundation's tiny config cut to one cheap model and dataset, other studies off, actmax tiny."""
+    config = disable_studies(tiny_config(data_dir))
+    config["datasets"] = {"objects": config["datasets"]["objects"]}
+    config["models"] = {"resnet20_cifar": config["models"]["resnet20_cifar"]}
+    config["extraction"]["targets"] = []
+    config["actmax"] = json.loads(json.dumps(TINY_ACTMAX))
+    return config
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from conftest import DATA_DIR
+
+    workdir = copy_workflow(tmp_path_factory.mktemp("actmax_workflow"))
+    config = actmax_config(DATA_DIR)
+    write_config(workdir, config)
+    snakemake(workdir, "report")
+    return workdir, config
+
+
+def test_section_summary_and_artifacts(finished_run):
+    workdir, _ = finished_run
+    results = workdir / "results"
+    summary = json.loads((results / "summary.json").read_text())["actmax"]
+    assert set(summary["evaluation"]) == {"biased", "unbiased", "conflicting"}
+    assert all(summary["evaluation"][s]["n"] == 5000 for s in summary["evaluation"])
+    assert set(summary["color_vs_shape"]) == {"conv1", "conv3"}
+    # 2 layers x 2 channels x (channel: 2 inits + neuron + topk + class_conditional: 1 init) x 3 seeds
+    assert summary["runs"] == 2 * 2 * (2 + 1 + 1 + 1) * 3
+    runs = pd.read_csv(results / "actmax" / "analysis" / "runs.csv")
+    assert len(runs) == summary["runs"]
+    assert {"layer", "channel", "objective", "l2", "tv", "seed", "final_activation"} <= set(runs.columns)
+    assert np.isfinite(runs["final_activation"]).all()
+    # the optimisation climbs: every run ends above where it started
+    assert (runs["final_objective"] > runs["start_objective"]).mean() > 0.9
+    html = (results / "report" / "index.html").read_text()
+    assert "Activation maximisation on Biased Colored-MNIST" in html
+    for image in re.findall(r'<img src="(figures/actmax/[^"]+)"', html):
+        assert (results / "report" / image).stat().st_size > 1000
+    grids = list((results / "actmax" / "images" / "conv1").rglob("*.png"))
+    assert len(grids) == 2 * (2 + 1 + 1 + 1)  # one grid per channel x objective x neuron x init
+    assert (workdir / "logs" / "actmax" / "optimize" / "conv3.log").stat().st_size > 0
+    assert not list(results.rglob(".*.tmp-*")), "a temporary artifact was left behind"
+
+
+def test_snakemake_report_lists_actmax_figures(finished_run):
+    workdir, _ = finished_run
+    snakemake(workdir, "--report", "results/report.zip", "report")
+    import zipfile
+
+    from unitscope.actmax_report import FIGURES
+
+    names = {name.rsplit("/", 1)[-1] for name in zipfile.ZipFile(workdir / "results" / "report.zip").namelist()}
+    assert {f"{figure}.png" for figure in FIGURES} <= names
+
+
+def test_changes_rerun_exactly_their_stages(finished_run):
+    workdir, config = finished_run
+    assert planned_jobs(workdir) == set()
+
+    changed = json.loads(json.dumps(config))
+    changed["actmax"]["optimization"]["steps"] = 13
+    write_config(workdir, changed)
+    assert {rule for rule, _ in planned_jobs(workdir)} == {
+        "actmax_optimize",
+        "actmax_analyze",
+        "actmax_report",
+        "report",
+    }, "changing actmax settings must not retrain"
+
+    changed = json.loads(json.dumps(config))
+    changed["actmax"]["dataset"] = {"rho": 0.9}
+    write_config(workdir, changed)
+    assert {"actmax_dataset", "actmax_train"} <= {rule for rule, _ in planned_jobs(workdir)}
+
+    write_config(workdir, config)

@@ -1,0 +1,129 @@
+"""Faces study end to end: the workflow on a tiny config (12 faces, 6 scenes, 20 objects), then re-run planning."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+import pytest
+from wfutil import copy_workflow, disable_studies, planned_jobs, snakemake, tiny_config, write_config
+
+pytestmark = pytest.mark.integration
+
+N_RANDOM, N_MATCHED = 8, 6
+
+
+def faces_settings() -> dict:
+    return {
+        "enabled": True,
+        "probe_layers": ["features.13", "features.18"],
+        "interventions": {"n_random": N_RANDOM, "n_matched": N_MATCHED},
+        "probe": {"folds": 3},
+        "n_bootstrap": 200,
+        "heatmaps": {"n_examples": 2, "n_channels": 2},
+    }
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from conftest import DATA_DIR
+
+    workdir = copy_workflow(tmp_path_factory.mktemp("faces_workflow"))
+    config = disable_studies(tiny_config(DATA_DIR))
+    config["faces"] = faces_settings()
+    write_config(workdir, config)
+    snakemake(workdir, "report")
+    return workdir, config
+
+
+def test_section_tables_and_summary(finished_run):
+    workdir, _ = finished_run
+    results = workdir / "results"
+    conditions = pd.read_parquet(results / "faces" / "conditions.parquet")
+    assert len(conditions) == 1 + 2 + 2 * N_RANDOM + 2 * N_MATCHED
+    assert conditions["n_faces"].iloc[0] == 12 and conditions["n_nonfaces"].iloc[0] == 26
+    assert (conditions.loc[conditions["family"] != "intact", "set_size"] == 64).all()  # ceil(1280 * 5%)
+    controls = pd.read_parquet(results / "faces" / "controls.parquet")
+    assert set(controls["control"]) == {"random", "matched"} and controls["p_value"].between(0, 1).all()
+    probes = pd.read_parquet(results / "faces" / "probes.parquet")
+    assert list(probes["layer"]) == ["features.13", "features.18"] and probes["n_images"].eq(38).all()
+    coefficients = pd.read_parquet(results / "faces" / "probe_coefficients.parquet")
+    assert len(coefficients) == 96 + 1280
+
+    section = json.loads((results / "faces" / "section.json").read_text())
+    assert "64" in section["conclusion"] and "%" in section["conclusion"]
+    assert len(section["units"]) == 64 and section["units"][0]["facts"]["face rank"] == 1
+    summary = json.loads((results / "summary.json").read_text())["faces"]
+    assert summary["layer"] == "features.18" and summary["selection"]["top_percentile"] == 64
+    assert set(summary["verdict"]) >= {"necessary", "sufficient_absolute", "sufficient_vs_controls", "specific"}
+    assert summary["interventions"]["intact"]["kl_faces"] == 0
+
+    html = (results / "report" / "index.html").read_text()
+    assert 'id="faces"' in html and "Face-selective units" in html
+    images = re.findall(r'<img src="(figures/faces/[^"]+)"', html)
+    assert len(images) == 6
+    for image in images:
+        assert (results / "report" / image).stat().st_size > 5000
+    logs = {p.name for p in (workdir / "logs" / "faces").glob("*.log")}
+    assert logs == {
+        f"{name}.log"
+        for name in (
+            "selection",
+            "pca",
+            "interventions",
+            "interventions_figure",
+            "probes",
+            "categories",
+            "heatmaps",
+            "section",
+        )
+    }
+    assert not list(results.rglob(".*.tmp-*")), "a temporary artifact was left behind"
+
+
+def test_rerun_plans_exactly_what_changed(finished_run):
+    workdir, config = finished_run
+    assert planned_jobs(workdir) == set()
+
+    changed = json.loads(json.dumps(config))
+    changed["faces"]["interventions"]["alpha"] = 0.01  # a reporting threshold: the section only
+    write_config(workdir, changed)
+    assert planned_jobs(workdir) == {("faces_section", ""), ("report", "")}
+
+    changed = json.loads(json.dumps(config))
+    changed["faces"]["interventions"]["n_random"] = N_RANDOM + 1
+    write_config(workdir, changed)
+    assert planned_jobs(workdir) == {
+        ("faces_interventions", ""),
+        ("faces_interventions_figure", ""),
+        ("faces_section", ""),
+        ("report", ""),
+    }
+
+    changed = json.loads(json.dumps(config))
+    changed["faces"]["selection"] = {"percentile": 10}
+    write_config(workdir, changed)
+    assert {rule for rule, _ in planned_jobs(workdir)} == {
+        "faces_selection",
+        "faces_interventions",
+        "faces_interventions_figure",
+        "faces_categories",
+        "faces_heatmaps",
+        "faces_section",
+        "report",
+    }
+    write_config(workdir, config)
+
+
+def test_unknown_face_dataset_is_a_one_line_error(finished_run, tmp_path):
+    workdir, config = finished_run
+    broken = json.loads(json.dumps(config))
+    broken["faces"]["nonface_datasets"] = ["scenes", "cars"]
+    write_config(workdir, broken)
+    try:
+        result = snakemake(workdir, "-n", "report", check=False)
+    finally:
+        write_config(workdir, config)
+    assert result.returncode != 0
+    assert "config key faces.nonface_datasets: unknown dataset 'cars'" in result.stdout + result.stderr

@@ -1,0 +1,17 @@
+"""actmax stage: Biased Colored-MNIST arrays from the MNIST files."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+from unitscope.colored_mnist import run_build_dataset
+from unitscope.logs import log_to
+
+with log_to(snakemake.log[0]):
+    run_build_dataset(
+        mnist_dir=snakemake.params.mnist_dir,
+        out_path=snakemake.output[0],
+        rho=snakemake.params.rho,
+        seed=snakemake.params.seed,
+        target=snakemake.params.color_target,
+    )

@@ -1,0 +1,21 @@
+"""actmax stage: every unit-run of one layer, optimised together as one batch."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+from unitscope.actmax_study import run_optimize_layer
+from unitscope.logs import log_to
+
+with log_to(snakemake.log[0]):
+    run_optimize_layer(
+        checkpoint_path=snakemake.input.checkpoint,
+        info_path=snakemake.input.info,
+        units_path=snakemake.input.units,
+        layer=snakemake.wildcards.layer,
+        optimization=snakemake.params.optimization,
+        npz_path=snakemake.output.npz,
+        table_path=snakemake.output.table,
+        images_dir=snakemake.output.images,
+        threads=snakemake.threads,
+    )

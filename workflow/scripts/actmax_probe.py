@@ -1,0 +1,19 @@
+"""actmax stage: colour-swap vs digit-swap activation changes of every channel and chosen neuron."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+from unitscope.actmax_study import run_probe
+from unitscope.logs import log_to
+
+with log_to(snakemake.log[0]):
+    run_probe(
+        data_path=snakemake.input.data,
+        checkpoint_path=snakemake.input.checkpoint,
+        info_path=snakemake.input.info,
+        units_path=snakemake.input.units,
+        out_path=snakemake.output[0],
+        groups=snakemake.params.groups,
+        seed=snakemake.params.seed,
+    )

@@ -1,0 +1,32 @@
+"""actmax stage: the study's figures and report section."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+from unitscope.actmax_report import FIGURES, run_report
+from unitscope.logs import log_to
+
+registry_root = Path(snakemake.input.analysis).parent / "registry"
+with log_to(snakemake.log[0]):
+    run_report(
+        evaluation_path=snakemake.input.evaluation,
+        model_info_path=snakemake.input.info,
+        units_path=snakemake.input.units,
+        probe_path=snakemake.input.probe,
+        analysis_dir=snakemake.input.analysis,
+        run_paths={
+            layer: (npz, table)
+            for layer, npz, table in zip(
+                snakemake.params.layers, snakemake.input.npz, snakemake.input.tables, strict=True
+            )
+        },
+        registry_paths=[
+            (model, layer, str(registry_root / model / f"{layer}.npz"), str(registry_root / model / f"{layer}.parquet"))
+            for model, layer in snakemake.params.registry
+        ],
+        figure_paths={name: getattr(snakemake.output, name) for name in FIGURES},
+        section_path=snakemake.output.section,
+        rho=snakemake.params.rho,
+        settings=snakemake.params.settings,
+    )

@@ -1,0 +1,19 @@
+"""actmax stage: train the Colored-MNIST CNN, write its checkpoint, description and evaluation table."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+from unitscope.colored_mnist import run_train
+from unitscope.logs import log_to
+
+with log_to(snakemake.log[0]):
+    run_train(
+        data_path=snakemake.input.data,
+        checkpoint_path=snakemake.output.checkpoint,
+        info_path=snakemake.output.info,
+        evaluation_path=snakemake.output.evaluation,
+        training=snakemake.params.training,
+        seed=snakemake.params.seed,
+        threads=snakemake.threads,
+    )

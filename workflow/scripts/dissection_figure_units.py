@@ -1,0 +1,23 @@
+"""Figure: the top units of one dissected layer with their top images, unit and concept masks outlined."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+from unitscope.dissection_report import run_unit_figures
+from unitscope.logs import log_to
+
+params = snakemake.params
+with log_to(snakemake.log[0]):
+    run_unit_figures(
+        units_path=snakemake.input.units,
+        tallies_path=snakemake.input.tallies,
+        model=snakemake.wildcards.model,
+        layer=snakemake.wildcards.layer,
+        n_units=params.n_units,
+        concepts_config=params.concepts,
+        data_dir=params.data_dir,
+        resources_dir=params.resources_dir,
+        seed=params.seed,
+        out_path=snakemake.output[0],
+    )

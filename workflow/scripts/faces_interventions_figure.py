@@ -1,0 +1,16 @@
+"""Faces study: the interventions figure (control nulls, selected set, intact) from the tables."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+from unitscope.faces_stages import run_interventions_figure
+from unitscope.logs import log_to
+
+with log_to(snakemake.log[0]):
+    run_interventions_figure(
+        conditions=snakemake.input.conditions,
+        controls=snakemake.input.controls,
+        pca=snakemake.input.pca,
+        out_figure=snakemake.output[0],
+    )

@@ -1,0 +1,17 @@
+"""Faces study: PCA of the faces' channel means (table + figure)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+from unitscope.faces_stages import run_pca
+from unitscope.logs import log_to
+
+with log_to(snakemake.log[0]):
+    run_pca(
+        store=snakemake.input.store,
+        layer=snakemake.params.layer,
+        levels=snakemake.params.levels,
+        out_table=snakemake.output.table,
+        out_figure=snakemake.output.figure,
+    )
