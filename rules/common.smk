@@ -24,6 +24,7 @@ STUDIES = ("faces", "actmax", "nefesi", "dissection")
 RUN_ONLY_SETTINGS = {
     "extraction": ("batch_size", "num_workers", "device", "maps_chunk_images"),
     "dissection": ("batch_size",),
+    "nefesi": ("probe_batch_size",),
 }
 
 

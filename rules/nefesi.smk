@@ -1,1 +1,193 @@
-# Study stage 'nefesi': see its issue. Rules arrive with the study; until then this file defines none.
+# Study 'nefesi': top-N exemplars, Neuron Features, four selectivity indexes per channel, image and hierarchical
+# decomposition (src/unitscope/nefesi*.py, receptive_field.py). Per target model: one top-N pass over its images
+# for all its layers; per layer: probes (transformed exemplar crops), index table, NFs; then figures and the section.
+
+
+from unitscope.nefesi_plan import NefesiConfigError, NefesiPlan  # noqa: E402 (no torch: parse time only)
+
+try:
+    NEFESI = NefesiPlan(config)
+except NefesiConfigError as err:
+    raise WorkflowError(f"unitscope: {err}") from None
+NEFESI_SETTINGS = NEFESI.settings
+
+
+rule nefesi_top_n:
+    input:
+        code=code("nefesi"),
+        manifests=lambda wc: [manifest_path(d) for d in NEFESI.target(wc.model)["datasets"]],
+        checkpoint=model_checkpoint,
+    output:
+        exemplars="results/nefesi/{model}/exemplars.parquet",
+        images="results/nefesi/{model}/images.parquet",
+    params:
+        spec=model_params,
+        datasets=lambda wc: NEFESI.target(wc.model)["datasets"],
+        layers=lambda wc: NEFESI.target(wc.model)["layers"],
+        top_n=lambda wc: NEFESI.top_n(wc.model),
+        max_images=lambda wc: NEFESI.target(wc.model)["max_images"],
+        class_by=lambda wc: NEFESI.target(wc.model)["class_by"],
+        label_names=lambda wc: NEFESI.label_names(wc.model),
+        data_dir=data_dir(),
+        torch_home=torch_home(),
+    threads: 2
+    resources:
+        mem_mb=4000,
+    log:
+        "logs/nefesi/{model}/top_n.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/nefesi_top_n.py"
+
+
+rule nefesi_layer:
+    input:
+        code=code("nefesi"),
+        exemplars="results/nefesi/{model}/exemplars.parquet",
+        images="results/nefesi/{model}/images.parquet",
+        checkpoint=model_checkpoint,
+    output:
+        table="results/nefesi/{model}/{layer}/indexes.parquet",
+        nf="results/nefesi/{model}/{layer}/nf.npz",
+        hierarchy="results/nefesi/{model}/{layer}/hierarchy.parquet",
+        info="results/nefesi/{model}/{layer}/layer.json",
+    params:
+        spec=model_params,
+        shallower=lambda wc: NEFESI.shallower(wc.model, wc.layer),
+        rotation_step=NEFESI_SETTINGS.get("rotation_step"),
+        class_coverage=NEFESI_SETTINGS.get("class_coverage"),
+        population_threshold=NEFESI_SETTINGS.get("population_threshold"),
+        color_name_share=NEFESI_SETTINGS.get("color_name_share"),
+        data_dir=data_dir(),
+        torch_home=torch_home(),
+    threads: 2
+    resources:
+        mem_mb=4000,
+    log:
+        "logs/nefesi/{model}/{layer}/layer.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/nefesi_layer.py"
+
+
+rule nefesi_layer_figures:
+    input:
+        code=code("nefesi_figures"),
+        table="results/nefesi/{model}/{layer}/indexes.parquet",
+        nf="results/nefesi/{model}/{layer}/nf.npz",
+        info="results/nefesi/{model}/{layer}/layer.json",
+    output:
+        grid=report(
+            "results/report/figures/nefesi/{model}/{layer}_nf.png",
+            caption="../workflow/report/nefesi_nf.rst",
+            category="Neuron Features (nefesi)",
+            subcategory="{model}",
+            labels={"model": "{model}", "layer": "{layer}", "figure": "NF grid"},
+        ),
+        top=report(
+            "results/report/figures/nefesi/{model}/{layer}_top.png",
+            caption="../workflow/report/nefesi_top.rst",
+            category="Neuron Features (nefesi)",
+            subcategory="{model}",
+            labels={"model": "{model}", "layer": "{layer}", "figure": "top channels per index"},
+        ),
+    params:
+        order_by=NEFESI_SETTINGS.get("order_by"),
+        top_channels=NEFESI_SETTINGS.get("top_channels"),
+    log:
+        "logs/nefesi/{model}/{layer}/figures.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/nefesi_layer_figures.py"
+
+
+rule nefesi_model_figures:
+    input:
+        code=code("nefesi_figures"),
+        tables=lambda wc: NEFESI.layer_files(wc.model, "indexes.parquet"),
+        nfs=lambda wc: NEFESI.layer_files(wc.model, "nf.npz"),
+        hierarchies=lambda wc: NEFESI.layer_files(wc.model, "hierarchy.parquet"),
+    output:
+        histograms=report(
+            "results/report/figures/nefesi/{model}/histograms.png",
+            caption="../workflow/report/nefesi_histograms.rst",
+            category="Neuron Features (nefesi)",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "index histograms"},
+        ),
+        hierarchy=report(
+            "results/report/figures/nefesi/{model}/hierarchy.png",
+            caption="../workflow/report/nefesi_hierarchy.rst",
+            category="Neuron Features (nefesi)",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "hierarchical decomposition"},
+        ),
+        tree="results/nefesi/{model}/hierarchy.json",
+    params:
+        layers=lambda wc: NEFESI.target(wc.model)["layers"],
+        hierarchy_channel=lambda wc: NEFESI.target(wc.model)["hierarchy_channel"],
+        children=NEFESI_SETTINGS.get("hierarchy", {}).get("children"),
+    log:
+        "logs/nefesi/{model}/model_figures.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/nefesi_model_figures.py"
+
+
+rule nefesi_decomposition:
+    input:
+        code=code("nefesi_figures"),
+        images="results/nefesi/{model}/images.parquet",
+        exemplars="results/nefesi/{model}/exemplars.parquet",
+        nf=lambda wc: NEFESI.decomposition_layer_file(wc.model, "nf.npz"),
+        info=lambda wc: NEFESI.decomposition_layer_file(wc.model, "layer.json"),
+        checkpoint=model_checkpoint,
+    output:
+        figure=report(
+            "results/report/figures/nefesi/{model}/decomposition_{dataset}_{index}.png",
+            caption="../workflow/report/nefesi_decomposition.rst",
+            category="Neuron Features (nefesi)",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "image decomposition", "image": "{dataset} {index}"},
+        ),
+        record="results/nefesi/{model}/decomposition/{dataset}_{index}.json",
+    wildcard_constraints:
+        index=r"\d+",
+    params:
+        spec=model_params,
+        layer=lambda wc: NEFESI.target(wc.model)["decompose_layer"],
+        channels=NEFESI_SETTINGS.get("decomposition", {}).get("channels"),
+        max_overlap=NEFESI_SETTINGS.get("decomposition", {}).get("max_overlap"),
+        data_dir=data_dir(),
+        torch_home=torch_home(),
+    log:
+        "logs/nefesi/{model}/decomposition_{dataset}_{index}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/nefesi_decomposition.py"
+
+
+rule nefesi_section:
+    input:
+        code=code("nefesi_section"),
+        tables=NEFESI.all_files("indexes.parquet"),
+        infos=NEFESI.all_files("layer.json"),
+        trees=[f"results/nefesi/{m}/hierarchy.json" for m in NEFESI.targets],
+        decompositions=[f for m in NEFESI.targets for f in NEFESI.decompositions(m, "record")],
+        figures=NEFESI.figures(),
+    output:
+        "results/nefesi/section.json",
+    params:
+        targets=NEFESI.section_params(),
+        settings=NEFESI.section_settings(),
+    log:
+        "logs/nefesi/section.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/nefesi_section.py"

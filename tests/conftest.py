@@ -42,3 +42,20 @@ def tiny_local_run(tmp_path_factory):
     write_config(workdir, config)
     snakemake(workdir, "report")
     return workdir, config
+
+
+@pytest.fixture(scope="session")
+def tiny_faces_run(tmp_path_factory):
+    """The tiny config with the faces study on (few control draws): a report with a study section and unit pages.
+
+    Returns (workdir, config). Shared by the faces workflow tests and the browser test.
+    """
+    from test_faces_workflow import faces_settings
+    from wfutil import copy_workflow, disable_studies, snakemake, tiny_config, write_config
+
+    workdir = copy_workflow(tmp_path_factory.mktemp("faces_workflow"))
+    config = disable_studies(tiny_config(DATA_DIR))
+    config["faces"] = faces_settings()
+    write_config(workdir, config)
+    snakemake(workdir, "report")
+    return workdir, config

@@ -72,18 +72,17 @@ def check_page(driver, url: str) -> list[str]:
     return driver.execute_script("return Array.from(document.querySelectorAll('a[href]')).map(a => a.href)")
 
 
-def test_report_loads_renders_every_image_and_every_internal_link_resolves(browser, tiny_local_run):
-    workdir, _ = tiny_local_run
+def crawl_report(browser, workdir) -> set[str]:
+    """Visit every page of the report reachable from the landing page; return the pages visited."""
     report = workdir / "results" / "report"
     start = (report / "index.html").as_uri()
-    seen, queue, pages = set(), [start], 0
+    seen, queue = set(), [start]
     while queue:
         url = queue.pop()
         page = url.split("#")[0]
         if page in seen:
             continue
         seen.add(page)
-        pages += 1
         for link in check_page(browser, page):
             parsed = urlparse(link)
             if parsed.scheme != "file":
@@ -97,6 +96,25 @@ def test_report_loads_renders_every_image_and_every_internal_link_resolves(brows
                 ), f"{page}: anchor #{parsed.fragment} missing in {target.name}"
             if target.suffix == ".html" and report in target.parents or target == report / "index.html":
                 queue.append(target.as_uri())
-    assert pages >= 1
-    browser.get(start)
+    return seen
+
+
+def test_report_loads_renders_every_image_and_every_internal_link_resolves(browser, tiny_local_run):
+    workdir, _ = tiny_local_run
+    assert crawl_report(browser, workdir)
+    browser.get((workdir / "results" / "report" / "index.html").as_uri())
     assert "unitscope report" in browser.title
+
+
+def test_study_report_and_a_unit_page_opened_from_the_landing_page(browser, tiny_faces_run):
+    from selenium.webdriver.common.by import By
+
+    workdir, _ = tiny_faces_run
+    pages = crawl_report(browser, workdir)
+    assert any("/units/" in page for page in pages), "no unit page is reachable from the landing page"
+    browser.get((workdir / "results" / "report" / "index.html").as_uri())
+    link = browser.find_element(By.CSS_SELECTOR, "#units a[href^='units/'], table a[href^='units/']")
+    link.click()
+    assert "/units/" in browser.current_url and "channel" in browser.find_element(By.TAG_NAME, "h1").text
+    assert browser.find_element(By.CSS_SELECTOR, "h2#faces").text == "Face-selective units"
+    assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]

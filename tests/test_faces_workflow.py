@@ -7,7 +7,7 @@ import re
 
 import pandas as pd
 import pytest
-from wfutil import copy_workflow, disable_studies, planned_jobs, snakemake, tiny_config, write_config
+from wfutil import planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -26,15 +26,8 @@ def faces_settings() -> dict:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    from conftest import DATA_DIR
-
-    workdir = copy_workflow(tmp_path_factory.mktemp("faces_workflow"))
-    config = disable_studies(tiny_config(DATA_DIR))
-    config["faces"] = faces_settings()
-    write_config(workdir, config)
-    snakemake(workdir, "report")
-    return workdir, config
+def finished_run(tiny_faces_run):
+    return tiny_faces_run
 
 
 def test_section_tables_and_summary(finished_run):

@@ -1,0 +1,30 @@
+"""nefesi image decomposition of one image: its most relevant channels, their NFs drawn on their fields."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+import torch
+
+from unitscope.logs import log_to
+from unitscope.nefesi_figures import run_decomposition
+
+with log_to(snakemake.log[0]):
+    torch.set_num_threads(max(1, snakemake.threads))
+    run_decomposition(
+        model_name=snakemake.wildcards.model,
+        spec=snakemake.params.spec,
+        layer=snakemake.params.layer,
+        dataset=snakemake.wildcards.dataset,
+        index=int(snakemake.wildcards.index),
+        images_path=snakemake.input.images,
+        exemplars_path=snakemake.input.exemplars,
+        nf_path=snakemake.input.nf,
+        info_path=snakemake.input.info,
+        channels=snakemake.params.channels,
+        max_overlap=snakemake.params.max_overlap,
+        data_dir=snakemake.params.data_dir,
+        torch_home=snakemake.params.torch_home,
+        out_figure=snakemake.output.figure,
+        out_record=snakemake.output.record,
+    )
