@@ -117,4 +117,7 @@ def test_study_report_and_a_unit_page_opened_from_the_landing_page(browser, tiny
     link.click()
     assert "/units/" in browser.current_url and "channel" in browser.find_element(By.TAG_NAME, "h1").text
     assert browser.find_element(By.CSS_SELECTOR, "h2#faces").text == "Face-selective units"
+    browser.get((workdir / "results" / "report" / "index.html").as_uri())
+    in_section = browser.find_elements(By.XPATH, "//h2[@id='faces']/following::table//a[starts-with(@href, 'units/')]")
+    assert in_section, "the faces section's selection table does not link its channels to their unit pages"
     assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]

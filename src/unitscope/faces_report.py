@@ -21,7 +21,7 @@ import pandas as pd
 
 from unitscope.faces import jaccard, selected_channels
 from unitscope.models import wilson_interval
-from unitscope.sections import write_section
+from unitscope.sections import unit_href, write_section
 
 TITLE = "Face-selective units"
 RULE_NAMES = {"top_percentile": "top-percentile", "contrast": "contrast"}
@@ -41,11 +41,22 @@ def _p(x: float) -> str:
     return f"{x:.3f}" if x >= 0.001 else (f"{x:.1e}" if x > 0 else "<1e-300")
 
 
-def _table(frame: pd.DataFrame) -> str:
+def _table(frame: pd.DataFrame, links: dict[str, list[str]] | None = None) -> str:
+    """HTML table; `links` maps a column to one href per row (e.g. unit pages for a channel column)."""
+    links = links or {}
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+
+    def cell(column: str, index: int, value) -> str:
+        text = html.escape(str(value))
+        return (
+            f'<td><a href="{html.escape(links[column][index])}">{text}</a></td>'
+            if column in links
+            else f"<td>{text}</td>"
+        )
+
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
-        for row in frame.itertuples(index=False)
+        "<tr>" + "".join(cell(column, i, v) for column, v in zip(frame.columns, row, strict=True)) + "</tr>"
+        for i, row in enumerate(frame.itertuples(index=False))
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -254,7 +265,10 @@ def body_html(
         _table(overview),
         f"<p>First {len(head)} of the {len(chosen)} channels the interventions use "
         f"({RULE_NAMES[settings['rule']]} rule):</p>",
-        _table(pd.DataFrame(columns)),
+        _table(
+            pd.DataFrame(columns),
+            links={"channel": [unit_href(first["model"], first["layer"], c) for c in head["channel"]]},
+        ),
         _figure(
             "figures/faces/selection.png",
             f"Left: the {len(selection)} channels by mean face activation (N = {int(first['n_faces'])} faces), "
