@@ -14,6 +14,17 @@ DATA_DIR = (REPO.parent / "shared" / "data").resolve()
 sys.path.insert(0, str(REPO / "src"))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's small-tensor work on one torch thread (as fast, and no fight for a shared machine's cores)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not DATA_DIR.is_dir():
