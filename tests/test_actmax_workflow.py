@@ -99,3 +99,14 @@ def test_changes_rerun_exactly_their_stages(finished_run):
     assert {"actmax_dataset", "actmax_train"} <= {rule for rule, _ in planned_jobs(workdir)}
 
     write_config(workdir, config)
+
+
+def test_report_in_a_browser_links_the_actmax_units_to_their_pages(browser, finished_run):
+    from browser import crawl_report, open_unit_page_from_section
+    from selenium.webdriver.common.by import By
+
+    workdir, _ = finished_run
+    assert any("/units/" in page for page in crawl_report(browser, workdir))
+    assert "channel" in open_unit_page_from_section(browser, workdir, "actmax")
+    section = json.loads((workdir / "results" / "actmax" / "section.json").read_text())
+    assert section["title"] in browser.find_element(By.TAG_NAME, "body").text

@@ -1,102 +1,14 @@
-"""The report of the tiny run, opened in a real headless Chromium (Debian's chromium + chromium-driver)."""
+"""The report of the tiny run, opened in a real headless Chromium (Debian's chromium + chromium-driver).
+
+Each study's workflow test also opens its own report in the browser (`browser` fixture, tests/browser.py).
+"""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-from pathlib import Path
-from urllib.parse import unquote, urlparse
-
 import pytest
+from browser import crawl_report, open_unit_page_from_section
 
 pytestmark = pytest.mark.integration
-CHROMIUM_FLAGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
-
-
-def ensure_browser() -> None:
-    """Install Debian's chromium and chromium-driver if missing; skip (with the reason) where that is impossible."""
-    if shutil.which("chromium") and shutil.which("chromedriver"):
-        return
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("no chromium/chromedriver and no permission to apt-get install them")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    command = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium", "chromium-driver"]
-    if subprocess.run(command, env=env, capture_output=True, timeout=900).returncode != 0:
-        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-        if result.returncode != 0:
-            pytest.skip(f"chromium could not be installed: {result.stderr.strip()[-300:]}")
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    ensure_browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium')}", "--window-size=1280,900"]:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def check_page(driver, url: str) -> list[str]:
-    """Load `url`; assert no console errors and that every image rendered; return its internal links."""
-    driver.get(url)
-    errors = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
-    assert not errors, f"{url}: console errors {errors}"
-    images = driver.execute_script(
-        "return Array.from(document.images)"
-        ".map(i => [i.getAttribute('src'), i.complete, i.naturalWidth, i.naturalHeight])"
-    )
-    for src, complete, width, height in images:
-        assert complete and width > 0 and height > 0, f"{url}: image {src} did not render"
-    return driver.execute_script("return Array.from(document.querySelectorAll('a[href]')).map(a => a.href)")
-
-
-def crawl_report(browser, workdir) -> set[str]:
-    """Visit every page of the report reachable from the landing page; return the pages visited."""
-    report = workdir / "results" / "report"
-    start = (report / "index.html").as_uri()
-    seen, queue = set(), [start]
-    while queue:
-        url = queue.pop()
-        page = url.split("#")[0]
-        if page in seen:
-            continue
-        seen.add(page)
-        for link in check_page(browser, page):
-            parsed = urlparse(link)
-            if parsed.scheme != "file":
-                continue  # the report links nowhere else; an external link would fail offline anyway
-            target = Path(unquote(parsed.path))
-            assert target.exists(), f"{page}: link to missing {target}"
-            if parsed.fragment and target.suffix == ".html":
-                browser.get(target.as_uri())
-                assert browser.execute_script(
-                    "return document.getElementById(arguments[0]) !== null", parsed.fragment
-                ), f"{page}: anchor #{parsed.fragment} missing in {target.name}"
-            if target.suffix == ".html" and report in target.parents or target == report / "index.html":
-                queue.append(target.as_uri())
-    return seen
 
 
 def test_report_loads_renders_every_image_and_every_internal_link_resolves(browser, tiny_local_run):
@@ -113,11 +25,8 @@ def test_study_report_and_a_unit_page_opened_from_the_landing_page(browser, tiny
     pages = crawl_report(browser, workdir)
     assert any("/units/" in page for page in pages), "no unit page is reachable from the landing page"
     browser.get((workdir / "results" / "report" / "index.html").as_uri())
-    link = browser.find_element(By.CSS_SELECTOR, "#units a[href^='units/'], table a[href^='units/']")
-    link.click()
+    browser.find_element(By.CSS_SELECTOR, "#units ~ table a[href^='units/']").click()
     assert "/units/" in browser.current_url and "channel" in browser.find_element(By.TAG_NAME, "h1").text
-    assert browser.find_element(By.CSS_SELECTOR, "h2#faces").text == "Face-selective units"
+    assert "channel" in open_unit_page_from_section(browser, workdir, "faces")
     browser.get((workdir / "results" / "report" / "index.html").as_uri())
-    in_section = browser.find_elements(By.XPATH, "//h2[@id='faces']/following::table//a[starts-with(@href, 'units/')]")
-    assert in_section, "the faces section's selection table does not link its channels to their unit pages"
-    assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert browser.find_element(By.CSS_SELECTOR, "h2#faces").text == "Face-selective units"

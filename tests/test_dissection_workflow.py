@@ -110,3 +110,14 @@ def test_unknown_model_is_a_one_line_error(tmp_path):
     result = snakemake(workdir, "-n", "report", check=False)
     assert result.returncode != 0
     assert "dissection.targets[0].model: unknown model 'resnet56_cifar'" in result.stdout + result.stderr
+
+
+def test_report_in_a_browser_links_the_dissection_units_to_their_pages(browser, finished_run):
+    from browser import crawl_report, open_unit_page_from_section
+    from selenium.webdriver.common.by import By
+
+    workdir, _ = finished_run
+    assert any("/units/" in page for page in crawl_report(browser, workdir))
+    assert "channel" in open_unit_page_from_section(browser, workdir, "dissection")
+    section = json.loads((workdir / "results" / "dissection" / "section.json").read_text())
+    assert section["title"] in browser.find_element(By.TAG_NAME, "body").text

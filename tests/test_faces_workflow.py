@@ -7,7 +7,7 @@ import re
 
 import pandas as pd
 import pytest
-from wfutil import planned_jobs, snakemake, write_config
+from wfutil import copy_workflow, disable_studies, planned_jobs, snakemake, tiny_config, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -120,3 +120,29 @@ def test_unknown_face_dataset_is_a_one_line_error(finished_run, tmp_path):
         write_config(workdir, config)
     assert result.returncode != 0
     assert "config key faces.nonface_datasets: unknown dataset 'cars'" in result.stdout + result.stderr
+
+
+def test_faces_study_on_a_cifar_resnet_at_its_default_layer(tmp_path):
+    """The same rules on a CIFAR ResNet (config selects the model; layer and probe layers left at their defaults):
+    layer3 is its last block, so conditions act on channel means and the downstream readout is the pooled layer."""
+    from conftest import DATA_DIR
+
+    workdir = copy_workflow(tmp_path)
+    config = disable_studies(tiny_config(DATA_DIR))
+    config["models"] = {"resnet20_cifar": config["models"]["resnet20_cifar"]}  # no ImageNet model: a faster run
+    config["extraction"]["targets"] = []
+    config["faces"] = {**faces_settings(), "model": "resnet20_cifar", "probe_layers": None}
+    write_config(workdir, config)
+    snakemake(workdir, "report")
+    results = workdir / "results"
+    summary = json.loads((results / "summary.json").read_text())["faces"]
+    assert summary["model"] == "resnet20_cifar" and summary["layer"] == "layer3"
+    assert summary["selection"]["top_percentile"] == 4  # ceil(64 * 5%)
+    probes = pd.read_parquet(results / "faces" / "probes.parquet")
+    assert list(probes["layer"]) == ["relu", "layer1", "layer2", "layer3.0", "layer3"]
+    assert probes["accuracy"].between(0, 1).all() and probes["n_images"].eq(38).all()
+    conditions = pd.read_parquet(results / "faces" / "conditions.parquet").set_index("condition")
+    assert conditions.loc["intact", "kl_faces"] == 0 and conditions.loc["lesion", "kl_faces"] > 0
+    section = json.loads((results / "faces" / "section.json").read_text())
+    assert {(u["model"], u["layer"]) for u in section["units"]} == {("resnet20_cifar", "layer3")}
+    assert (results / "report" / "units" / f"resnet20_cifar__layer3__{section['units'][0]['channel']}.html").is_file()

@@ -116,3 +116,48 @@ def test_unknown_layer_fails_its_extraction_job_with_one_line_and_no_store(tmp_p
     assert not (workdir / "results" / "activations" / "resnet20_cifar" / "objects").exists() or not list(
         (workdir / "results" / "activations" / "resnet20_cifar" / "objects").iterdir()
     )
+
+
+def _checkpoint_case(tmp_path, kind: str) -> tuple[dict, str]:
+    """resnet20_cifar's spec changes for one bad checkpoint, and the text its one-line error must contain."""
+    from conftest import DATA_DIR
+
+    r20, r56 = DATA_DIR / "checkpoints" / "resnet20-12fca82f.th", DATA_DIR / "checkpoints" / "resnet56-4bfd9763.th"
+    if kind == "truncated":
+        path = tmp_path / "resnet20-truncated.th"
+        path.write_bytes(r20.read_bytes()[: r20.stat().st_size // 2])
+        return {"checkpoint": str(path), "sha256": None}, f"cannot read checkpoint {path} as a torch file"
+    if kind == "other architecture":
+        return {"checkpoint": str(r56), "sha256": None}, f"checkpoint {r56} does not fit cifar_resnet20: "
+    return {"sha256": "0" * 64}, "but models.resnet20_cifar.sha256 expects 0000000000000000… (wrong or corrupted file)"
+
+
+@pytest.mark.parametrize("kind", ["truncated", "other architecture", "checksum mismatch"])
+def test_bad_checkpoint_fails_its_job_with_one_line_and_writes_nothing(tmp_path, tiny_local_run, kind):
+    _, config = tiny_local_run
+    workdir = copy_workflow(tmp_path / "wf")
+    change, expected = _checkpoint_case(tmp_path, kind)
+    models = {**config["models"], "resnet20_cifar": {**config["models"]["resnet20_cifar"], **change}}
+    write_config(workdir, {**config, "models": models})
+    result = snakemake(workdir, "results/models/resnet20_cifar/card.json", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    lines = [line for line in output.splitlines() if expected in line]
+    assert lines and all("ModelError: model resnet20_cifar: " in line for line in lines), output[-3000:]
+    assert not (workdir / "results" / "models" / "resnet20_cifar").exists() or not list(
+        (workdir / "results" / "models" / "resnet20_cifar").iterdir()
+    )
+
+
+def test_labels_csv_without_the_column_is_one_line_naming_key_and_file(tmp_path, tiny_local_run):
+    _, config = tiny_local_run
+    workdir = copy_workflow(tmp_path / "wf")
+    datasets = {**config["datasets"]}
+    datasets["scenes"] = {**datasets["scenes"], "source": {**datasets["scenes"]["source"], "label_column": "mood"}}
+    write_config(workdir, {**config, "datasets": datasets})
+    result = snakemake(workdir, "report", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    lines = [line for line in output.splitlines() if "datasets.scenes.source.label_column" in line]
+    assert lines and all("'mood' not in" in line and "(columns: path, label)" in line for line in lines)
+    assert not list((workdir / "results" / "data").glob("scenes/*")), "the failed manifest left a file behind"

@@ -109,3 +109,14 @@ def test_snakemake_report_lists_the_nefesi_figures(finished_run):
     expected = {"histograms.png", "hierarchy.png", "decomposition_objects_0.png", "decomposition_objects_1.png"}
     expected |= {f"{layer}_{kind}.png" for layer in ("layer1", "layer2") for kind in ("nf", "top")}
     assert expected <= {name.rsplit("/", 1)[-1] for name in names}
+
+
+def test_report_in_a_browser_links_the_nefesi_units_to_their_pages(browser, finished_run):
+    from browser import crawl_report, open_unit_page_from_section
+    from selenium.webdriver.common.by import By
+
+    workdir, _ = finished_run
+    assert any("/units/" in page for page in crawl_report(browser, workdir))
+    assert "channel" in open_unit_page_from_section(browser, workdir, "nefesi")
+    section = json.loads((workdir / "results" / "nefesi" / "section.json").read_text())
+    assert section["title"] in browser.find_element(By.TAG_NAME, "body").text

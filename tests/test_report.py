@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import zarr
 
 from unitscope.report import build_report, collect_units
@@ -88,3 +89,21 @@ def test_collect_units_merges_the_same_unit_across_studies():
     ]
     units = collect_units(studies)
     assert [(u["channel"], [s["study"] for s in u["studies"]]) for u in units] == [(1, ["b"]), (3, ["a", "b"])]
+
+
+def test_html_table_links_only_units_with_pages_and_escapes_text():
+    from unitscope.sections import html_table, unit_hrefs
+
+    frame = pd.DataFrame({"layer": ["conv1", "conv2"], "channel": [3, 7], "note": ["<b>", 0.123456]})
+    pages = [{"model": "m", "layer": "conv2", "channel": 7}]
+    hrefs = unit_hrefs(["m", "m"], frame["layer"], frame["channel"], pages)
+    assert hrefs == [None, "units/m__conv2__7.html"]
+    table = html_table(frame, links={"channel": hrefs}, labels={"channel": "ch", "note": "note"}, float_format="{:.2f}")
+    assert "<th>ch</th><th>note</th>" in table and "conv1" not in table  # labels pick and rename columns
+    assert "<tr><td>3</td>" in table  # no page: plain text
+    assert '<tr><td><a href="units/m__conv2__7.html">7</a></td>' in table
+    assert "&lt;b&gt;" in table and "<td>0.12</td>" in table
+    with pytest.raises(KeyError, match="'missing'"):
+        html_table(frame, labels={"missing": "x"})
+    with pytest.raises(ValueError, match="1 hrefs for 2 rows"):
+        html_table(frame, links={"channel": ["units/x.html"]})

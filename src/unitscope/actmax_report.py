@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 
 from unitscope.actmax_study import display_normalize, load_run, most_polysemantic  # noqa: E402
 from unitscope.fsutil import atomic_path  # noqa: E402
-from unitscope.sections import write_section  # noqa: E402
+from unitscope.sections import html_table, unit_hrefs, write_section  # noqa: E402
 
 __all__ = ["FIGURES", "run_report"]
 
@@ -51,14 +51,6 @@ def _pct(x: float) -> str:
 def _ci(interval: Sequence[float]) -> str:
     low, high = interval
     return "n/a" if not (np.isfinite(low) and np.isfinite(high)) else f"{100 * low:.1f}–{100 * high:.1f}%"
-
-
-def _table_html(frame: pd.DataFrame) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in frame.itertuples(False)
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _unit_label(key: str) -> str:
@@ -450,6 +442,11 @@ def run_report(
         f"colour concentration {metrics['start_color_concentration'].median():.3f} and edge energy "
         f"{metrics['start_edge_energy'].median():.3f}."
     )
+    page_units = [  # the units that get a page (their facts are gathered at the end)
+        {"model": MODEL_NAME, "layer": layer, "channel": unit["channel"]}
+        for layer, chosen in selection["layers"].items()
+        for unit in chosen["units"]
+    ]
     unit_frame = units.assign(_varied=-units["pixel_similarity"])
     unit_frame = unit_frame.sort_values(["flagged", "score", "_varied"], ascending=False).head(12)
     unit_frame = pd.DataFrame(
@@ -508,7 +505,7 @@ def run_report(
     if registry_summary:
         registry_html = (
             "<h3>Registry models</h3><p>Channel-level runs on registry models (PNG grids under "
-            "<code>results/actmax/images/registry/</code>):</p>" + _table_html(pd.DataFrame(registry_summary))
+            "<code>results/actmax/images/registry/</code>):</p>" + html_table(pd.DataFrame(registry_summary))
         )
 
     n_runs = len(all_runs)
@@ -519,7 +516,7 @@ def run_report(
         f"<i>unbiased</i> (uniform colours) and <i>conflicting</i> (never the class colour). The CNN "
         f"(conv1–conv3, widths {info['widths']}, {info['parameters']:,} parameters) was trained for "
         f"{info['epochs']} epochs (seed {info['seed']}).</p>"
-        + _table_html(eval_frame)
+        + html_table(eval_frame)
         + _figure_html(
             "evaluation",
             f"Left: accuracy per evaluation set (N = {biased['n']} each, 95% Wilson intervals). Right: share of "
@@ -547,13 +544,13 @@ def run_report(
         )
         + _figure_html("curves", f"Objective value per step, median and interquartile range over runs (N = {n_runs}).")
         + "<p>Initialisations (first objective, final activation):</p>"
-        + _table_html(init_table)
+        + html_table(init_table)
         + "<h3>Colour vs shape</h3><p>From data: for each channel, the mean absolute change of its spatial-mean "
         f"activation when only the colour of a digit changes, against when only the digit changes (colour fixed), "
         f"over {settings['probe_groups']} groups of ten digits × ten colours; colour index = colour change / "
         f"(colour + digit change). From images: colour concentration and edge energy of the channel-objective "
         f"images. {reference_line}</p>"
-        + _table_html(color_frame)
+        + html_table(color_frame)
         + _figure_html(
             "color_vs_shape",
             "Left: colour index of every channel by layer (bar: median). Right: colour concentration against edge "
@@ -566,7 +563,14 @@ def run_report(
         f"unrelated seed pairs; flagged when score ≥ {settings['flag_fraction']} and every seed reached at least "
         f"{settings['converged_fraction']:.0%} of the best seed's activation. {len(flagged)} of {len(judged)} "
         f"judged units are flagged ({len(units) - len(judged)} not judged: a seed did not converge).</p>"
-        + _table_html(unit_frame)
+        + html_table(
+            unit_frame,
+            links={
+                "channel": unit_hrefs(
+                    [MODEL_NAME] * len(unit_frame), unit_frame["layer"], unit_frame["channel"], page_units
+                )
+            },
+        )
         + _figure_html(
             "polysemanticity",
             f"Left: score of every unit (N = {len(units)}), flagged in red. Right: seed images of the highest-"

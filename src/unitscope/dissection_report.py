@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 
 from unitscope.concepts import ConceptDataset, open_concepts  # noqa: E402
 from unitscope.fsutil import atomic_path  # noqa: E402
-from unitscope.sections import write_section  # noqa: E402
+from unitscope.sections import html_table, unit_hrefs, write_section  # noqa: E402
 
 STUDY = "dissection"
 TITLE = "Network dissection: units that detect concepts"
@@ -229,20 +229,6 @@ def rotation_summary(rotation: pd.DataFrame) -> dict:
     return out
 
 
-def _table(frame: pd.DataFrame, columns: dict[str, str], caption: str) -> str:
-    head = "".join(f"<th>{html.escape(label)}</th>" for label in columns.values())
-    rows = []
-    for _, row in frame.iterrows():
-        cells = []
-        for key in columns:
-            value = row[key]
-            if isinstance(value, float):
-                value = f"{value:.3f}"
-            cells.append(f"<td>{html.escape(str(value))}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><caption>{html.escape(caption)}</caption><tr>{head}</tr>{''.join(rows)}</table>"
-
-
 def build_section(
     *,
     layers: pd.DataFrame,
@@ -342,11 +328,12 @@ def build_section(
         layer_view[f"detectors_{category}"] = layer_view[f"detectors_{category}"].astype(int)
         columns[f"detectors_{category}"] = f"{category} detectors"
     body.append(
-        _table(
+        html_table(
             layer_view,
-            columns,
-            f"Per layer (N = {n_images} images; intervals: 95% bootstrap over images, "
+            labels=columns,
+            caption=f"Per layer (N = {n_images} images; intervals: 95% bootstrap over images, "
             f"{'200'} resamples, thresholds held fixed).",
+            float_format="{:.3f}",
         )
     )
     if "depth" in figures:
@@ -358,9 +345,11 @@ def build_section(
     top = units[units["detector"]].sort_values("iou", ascending=False).groupby(["model", "layer"], sort=False).head(3)
     if len(top):
         body.append(
-            _table(
+            html_table(
                 top,
-                {
+                links={"unit": unit_hrefs(top["model"], top["layer"], top["unit"])},
+                float_format="{:.3f}",
+                labels={
                     "model": "model",
                     "layer": "layer",
                     "unit": "unit",
@@ -370,8 +359,8 @@ def build_section(
                     "runner_up": "runner-up",
                     "runner_up_iou": "runner-up IoU",
                 },
-                "The three detectors with the highest IoU in each layer "
-                "(every unit: results/dissection/<model>/units.parquet).",
+                caption="The three detectors with the highest IoU in each layer "
+                "(every unit: results/dissection/<model>/units.parquet); a unit links to its page.",
             )
         )
     for key, src in figures.items():
@@ -397,17 +386,18 @@ def build_section(
                 }
             )
         body.append(
-            _table(
+            html_table(
                 pd.DataFrame(rot_rows),
-                {
+                labels={
                     "alpha": "alpha",
                     "seeds": "seeds",
                     "detectors": "detectors (mean ± sd)",
                     "unique": "distinct concepts (mean ± sd)",
                     "iou": "mean best IoU (mean ± sd)",
                 },
-                f"Rotation of {summary['rotation']['model']} {summary['rotation']['layer']}: Q^alpha applied to "
-                f"the channel axis before thresholding, thresholds recomputed (alpha = 0 is the unrotated layer, "
+                float_format="{:.3f}",
+                caption=f"Rotation of {summary['rotation']['model']} {summary['rotation']['layer']}: Q^alpha applied "
+                f"to the channel axis before thresholding, thresholds recomputed (alpha = 0 is the unrotated layer, "
                 f"shared by all seeds).",
             )
         )

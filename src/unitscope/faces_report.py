@@ -21,7 +21,7 @@ import pandas as pd
 
 from unitscope.faces import jaccard, selected_channels
 from unitscope.models import wilson_interval
-from unitscope.sections import unit_href, write_section
+from unitscope.sections import html_table, unit_hrefs, write_section
 
 TITLE = "Face-selective units"
 RULE_NAMES = {"top_percentile": "top-percentile", "contrast": "contrast"}
@@ -39,26 +39,6 @@ def _p(x: float) -> str:
     if x is None or not np.isfinite(x):
         return "n/a"
     return f"{x:.3f}" if x >= 0.001 else (f"{x:.1e}" if x > 0 else "<1e-300")
-
-
-def _table(frame: pd.DataFrame, links: dict[str, list[str]] | None = None) -> str:
-    """HTML table; `links` maps a column to one href per row (e.g. unit pages for a channel column)."""
-    links = links or {}
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-
-    def cell(column: str, index: int, value) -> str:
-        text = html.escape(str(value))
-        return (
-            f'<td><a href="{html.escape(links[column][index])}">{text}</a></td>'
-            if column in links
-            else f"<td>{text}</td>"
-        )
-
-    body = "".join(
-        "<tr>" + "".join(cell(column, i, v) for column, v in zip(frame.columns, row, strict=True)) + "</tr>"
-        for i, row in enumerate(frame.itertuples(index=False))
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _figure(src: str, caption: str) -> str:
@@ -262,12 +242,12 @@ def body_html(
     }
     parts += [
         "<h3>Selection</h3>",
-        _table(overview),
+        html_table(overview),
         f"<p>First {len(head)} of the {len(chosen)} channels the interventions use "
         f"({RULE_NAMES[settings['rule']]} rule):</p>",
-        _table(
+        html_table(
             pd.DataFrame(columns),
-            links={"channel": [unit_href(first["model"], first["layer"], c) for c in head["channel"]]},
+            links={"channel": unit_hrefs([first["model"]] * len(head), [first["layer"]] * len(head), head["channel"])},
         ),
         _figure(
             "figures/faces/selection.png",
@@ -345,8 +325,8 @@ def body_html(
         f"activations of a training split and scored on the condition's held-out split (N = "
         f"{int(first['fixed_n_test'])}), the output KL divergence, and PCA of the faces' activations. Downstream "
         f"layer: {html.escape(downstream)}. {matching}</p>",
-        _table(shown),
-        _table(control_rows),
+        html_table(shown),
+        html_table(control_rows),
         _figure(
             "figures/faces/interventions.png",
             "Per readout (rows) and mode (columns): the distribution over random and activation-matched control "
@@ -372,7 +352,7 @@ def body_html(
         f"<p>Face-vs-non-face logistic probes on each layer's channel means ({int(probes['n_images'].iloc[0])} images, "
         f"majority class {_pct(probes['chance'].iloc[0])}); coefficients are in "
         "results/faces/probe_coefficients.parquet.</p>",
-        _table(probe_rows),
+        html_table(probe_rows),
         _figure("figures/faces/probes.png", "Cross-validated accuracy per layer with 95% Wilson intervals and folds."),
     ]
     # categories
@@ -391,7 +371,7 @@ def body_html(
         "<h3>Category comparison</h3>",
         f"<p>Face-selectivity index of the selected channels: median {_num(picked['selectivity_index'].median(), 2)} "
         f"(all channels: {_num(selectivity['selectivity_index'].median(), 2)}).</p>",
-        _table(category_rows),
+        html_table(category_rows),
         _figure(
             "figures/faces/categories.png",
             "Mean activation of the selected channels (and of all channels) per image set with 95% bootstrap "

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from unitscope.models import wilson_interval
-from unitscope.sections import write_section
+from unitscope.sections import html_table, unit_hrefs, write_section
 
 INDEX_COLUMNS = {
     "color": "color_index",
@@ -143,31 +143,45 @@ def model_sentence(model: str, layers: list[str], summaries: dict[str, dict], co
 
 
 def _layer_table_html(layers: list[str], summaries: dict[str, dict], infos: dict[str, dict]) -> str:
-    head = (
-        "<tr><th>layer</th><th>channels (dead)</th><th>field (px)</th><th>color index</th>"
-        "<th>color-selective</th><th>orientation index</th><th>symmetry index</th><th>class index</th>"
-        "<th>population code</th><th>probe windows</th><th>probe time</th></tr>"
-    )
     rows = []
     for layer in layers:
         s, info = summaries[layer], infos[layer]
         share = s["color_selective_share"]
         rows.append(
-            "<tr>"
-            f"<td>{html.escape(layer)}</td><td>{s['channels']} ({s['dead_channels']})</td>"
-            f"<td>{s['receptive_field']}</td>"
-            f"<td>{_fmt(s['color_index_mean'])}{_ci(s['color_index_ci95'])}</td>"
-            f"<td>{s['color_selective']}/{s['channels'] - s['dead_channels']}"
-            f" = {'–' if share is None else f'{share:.0%}'}{_ci_percent(s['color_selective_ci95'])}</td>"
-            f"<td>{_fmt(s['orientation_index_mean'])}{_ci(s['orientation_index_ci95'])}</td>"
-            f"<td>{_fmt(s['symmetry_index_mean'])}{_ci(s['symmetry_index_ci95'])}</td>"
-            f"<td>{_fmt(s['class_index_mean'])}{_ci(s['class_index_ci95'])}</td>"
-            f"<td>{_fmt(s['mean_population_code'], 1)}</td>"
-            f"<td>{info['forwards']:,} of {info['probe_window'][0]}×{info['probe_window'][1]} px</td>"
-            f"<td>{info['seconds']:.0f} s</td>"
-            "</tr>"
+            {
+                "layer": layer,
+                "channels (dead)": f"{s['channels']} ({s['dead_channels']})",
+                "field (px)": s["receptive_field"],
+                "color index": f"{_fmt(s['color_index_mean'])}{_ci(s['color_index_ci95'])}",
+                "color-selective": f"{s['color_selective']}/{s['channels'] - s['dead_channels']}"
+                f" = {'–' if share is None else f'{share:.0%}'}{_ci_percent(s['color_selective_ci95'])}",
+                "orientation index": f"{_fmt(s['orientation_index_mean'])}{_ci(s['orientation_index_ci95'])}",
+                "symmetry index": f"{_fmt(s['symmetry_index_mean'])}{_ci(s['symmetry_index_ci95'])}",
+                "class index": f"{_fmt(s['class_index_mean'])}{_ci(s['class_index_ci95'])}",
+                "population code": _fmt(s["mean_population_code"], 1),
+                "probe windows": f"{info['forwards']:,} of {info['probe_window'][0]}×{info['probe_window'][1]} px",
+                "probe time": f"{info['seconds']:.0f} s",
+            }
         )
-    return f"<table>{head}{''.join(rows)}</table>"
+    return html_table(pd.DataFrame(rows))
+
+
+def _top_units_html(model: str, tops: list[tuple[str, dict]]) -> str:
+    """The channels this study singles out, as (index name, unit) pairs, linked to their unit pages."""
+    if not tops:
+        return ""
+    frame = pd.DataFrame(
+        {
+            "layer": [unit["layer"] for _, unit in tops],
+            "highest index": [name for name, _ in tops],
+            "channel": [unit["channel"] for _, unit in tops],
+            "value": [_fmt(unit["facts"][f"nefesi: highest {name} index of its layer"]) for name, unit in tops],
+            "NF colours": [unit["facts"]["nefesi NF colours"] for _, unit in tops],
+            "top class (share)": [unit["facts"]["nefesi top class"] for _, unit in tops],
+        }
+    )
+    links = {"channel": unit_hrefs([model] * len(tops), frame["layer"], frame["channel"])}
+    return html_table(frame, links=links, caption="Channels with the highest value of each index per layer.")
 
 
 def _figure(path: str, caption: str) -> str:
@@ -306,6 +320,7 @@ def build_section(*, models: dict[str, dict], settings: dict, out_section) -> di
         body.append(_layer_table_html(layers, summaries, infos))
         body.append(_notes(model, layers, tables, infos))
         body.append(_figure(figures["histograms"], _histogram_caption(model, layers, summaries)))
+        tops = []
         for layer in layers:
             body.append(_figure(figures["grids"][layer], _grid_caption(layer, infos[layer], settings["order_by"])))
             body.append(_figure(figures["tops"][layer], _top_caption(layer)))
@@ -313,7 +328,9 @@ def build_section(*, models: dict[str, dict], settings: dict, out_section) -> di
             for name, column in INDEX_COLUMNS.items():
                 ranked = table[np.isfinite(table[column].to_numpy(dtype=float))].sort_values(column, ascending=False)
                 if not ranked.empty:
-                    units.append(_unit(model, layer, name, column, ranked.iloc[0]))
+                    tops.append((name, _unit(model, layer, name, column, ranked.iloc[0])))
+        body.append(_top_units_html(model, tops))
+        units.extend(unit for _, unit in tops)
         tree = json.loads(Path(entry["tree"]).read_text())
         body.append(_figure(figures["hierarchy"], _tree_caption(model, tree)))
         records = [json.loads(Path(path).read_text()) for path in entry["decompositions"]]

@@ -8,13 +8,16 @@ are paths relative to results/report/ (e.g. "figures/faces/lesion.png").
 `units` lists the units the study singled out, each a dict with at least `model`, `layer`, `channel`
 and a `facts` dict (name -> value or short text), optionally `images` (a list of {"src", "caption"} with
 src relative to results/report/), so the report can join what every study knows about one unit on one
-page. Tables in `body_html` link a unit to that page with `unit_href(model, layer, channel)`.
+page. Tables in `body_html` are built with `html_table`, which links each unit the study lists to that
+page (`unit_hrefs` gives the links for a table's rows).
 """
 
 from __future__ import annotations
 
+import html
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from unitscope.fsutil import write_text_atomic
@@ -30,6 +33,59 @@ def unit_page_name(model: str, layer: str, channel: int) -> str:
 def unit_href(model: str, layer: str, channel: int) -> str:
     """Link to a unit's page, relative to results/report/ (where section bodies are rendered)."""
     return f"units/{unit_page_name(model, layer, channel)}"
+
+
+def unit_hrefs(
+    models: Sequence[str], layers: Sequence[str], channels: Sequence[int], units: Sequence[Mapping] | None = None
+) -> list[str | None]:
+    """One link per table row to that unit's page; None for a row whose unit is not in `units` (the study's
+    singled-out units, which are the ones that get a page), so a table never links to a page that does not exist.
+    With units=None every row is linked."""
+    known = None if units is None else {(u["model"], u["layer"], int(u["channel"])) for u in units}
+    return [
+        unit_href(model, layer, channel) if known is None or (model, layer, int(channel)) in known else None
+        for model, layer, channel in zip(models, layers, channels, strict=True)
+    ]
+
+
+def html_table(
+    frame,
+    *,
+    links: Mapping[str, Sequence[str | None]] | None = None,
+    labels: Mapping[str, str] | None = None,
+    caption: str | None = None,
+    float_format: str | None = None,
+) -> str:
+    """The report's one HTML table builder, for every study section.
+
+    `links` maps a column to one href per row (None: that cell is not linked), e.g. `unit_hrefs(...)` for a
+    channel column; `labels` picks and renames columns (in its order; default all, as named); `float_format`
+    (e.g. "{:.3f}") formats float cells. Every text is escaped.
+    """
+    links = links or {}
+    columns = list(labels) if labels is not None else list(frame.columns)
+    missing = [column for column in [*columns, *links] if column not in frame.columns]
+    if missing:
+        raise KeyError(f"table has no column(s) {', '.join(map(repr, missing))}; it has {list(frame.columns)}")
+    for column, hrefs in links.items():
+        if len(hrefs) != len(frame):
+            raise ValueError(f"links for column {column!r}: {len(hrefs)} hrefs for {len(frame)} rows")
+    head = "".join(f"<th>{html.escape(str((labels or {}).get(c, c)))}</th>" for c in columns)
+
+    def cell(column: str, index: int, value) -> str:
+        if float_format is not None and isinstance(value, float):
+            value = float_format.format(value)
+        text = html.escape(str(value))
+        href = links[column][index] if column in links else None
+        return f'<td><a href="{html.escape(href)}">{text}</a></td>' if href else f"<td>{text}</td>"
+
+    values = frame[columns].itertuples(index=False)
+    body = "".join(
+        "<tr>" + "".join(cell(column, i, v) for column, v in zip(columns, row, strict=True)) + "</tr>"
+        for i, row in enumerate(values)
+    )
+    title = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f"<table>{title}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def write_section(
