@@ -140,6 +140,15 @@ def main() -> None:
         readouts_wall, readouts_cpu = clock.stop()
 
         images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+        # compute an exact stage cannot avoid: every condition re-runs the layers after the intervention point
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as full_flops, torch.inference_mode():
+            model(images[:1].to(device))
+        with FlopCounterMode(display=False) as tail_flops, torch.inference_mode():
+            for _ in condition_outputs(tail, cache[:1], ablate[:1], fill, device=device, with_pooled=False):
+                pass
+        tail_share = tail_flops.get_total_flops() / max(full_flops.get_total_flops(), 1)
         clock = Clock()
         for k in range(min(args.naive_sample, len(ablate))):
             for first in range(0, len(images), args.batch_size):
@@ -175,6 +184,11 @@ def main() -> None:
             f"stage with probes+PCA / extract = {(stage + readouts) / extract:.3f}; "
             f"naive / stage (network) = {naive / stage:.0f}x"
         )
+    print(
+        f"floor: the layers after {args.layer} are {tail_share:.2%} of a forward pass's FLOPs, so {len(ablate)} "
+        f"conditions computed exactly cost at least {len(ablate) * tail_share:.2f} forward passes of compute "
+        "(the goal <= 2 is reachable only where this is below 2)"
+    )
     print(f"peak RSS {peak_mb:.0f} MB")
 
 

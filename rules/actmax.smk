@@ -114,8 +114,16 @@ rule actmax_optimize:
         "../workflow/scripts/actmax_optimize.py"
 
 
+def actmax_face_selection(wildcards):
+    """The faces study's selection table, for a registry target that visualises face channels (from_faces)."""
+    if ACTMAX_REGISTRY[(wildcards.model, wildcards.layer)].get("from_faces", 0):
+        return {"faces_selection": "results/faces/selection.parquet"}
+    return {}
+
+
 rule actmax_registry:
     input:
+        unpack(actmax_face_selection),
         code=code("actmax_registry"),
         checkpoint=model_checkpoint,
     output:
@@ -125,6 +133,14 @@ rule actmax_registry:
     params:
         spec=model_params,
         target=lambda wildcards: ACTMAX_REGISTRY[(wildcards.model, wildcards.layer)],
+        face_rule=lambda wildcards: (
+            config["faces"]["selection"]["use"]
+            if ACTMAX_REGISTRY[(wildcards.model, wildcards.layer)].get("from_faces", 0)
+            else None
+        ),
+        unit_layer=lambda wildcards: (
+            FACES_LAYER if ACTMAX_REGISTRY[(wildcards.model, wildcards.layer)].get("from_faces", 0) else wildcards.layer
+        ),
         data_dir=data_dir(),
         torch_home=torch_home(),
     log:
@@ -169,8 +185,10 @@ rule actmax_report:
         npz=expand(f"{ACTMAX}/runs/{{layer}}.npz", layer=ACTMAX_LAYERS),
         tables=expand(f"{ACTMAX}/runs/{{layer}}.parquet", layer=ACTMAX_LAYERS),
         registry=ACTMAX_REGISTRY_TABLES,
+        registry_npz=[path.replace(".parquet", ".npz") for path in ACTMAX_REGISTRY_TABLES],
     output:
         section=f"{ACTMAX}/section.json",
+        registry_figures=directory(f"{ACTMAX_FIGURES}/registry"),
         evaluation=report(
             f"{ACTMAX_FIGURES}/evaluation.png",
             caption="../workflow/report/actmax_evaluation.rst",

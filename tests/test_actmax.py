@@ -422,6 +422,47 @@ def test_registry_targets_are_checked_against_the_model_registry():
         registry_targets({"models": models, "actmax": {"enabled": True, "registry_targets": [target, target]}})
 
 
+def test_registry_target_from_faces_needs_the_faces_study_on_its_model_and_layer():
+    from unitscope.actmax_targets import registry_targets
+
+    models = {"mobilenet_v2_imagenet": {"enabled": True, "arch": "torchvision.mobilenet_v2"}}
+    faces = {"enabled": True, "model": "mobilenet_v2_imagenet", "layer": None}
+    target = {"model": "mobilenet_v2_imagenet", "layer": "features.18.1", "from_faces": 3}
+
+    def config(target, faces=faces):
+        return {"models": models, "faces": faces, "actmax": {"enabled": True, "registry_targets": [target]}}
+
+    assert list(registry_targets(config(target))) == [("mobilenet_v2_imagenet", "features.18.1")]
+    for bad, bad_faces, message in (
+        (target, {**faces, "enabled": False}, r"registry_targets\[0\]\.from_faces: the faces study is disabled"),
+        ({**target, "layer": "features.17"}, faces, r"selects channels of mobilenet_v2_imagenet features\.18; .*"),
+        ({**target, "layer": "features.180"}, faces, r"not mobilenet_v2_imagenet features\.180$"),
+        ({**target, "from_faces": 0}, faces, r"registry_targets\[0\]: no channels to visualise"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            registry_targets(config(bad, bad_faces))
+
+
+def test_registry_channels_from_the_faces_selection_table(tmp_path):
+    from unitscope.actmax_registry import target_channels
+
+    selection = pd.DataFrame(
+        {
+            "channel": [0, 1, 2, 3],
+            "face_mean": [0.5, 2.0, 1.0, 3.0],
+            "top_percentile": [True, True, False, True],
+            "d_min": [0.1, 0.2, 0.3, 0.4],
+            "contrast": [False, False, True, False],
+        }
+    )
+    selection.to_parquet(tmp_path / "selection.parquet")
+    target = {"model": "m", "layer": "l", "channels": [1, 7], "from_faces": 2}
+    assert target_channels(target, tmp_path / "selection.parquet") == [1, 7, 3]  # 3 and 1 by face mean, no repeat
+    assert target_channels({**target, "channels": []}, tmp_path / "selection.parquet", "contrast") == [2]
+    with pytest.raises(ValueError, match="from_faces needs the faces selection table"):
+        target_channels(target)
+
+
 def test_config_defaults_are_the_issue_defaults_and_bad_values_name_their_key(default_config):
     from unitscope.config import ConfigError, validate_config
 
@@ -441,7 +482,8 @@ def test_config_defaults_are_the_issue_defaults_and_bad_values_name_their_key(de
         50,
     )
     assert optimization["objectives"] == ["channel", "neuron", "topk", "class_conditional"]
-    assert config["registry_targets"] == []
+    registry = [(t["model"], t["layer"], t["from_faces"], t["channels"]) for t in config["registry_targets"]]
+    assert registry == [("mobilenet_v2_imagenet", "features.18.1", 3, [])]  # the faces study's channels
     for key, value, expected in (
         ("dataset", {"rho": 1.5}, "actmax.dataset.rho"),
         ("optimization", {"objectives": ["mean"]}, "actmax.optimization.objectives"),
@@ -485,3 +527,27 @@ def test_registry_stage_writes_runs_table_and_grids(data_dir, default_config, tm
     run, saved = load_run(out / "layer3.npz", out / "layer3.parquet")
     assert run["images"].shape == (8, 3, 32, 32) and len(saved) == 8
     assert len(list((out / "images").rglob("*.png"))) == 2 * 2
+
+    from PIL import Image
+
+    from unitscope.actmax_report import registry_outputs
+
+    paths = [("resnet20_cifar", "layer3", out / "layer3.npz", out / "layer3.parquet")]
+    html_text, summary, units = registry_outputs(paths, tmp_path / "figures")
+    assert [(u["layer"], u["channel"]) for u in units] == [("layer3", 0), ("layer3", 9)]
+    assert summary[0]["runs"] == 8 and 'href="units/resnet20_cifar__layer3__9.html"' in html_text
+    with Image.open(tmp_path / "figures" / "resnet20_cifar__layer3__0.png") as grid:
+        assert grid.size == (34 + 2 * 34, 12 + 2 * 34)  # rows: 2 objectives, columns: 2 seeds, 32 px + gaps
+    assert units[0]["images"][0]["src"] == "figures/actmax/registry/resnet20_cifar__layer3__0.png"
+    with pytest.raises(ValueError, match=r"has 64 channels, but the units it stands for \('layer2'\) have 32"):
+        run_registry_target(
+            model_name="resnet20_cifar",
+            spec=spec,
+            target=target,
+            data_dir=data_dir,
+            torch_home=tmp_path / "torch",
+            npz_path=out / "x.npz",
+            table_path=out / "x.parquet",
+            images_dir=out / "x",
+            unit_layer="layer2",
+        )

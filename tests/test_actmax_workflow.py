@@ -29,6 +29,9 @@ def actmax_config(data_dir) -> dict:
     config["models"] = {"resnet20_cifar": config["models"]["resnet20_cifar"]}
     config["extraction"]["targets"] = []
     config["actmax"] = json.loads(json.dumps(TINY_ACTMAX))
+    config["actmax"]["registry_targets"] = [
+        {"model": "resnet20_cifar", "layer": "layer3", "channels": [0, 5], "seeds": 2, "steps": 10}
+    ]
     return config
 
 
@@ -65,6 +68,14 @@ def test_section_summary_and_artifacts(finished_run):
     grids = list((results / "actmax" / "images" / "conv1").rglob("*.png"))
     assert len(grids) == 2 * (2 + 1 + 1 + 1)  # one grid per channel x objective x neuron x init
     assert (workdir / "logs" / "actmax" / "optimize" / "conv3.log").stat().st_size > 0
+    registry = pd.read_parquet(results / "actmax" / "registry" / "resnet20_cifar" / "layer3.parquet")
+    assert sorted(set(registry["channel"])) == [0, 5] and len(registry) == 4
+    for channel in (0, 5):  # registry channels get their images on their unit pages
+        page = (results / "report" / "units" / f"resnet20_cifar__layer3__{channel}.html").read_text()
+        assert f'src="../figures/actmax/registry/resnet20_cifar__layer3__{channel}.png"' in page
+        assert (
+            results / "report" / "figures" / "actmax" / "registry" / f"resnet20_cifar__layer3__{channel}.png"
+        ).is_file()
     assert not list(results.rglob(".*.tmp-*")), "a temporary artifact was left behind"
 
 

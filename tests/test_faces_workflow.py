@@ -146,3 +146,11 @@ def test_faces_study_on_a_cifar_resnet_at_its_default_layer(tmp_path):
     section = json.loads((results / "faces" / "section.json").read_text())
     assert {(u["model"], u["layer"]) for u in section["units"]} == {("resnet20_cifar", "layer3")}
     assert (results / "report" / "units" / f"resnet20_cifar__layer3__{section['units'][0]['channel']}.html").is_file()
+
+    # actmax on the face channels the study selected (from_faces), optimised inside the layer (its last block)
+    target = {"model": "resnet20_cifar", "layer": "layer3.2", "from_faces": 2, "seeds": 1, "steps": 5}
+    write_config(workdir, {**config, "actmax": {"enabled": True, "registry_targets": [target]}})
+    snakemake(workdir, "results/actmax/registry/resnet20_cifar/layer3.2.parquet")
+    registry = pd.read_parquet(results / "actmax" / "registry" / "resnet20_cifar" / "layer3.2.parquet")
+    assert list(registry["channel"]) == [u["channel"] for u in section["units"][:2]]
+    assert set(registry["unit_layer"]) == {"layer3"}

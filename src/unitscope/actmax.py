@@ -668,7 +668,9 @@ def _optimize_chunk(
     std = None if input_std is None else torch.tensor(input_std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
     def model_input(images):
-        return images if mean is None else (images - mean) / std
+        # channels-last: oneDNN's convolutions (forward and input-gradient) run ~30% faster on CPU in that layout
+        images = images if mean is None else (images - mean) / std
+        return images.contiguous(memory_format=torch.channels_last)
 
     l2_weight, tv_weight = specs.l2.to(device), specs.tv.to(device)
     pad = transform_pad if transform_pad is not None else max(2, min(height, width) // 18)

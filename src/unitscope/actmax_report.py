@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from unitscope.actmax_study import display_normalize, load_run, most_polysemantic  # noqa: E402
+from unitscope.actmax_study import display_normalize, load_run, most_polysemantic, save_grid  # noqa: E402
 from unitscope.fsutil import atomic_path  # noqa: E402
 from unitscope.sections import html_table, unit_hrefs, write_section  # noqa: E402
 
@@ -339,6 +339,7 @@ def run_report(
     analysis_dir,
     run_paths: Mapping[str, tuple[str, str]],
     registry_paths: Sequence[tuple[str, str, str, str]] = (),
+    registry_figures_dir=None,
     figure_paths: Mapping[str, str],
     section_path,
     rho: float,
@@ -488,25 +489,7 @@ def run_report(
     )
     for column in ("median", "min", "max"):
         init_table[column] = init_table[column].astype(float).round(3)
-    registry_html = ""
-    registry_summary = []
-    for model, layer, npz_path, table_path in registry_paths:
-        _, table = load_run(npz_path, table_path)
-        registry_summary.append(
-            {
-                "model": model,
-                "layer": layer,
-                "runs": len(table),
-                "parameterization": str(table["parameterization"].iloc[0]),
-                "median_final_activation": float(table["final_activation"].median()),
-                "median_start_activation": float(table["start_objective"].median()),
-            }
-        )
-    if registry_summary:
-        registry_html = (
-            "<h3>Registry models</h3><p>Channel-level runs on registry models (PNG grids under "
-            "<code>results/actmax/images/registry/</code>):</p>" + html_table(pd.DataFrame(registry_summary))
-        )
+    registry_html, registry_summary, registry_units = registry_outputs(registry_paths, registry_figures_dir)
 
     n_runs = len(all_runs)
     body = (
@@ -642,6 +625,7 @@ def run_report(
                 facts["channel_objective_score"] = round(float(channel_rows["score"].iloc[0]), 2)
                 facts["actmax_activation"] = round(float(channel_rows["max_final_activation"].iloc[0]), 3)
             unit_facts.append({"model": MODEL_NAME, "layer": layer, "channel": unit["channel"], "facts": facts})
+    unit_facts.extend(registry_units)
     write_section(
         section_path,
         study=STUDY,
@@ -652,6 +636,89 @@ def run_report(
         units=unit_facts,
     )
     return summary
+
+
+def registry_outputs(
+    registry_paths: Sequence[tuple[str, str, str, str]], figures_dir
+) -> tuple[str, list[dict], list[dict]]:
+    """Registry-model runs: the section's HTML, summary rows, and one unit (facts + image) per channel.
+
+    Each channel's final images (rows: objectives, columns: seeds) go to figures_dir/<unit page name>.png,
+    written whole then renamed (figures_dir may be None only when there are no registry runs).
+    """
+    if not registry_paths:
+        if figures_dir is not None:
+            with atomic_path(figures_dir) as temp:
+                temp.mkdir()
+        return "", [], []
+    summary, units, rows = [], [], []
+    with atomic_path(figures_dir) as temp:
+        temp.mkdir()
+        for model, layer, npz_path, table_path in registry_paths:
+            run, table = load_run(npz_path, table_path)
+            summary.append(
+                {
+                    "model": model,
+                    "layer": layer,
+                    "runs": len(table),
+                    "parameterization": str(table["parameterization"].iloc[0]),
+                    "median_final_activation": float(table["final_activation"].median()),
+                    "median_start_activation": float(table["start_objective"].median()),
+                }
+            )
+            unit_layer = str(table["unit_layer"].iloc[0]) if "unit_layer" in table else layer
+            where = layer if unit_layer == layer else f"{layer} (inside {unit_layer})"
+            for channel, group in table.groupby("channel", sort=False):
+                objectives = list(dict.fromkeys(group["objective"]))
+                seeds = sorted(set(group["seed"]))
+                position = {(o, s): i for i, (o, s) in enumerate(zip(group["objective"], group["seed"], strict=True))}
+                tiles = np.stack([[run["images"][group.index[position[(o, s)]]] for s in seeds] for o in objectives])
+                name = f"{model}__{unit_layer}__{int(channel)}.png"
+                save_grid(
+                    tiles, Path(temp) / name, scale=1, row_labels=objectives, col_labels=[f"seed {s}" for s in seeds]
+                )
+                final = group["final_activation"].astype(float)
+                start = group["start_objective"].astype(float)
+                units.append(
+                    {
+                        "model": model,
+                        "layer": unit_layer,
+                        "channel": int(channel),
+                        "facts": {
+                            "actmax final activation (median over runs)": round(float(final.median()), 3),
+                            "actmax start activation (median)": round(float(start.median()), 3),
+                            "actmax runs": f"{len(group)} ({', '.join(objectives)}; {len(seeds)} seeds)",
+                        },
+                        "images": [
+                            {
+                                "src": f"figures/actmax/registry/{name}",
+                                "caption": f"Activation maximisation of {model} {where} channel {int(channel)}: final "
+                                f"images (rows: objectives, columns: seeds), {table['parameterization'].iloc[0]} "
+                                "parameterisation; each image stretched to its own range for display.",
+                            }
+                        ],
+                    }
+                )
+                rows.append(
+                    {
+                        "model": model,
+                        "layer": unit_layer,
+                        "optimised at": layer,
+                        "channel": int(channel),
+                        "runs": len(group),
+                        "start activation (median)": round(float(start.median()), 3),
+                        "final activation (median)": round(float(final.median()), 3),
+                    }
+                )
+    frame = pd.DataFrame(rows)
+    links = {"channel": unit_hrefs(frame["model"], frame["layer"], frame["channel"])}
+    html_text = (
+        "<h3>Registry models</h3><p>Channel-level runs on registry models; each channel's images are on its unit "
+        "page (PNG grids of the optimisation under <code>results/actmax/images/registry/</code>).</p>"
+        + html_table(pd.DataFrame(summary))
+        + html_table(frame, links=links)
+    )
+    return html_text, summary, units
 
 
 def figure_paths(root: str | os.PathLike) -> dict[str, str]:

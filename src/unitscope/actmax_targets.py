@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from unitscope.faces_layers import intervention_layer
+
 __all__ = ["registry_targets"]
 
 
@@ -31,5 +33,25 @@ def registry_targets(config: Mapping) -> dict[tuple[str, str], dict]:
         key = (model, target["layer"])
         if key in targets:
             raise ValueError(f"{where}: {model} {target['layer']} is listed twice")
+        if target.get("from_faces", 0):
+            _check_faces_source(config, where, model, target["layer"])
+        elif not target.get("channels"):
+            raise ValueError(f"{where}: no channels to visualise (set channels, or from_faces for face channels)")
         targets[key] = dict(target)
     return targets
+
+
+def _check_faces_source(config: Mapping, where: str, model: str, layer: str) -> None:
+    """from_faces needs the faces study on, on the same model, at its layer or a module inside it (e.g.
+    features.18.1, the BatchNorm before features.18's ReLU6: same channels, and a gradient even where the
+    rectified output is 0 on the start image)."""
+    faces = config.get("faces", {})
+    if not faces.get("enabled", False):
+        raise ValueError(f"{where}.from_faces: the faces study is disabled (faces.enabled)")
+    face_layer = intervention_layer(faces, config.get("models", {}))
+    inside = layer == face_layer or layer.startswith(f"{face_layer}.")
+    if faces.get("model") != model or not inside:
+        raise ValueError(
+            f"{where}.from_faces: the faces study selects channels of {faces.get('model')} {face_layer}; "
+            f"the target must be that model at that layer or a module inside it, not {model} {layer}"
+        )

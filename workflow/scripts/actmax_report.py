@@ -7,7 +7,6 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 from unitscope.actmax_report import FIGURES, run_report
 from unitscope.logs import log_to
 
-registry_root = Path(snakemake.input.analysis).parent / "registry"
 with log_to(snakemake.log[0]):
     run_report(
         evaluation_path=snakemake.input.evaluation,
@@ -22,9 +21,12 @@ with log_to(snakemake.log[0]):
             )
         },
         registry_paths=[
-            (model, layer, str(registry_root / model / f"{layer}.npz"), str(registry_root / model / f"{layer}.parquet"))
-            for model, layer in snakemake.params.registry
+            (model, layer, npz, table)
+            for (model, layer), npz, table in zip(
+                snakemake.params.registry, snakemake.input.registry_npz, snakemake.input.registry, strict=True
+            )
         ],
+        registry_figures_dir=snakemake.output.registry_figures,
         figure_paths={name: getattr(snakemake.output, name) for name in FIGURES},
         section_path=snakemake.output.section,
         rho=snakemake.params.rho,
