@@ -667,6 +667,7 @@ def registry_outputs(
                 }
             )
             unit_layer = str(table["unit_layer"].iloc[0]) if "unit_layer" in table else layer
+            parameterization = str(table["parameterization"].iloc[0])
             where = layer if unit_layer == layer else f"{layer} (inside {unit_layer})"
             for channel, group in table.groupby("channel", sort=False):
                 objectives = list(dict.fromkeys(group["objective"]))
@@ -674,9 +675,7 @@ def registry_outputs(
                 position = {(o, s): i for i, (o, s) in enumerate(zip(group["objective"], group["seed"], strict=True))}
                 tiles = np.stack([[run["images"][group.index[position[(o, s)]]] for s in seeds] for o in objectives])
                 name = f"{model}__{unit_layer}__{int(channel)}.png"
-                save_grid(
-                    tiles, Path(temp) / name, scale=1, row_labels=objectives, col_labels=[f"seed {s}" for s in seeds]
-                )
+                save_grid(tiles, Path(temp) / name, scale=1, col_labels=[f"seed {s}" for s in seeds])
                 final = group["final_activation"].astype(float)
                 start = group["start_objective"].astype(float)
                 units.append(
@@ -693,7 +692,7 @@ def registry_outputs(
                             {
                                 "src": f"figures/actmax/registry/{name}",
                                 "caption": f"Activation maximisation of {model} {where} channel {int(channel)}: final "
-                                f"images (rows: objectives, columns: seeds), {table['parameterization'].iloc[0]} "
+                                f"images (rows: objective {', '.join(objectives)}; columns: seeds), {parameterization} "
                                 "parameterisation; each image stretched to its own range for display.",
                             }
                         ],

@@ -199,8 +199,10 @@ def _plural(n: int, word: str) -> str:
 
 
 def _layer_clause(row) -> str:
-    """'d of K units of <layer> (p%, 95% CI a–b) are detectors covering u distinct concepts'."""
-    share = f"{row['detectors'] / row['units']:.0%}{_interval(row, 'detectors', prefix=', ')}"
+    """'d of K units of <layer> (p%; 95% CI a–b detectors, bootstrap over images) are detectors covering u
+    distinct concepts'."""
+    detectors_ci = _interval(row, "detectors", prefix="; ", suffix=" detectors, bootstrap over images")
+    share = f"{row['detectors'] / row['units']:.0%}{detectors_ci}"
     verb = "is a detector" if row["detectors"] == 1 else "are detectors"
     covering = f" covering {_plural(int(row['unique_best']), 'distinct concept')}" if row["detectors"] else ""
     return f"{row['detectors']} of {row['units']} units of {row['layer']} ({share}) {verb}{covering}"
