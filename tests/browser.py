@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -118,3 +119,14 @@ def open_unit_page_from_section(browser, workdir: Path, study: str) -> str:
     assert "/units/" in browser.current_url, f"{study}: clicking {links[0].get_attribute('href')} did not open it"
     assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     return browser.find_element(By.TAG_NAME, "h1").text
+
+
+def check_study_in_browser(browser, workdir: Path, study: str) -> None:
+    """Crawl the whole report (every page loads, renders its images, resolves its links), then open a unit page
+    from the study's own table and check that the page lists the study."""
+    from selenium.webdriver.common.by import By
+
+    assert any("/units/" in page for page in crawl_report(browser, workdir)), "no unit page is reachable"
+    assert "channel" in open_unit_page_from_section(browser, workdir, study)
+    section = json.loads((workdir / "results" / study / "section.json").read_text())
+    assert section["title"] in browser.find_element(By.TAG_NAME, "body").text

@@ -3,6 +3,7 @@ the analysis measures (colour vs shape, polysemanticity, unit choice)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -513,16 +514,15 @@ def test_registry_stage_writes_runs_table_and_grids(data_dir, default_config, tm
         "tv": 0.0,
     }
     out = tmp_path / "registry"
-    table = run_registry_target(
+    run_target = functools.partial(
+        run_registry_target,
         model_name="resnet20_cifar",
         spec=spec,
         target=target,
         data_dir=data_dir,
         torch_home=tmp_path / "torch",
-        npz_path=out / "layer3.npz",
-        table_path=out / "layer3.parquet",
-        images_dir=out / "images",
     )
+    table = run_target(npz_path=out / "layer3.npz", table_path=out / "layer3.parquet", images_dir=out / "images")
     assert len(table) == 2 * 2 * 2 and set(table["parameterization"]) == {"pixel"}  # 32 px: plain pixels
     run, saved = load_run(out / "layer3.npz", out / "layer3.parquet")
     assert run["images"].shape == (8, 3, 32, 32) and len(saved) == 8
@@ -540,14 +540,4 @@ def test_registry_stage_writes_runs_table_and_grids(data_dir, default_config, tm
         assert grid.size == (2 * 34, 12 + 2 * 34)  # rows: 2 objectives, columns: 2 seeds, 32 px + gaps
     assert units[0]["images"][0]["src"] == "figures/actmax/registry/resnet20_cifar__layer3__0.png"
     with pytest.raises(ValueError, match=r"has 64 channels, but the units it stands for \('layer2'\) have 32"):
-        run_registry_target(
-            model_name="resnet20_cifar",
-            spec=spec,
-            target=target,
-            data_dir=data_dir,
-            torch_home=tmp_path / "torch",
-            npz_path=out / "x.npz",
-            table_path=out / "x.parquet",
-            images_dir=out / "x",
-            unit_layer="layer2",
-        )
+        run_target(npz_path=out / "x.npz", table_path=out / "x.parquet", images_dir=out / "x", unit_layer="layer2")

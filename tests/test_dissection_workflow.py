@@ -113,11 +113,6 @@ def test_unknown_model_is_a_one_line_error(tmp_path):
 
 
 def test_report_in_a_browser_links_the_dissection_units_to_their_pages(browser, finished_run):
-    from browser import crawl_report, open_unit_page_from_section
-    from selenium.webdriver.common.by import By
+    from browser import check_study_in_browser
 
-    workdir, _ = finished_run
-    assert any("/units/" in page for page in crawl_report(browser, workdir))
-    assert "channel" in open_unit_page_from_section(browser, workdir, "dissection")
-    section = json.loads((workdir / "results" / "dissection" / "section.json").read_text())
-    assert section["title"] in browser.find_element(By.TAG_NAME, "body").text
+    check_study_in_browser(browser, finished_run[0], "dissection")

@@ -112,11 +112,6 @@ def test_snakemake_report_lists_the_nefesi_figures(finished_run):
 
 
 def test_report_in_a_browser_links_the_nefesi_units_to_their_pages(browser, finished_run):
-    from browser import crawl_report, open_unit_page_from_section
-    from selenium.webdriver.common.by import By
+    from browser import check_study_in_browser
 
-    workdir, _ = finished_run
-    assert any("/units/" in page for page in crawl_report(browser, workdir))
-    assert "channel" in open_unit_page_from_section(browser, workdir, "nefesi")
-    section = json.loads((workdir / "results" / "nefesi" / "section.json").read_text())
-    assert section["title"] in browser.find_element(By.TAG_NAME, "body").text
+    check_study_in_browser(browser, finished_run[0], "nefesi")
