@@ -114,17 +114,15 @@ rule actmax_optimize:
         "../workflow/scripts/actmax_optimize.py"
 
 
-def actmax_face_selection(wildcards):
-    """The faces study's selection table, for a registry target that visualises face channels (from_faces)."""
-    if ACTMAX_REGISTRY[(wildcards.model, wildcards.layer)].get("from_faces", 0):
-        return {"faces_selection": "results/faces/selection.parquet"}
-    return {}
-
-
 rule actmax_registry:
     input:
-        unpack(actmax_face_selection),
         code=code("actmax_registry"),
+        # the faces study's selection, for a target that visualises its channels (from_faces)
+        faces_selection=lambda wildcards: (
+            "results/faces/selection.parquet"
+            if ACTMAX_REGISTRY[(wildcards.model, wildcards.layer)].get("from_faces", 0)
+            else []
+        ),
         checkpoint=model_checkpoint,
     output:
         npz=f"{ACTMAX}/registry/{{model}}/{{layer}}.npz",
@@ -133,14 +131,6 @@ rule actmax_registry:
     params:
         spec=model_params,
         target=lambda wildcards: ACTMAX_REGISTRY[(wildcards.model, wildcards.layer)],
-        face_rule=lambda wildcards: (
-            config["faces"]["selection"]["use"]
-            if ACTMAX_REGISTRY[(wildcards.model, wildcards.layer)].get("from_faces", 0)
-            else None
-        ),
-        unit_layer=lambda wildcards: (
-            FACES_LAYER if ACTMAX_REGISTRY[(wildcards.model, wildcards.layer)].get("from_faces", 0) else wildcards.layer
-        ),
         data_dir=data_dir(),
         torch_home=torch_home(),
     log:

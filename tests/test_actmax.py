@@ -433,7 +433,12 @@ def test_registry_target_from_faces_needs_the_faces_study_on_its_model_and_layer
     def config(target, faces=faces):
         return {"models": models, "faces": faces, "actmax": {"enabled": True, "registry_targets": [target]}}
 
-    assert list(registry_targets(config(target))) == [("mobilenet_v2_imagenet", "features.18.1")]
+    resolved = registry_targets(config(target))[("mobilenet_v2_imagenet", "features.18.1")]
+    assert (resolved["unit_layer"], resolved["face_rule"]) == ("features.18", "top_percentile")
+    contrast = {**faces, "selection": {"use": "contrast"}}
+    assert registry_targets(config(target, contrast))[("mobilenet_v2_imagenet", "features.18.1")]["face_rule"] == (
+        "contrast"
+    )
     for bad, bad_faces, message in (
         (target, {**faces, "enabled": False}, r"registry_targets\[0\]\.from_faces: the faces study is disabled"),
         ({**target, "layer": "features.17"}, faces, r"selects channels of mobilenet_v2_imagenet features\.18; .*"),
@@ -459,7 +464,7 @@ def test_registry_channels_from_the_faces_selection_table(tmp_path):
     selection.to_parquet(tmp_path / "selection.parquet")
     target = {"model": "m", "layer": "l", "channels": [1, 7], "from_faces": 2}
     assert target_channels(target, tmp_path / "selection.parquet") == [1, 7, 3]  # 3 and 1 by face mean, no repeat
-    assert target_channels({**target, "channels": []}, tmp_path / "selection.parquet", "contrast") == [2]
+    assert target_channels({**target, "channels": [], "face_rule": "contrast"}, tmp_path / "selection.parquet") == [2]
     with pytest.raises(ValueError, match="from_faces needs the faces selection table"):
         target_channels(target)
 
@@ -540,4 +545,9 @@ def test_registry_stage_writes_runs_table_and_grids(data_dir, default_config, tm
         assert grid.size == (2 * 34, 12 + 2 * 34)  # rows: 2 objectives, columns: 2 seeds, 32 px + gaps
     assert units[0]["images"][0]["src"] == "figures/actmax/registry/resnet20_cifar__layer3__0.png"
     with pytest.raises(ValueError, match=r"has 64 channels, but the units it stands for \('layer2'\) have 32"):
-        run_target(npz_path=out / "x.npz", table_path=out / "x.parquet", images_dir=out / "x", unit_layer="layer2")
+        run_target(
+            target={**target, "unit_layer": "layer2"},
+            npz_path=out / "x.npz",
+            table_path=out / "x.parquet",
+            images_dir=out / "x",
+        )

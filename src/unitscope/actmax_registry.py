@@ -22,9 +22,9 @@ from unitscope.models import build_model
 __all__ = ["run_registry_target", "target_channels"]
 
 
-def target_channels(target: Mapping, faces_selection=None, face_rule: str = "top_percentile") -> list[int]:
-    """The target's `channels`, then the first `from_faces` channels of the faces study's selection table (in its
-    rule's order), without repeats."""
+def target_channels(target: Mapping, faces_selection=None) -> list[int]:
+    """The target's `channels`, then the first `from_faces` channels of the faces study's selection table (in the
+    order of its rule, `face_rule`), without repeats."""
     channels = [int(c) for c in target.get("channels", [])]
     wanted = int(target.get("from_faces", 0))
     if wanted:
@@ -33,7 +33,8 @@ def target_channels(target: Mapping, faces_selection=None, face_rule: str = "top
                 f"actmax registry target {target['model']} {target['layer']}: from_faces needs the "
                 "faces selection table"
             )
-        picked = selected_channels(pd.read_parquet(faces_selection), face_rule)[:wanted]
+        rule = target.get("face_rule", "top_percentile")
+        picked = selected_channels(pd.read_parquet(faces_selection), rule)[:wanted]
         if len(picked) < wanted:
             print(f"the faces study selected only {len(picked)} channels; visualising those", flush=True)
         channels += [int(c) for c in picked]
@@ -51,22 +52,21 @@ def run_registry_target(
     table_path,
     images_dir,
     faces_selection=None,
-    face_rule: str = "top_percentile",
-    unit_layer: str | None = None,
     threads: int = 1,
 ) -> pd.DataFrame:
     """Stage: channel-level actmax on a registry model (unitscope.models.build_model).
 
-    `unit_layer`: the layer whose channels these are, when the optimised module sits inside it (e.g. the
-    faces layer features.18 for features.18.1); its channel count must match. The table records it.
+    `target["unit_layer"]` (default: its layer) is the layer whose channels these are, when the optimised module
+    sits inside it (the faces layer features.18 for features.18.1); its channel count must match. The table
+    records it.
     """
     torch.set_num_threads(max(1, int(threads)))
-    channels = target_channels(target, faces_selection, face_rule)
+    channels = target_channels(target, faces_selection)
     if not channels:
         raise ValueError(f"actmax registry target {model_name} {target['layer']}: no channels to visualise")
     model = build_model(model_name, spec, data_dir=data_dir, torch_home=torch_home)
     size = int(spec["preprocessing"]["crop"])
-    unit_layer = unit_layer or target["layer"]
+    unit_layer = target.get("unit_layer") or target["layer"]
     if unit_layer != target["layer"]:
         _check_same_channels(model, target["layer"], unit_layer, size)
     parameterization = target["parameterization"]

@@ -17,8 +17,6 @@ with log_to(snakemake.log[0]):
         npz_path=snakemake.output.npz,
         table_path=snakemake.output.table,
         images_dir=snakemake.output.images,
-        faces_selection=snakemake.input.get("faces_selection"),
-        face_rule=snakemake.params.face_rule,
-        unit_layer=snakemake.params.unit_layer,
+        faces_selection=snakemake.input.faces_selection or None,
         threads=snakemake.threads,
     )
