@@ -178,7 +178,7 @@ rule actmax_report:
         registry_npz=[path.replace(".parquet", ".npz") for path in ACTMAX_REGISTRY_TABLES],
     output:
         section=f"{ACTMAX}/section.json",
-        registry_figures=directory(f"{ACTMAX_FIGURES}/registry"),
+        unit_figures=directory(f"{ACTMAX_FIGURES}/units"),
         evaluation=report(
             f"{ACTMAX_FIGURES}/evaluation.png",
             caption="../workflow/report/actmax_evaluation.rst",

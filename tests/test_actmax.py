@@ -543,7 +543,7 @@ def test_registry_stage_writes_runs_table_and_grids(data_dir, default_config, tm
     assert summary[0]["runs"] == 8 and 'href="units/resnet20_cifar__layer3__9.html"' in html_text
     with Image.open(tmp_path / "figures" / "resnet20_cifar__layer3__0.png") as grid:
         assert grid.size == (2 * 34, 12 + 2 * 34)  # rows: 2 objectives, columns: 2 seeds, 32 px + gaps
-    assert units[0]["images"][0]["src"] == "figures/actmax/registry/resnet20_cifar__layer3__0.png"
+    assert units[0]["images"][0]["src"] == "figures/actmax/units/resnet20_cifar__layer3__0.png"
     with pytest.raises(ValueError, match=r"has 64 channels, but the units it stands for \('layer2'\) have 32"):
         run_target(
             target={**target, "unit_layer": "layer2"},

@@ -62,19 +62,24 @@ def test_section_summary_and_artifacts(finished_run):
     # the optimisation climbs: every run ends above where it started
     assert (runs["final_objective"] > runs["start_objective"]).mean() > 0.9
     html = (results / "report" / "index.html").read_text()
-    assert "Activation maximisation on Biased Colored-MNIST" in html
+    assert "Activation maximisation" in html and "Biased Colored-MNIST" in html
     for image in re.findall(r'<img src="(figures/actmax/[^"]+)"', html):
         assert (results / "report" / image).stat().st_size > 1000
     grids = list((results / "actmax" / "images" / "conv1").rglob("*.png"))
     assert len(grids) == 2 * (2 + 1 + 1 + 1)  # one grid per channel x objective x neuron x init
     assert (workdir / "logs" / "actmax" / "optimize" / "conv3.log").stat().st_size > 0
+    section = json.loads((results / "actmax" / "section.json").read_text())
+    mnist_units = [u for u in section["units"] if u["model"] == "colored_mnist_cnn"]
+    assert len(mnist_units) == 2 * 2 and all(len(u["images"]) == 1 for u in mnist_units)
+    for unit in mnist_units:  # each chosen channel's images are on its unit page
+        assert (results / "report" / unit["images"][0]["src"]).stat().st_size > 500
     registry = pd.read_parquet(results / "actmax" / "registry" / "resnet20_cifar" / "layer3.parquet")
     assert sorted(set(registry["channel"])) == [0, 5] and len(registry) == 4
     for channel in (0, 5):  # registry channels get their images on their unit pages
         page = (results / "report" / "units" / f"resnet20_cifar__layer3__{channel}.html").read_text()
-        assert f'src="../figures/actmax/registry/resnet20_cifar__layer3__{channel}.png"' in page
+        assert f'src="../figures/actmax/units/resnet20_cifar__layer3__{channel}.png"' in page
         assert (
-            results / "report" / "figures" / "actmax" / "registry" / f"resnet20_cifar__layer3__{channel}.png"
+            results / "report" / "figures" / "actmax" / "units" / f"resnet20_cifar__layer3__{channel}.png"
         ).is_file()
     assert not list(results.rglob(".*.tmp-*")), "a temporary artifact was left behind"
 

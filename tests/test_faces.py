@@ -297,6 +297,21 @@ def test_batched_logistic_regression_matches_scikit_learn(cifar_means):
         assert np.all(fit.weights[k].numpy()[~keep[k]] == 0)
 
 
+def test_single_channel_lesions_ablate_exactly_their_channel():
+    selected = np.array([5, 2, 9])
+    conditions = build_conditions(12, selected, np.array([[0, 1, 3]]), np.zeros((0, 3), dtype=int), selected)
+    single = conditions.table["family"] == "single"
+    assert list(conditions.table.loc[single, "condition"]) == [
+        "single_lesion_0005",
+        "single_lesion_0002",
+        "single_lesion_0009",
+    ]
+    masks = conditions.ablate[torch.as_tensor(single.to_numpy())]
+    assert masks.sum(dim=1).tolist() == [1, 1, 1]
+    assert masks.nonzero()[:, 1].tolist() == [5, 2, 9]
+    assert len(build_conditions(12, selected, np.array([[0, 1, 3]]), np.zeros((0, 3), dtype=int)).table) == 5
+
+
 def test_matched_sets_are_disjoint_from_the_selection_and_closer_than_random(cifar_means):
     channel_mean = cifar_means.means.mean(axis=0)
     selected = top_percentile(cifar_means.of("faces"), 10)

@@ -34,9 +34,12 @@ def test_section_tables_and_summary(finished_run):
     workdir, _ = finished_run
     results = workdir / "results"
     conditions = pd.read_parquet(results / "faces" / "conditions.parquet")
-    assert len(conditions) == 1 + 2 + 2 * N_RANDOM + 2 * N_MATCHED
+    assert len(conditions) == 1 + 2 + 2 * N_RANDOM + 2 * N_MATCHED + 64  # + each selected channel alone
     assert conditions["n_faces"].iloc[0] == 12 and conditions["n_nonfaces"].iloc[0] == 26
-    assert (conditions.loc[conditions["family"] != "intact", "set_size"] == 64).all()  # ceil(1280 * 5%)
+    sets = conditions[~conditions["family"].isin(["intact", "single"])]
+    assert (sets["set_size"] == 64).all()  # ceil(1280 * 5%)
+    single = conditions[conditions["family"] == "single"]
+    assert (single["set_size"] == 1).all() and (single["kl_faces"] >= 0).all()
     controls = pd.read_parquet(results / "faces" / "controls.parquet")
     assert set(controls["control"]) == {"random", "matched"} and controls["p_value"].between(0, 1).all()
     probes = pd.read_parquet(results / "faces" / "probes.parquet")
@@ -47,10 +50,17 @@ def test_section_tables_and_summary(finished_run):
     section = json.loads((results / "faces" / "section.json").read_text())
     assert "64" in section["conclusion"] and "%" in section["conclusion"]
     assert len(section["units"]) == 64 and section["units"][0]["facts"]["face rank"] == 1
+    facts = section["units"][0]["facts"]
+    channel = section["units"][0]["channel"]
+    alone = single.loc[single["channels"].map(lambda c: list(c) == [channel])].iloc[0]
+    assert facts["lesioned alone: output KL on faces (nats)"] == round(float(alone["kl_faces"]), 4)
     summary = json.loads((results / "summary.json").read_text())["faces"]
     assert summary["layer"] == "features.18" and summary["selection"]["top_percentile"] == 64
     assert set(summary["verdict"]) >= {"necessary", "sufficient_absolute", "sufficient_vs_controls", "specific"}
     assert summary["interventions"]["intact"]["kl_faces"] == 0
+    assert summary["single_lesions"]["n"] == 64 and summary["single_lesions"]["kl_faces_max_channel"] in set(
+        summary["selection"]["channels"]
+    )
 
     html = (results / "report" / "index.html").read_text()
     assert 'id="faces"' in html and "Face-selective units" in html

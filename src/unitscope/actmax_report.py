@@ -26,7 +26,7 @@ from unitscope.sections import html_table, unit_hrefs, write_section  # noqa: E4
 __all__ = ["FIGURES", "run_report"]
 
 STUDY = "actmax"
-TITLE = "Activation maximisation on Biased Colored-MNIST"
+TITLE = "Activation maximisation"
 MODEL_NAME = "colored_mnist_cnn"
 FIGURES = ("evaluation", "examples", "objectives", "curves", "color_vs_shape", "polysemanticity", "interpolation")
 LAYER_COLORS = ["#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377"]
@@ -339,7 +339,7 @@ def run_report(
     analysis_dir,
     run_paths: Mapping[str, tuple[str, str]],
     registry_paths: Sequence[tuple[str, str, str, str]] = (),
-    registry_figures_dir=None,
+    unit_figures_dir,
     figure_paths: Mapping[str, str],
     section_path,
     rho: float,
@@ -489,7 +489,10 @@ def run_report(
     )
     for column in ("median", "min", "max"):
         init_table[column] = init_table[column].astype(float).round(3)
-    registry_html, registry_summary, registry_units = registry_outputs(registry_paths, registry_figures_dir)
+    with atomic_path(unit_figures_dir) as temp:  # every unit's image, for the unit pages
+        temp.mkdir()
+        registry_html, registry_summary, registry_units = registry_outputs(registry_paths, temp)
+        mnist_images = mnist_unit_images(runs, selection, temp)
 
     n_runs = len(all_runs)
     body = (
@@ -624,7 +627,15 @@ def run_report(
             if len(channel_rows):
                 facts["channel_objective_score"] = round(float(channel_rows["score"].iloc[0]), 2)
                 facts["actmax_activation"] = round(float(channel_rows["max_final_activation"].iloc[0]), 3)
-            unit_facts.append({"model": MODEL_NAME, "layer": layer, "channel": unit["channel"], "facts": facts})
+            unit_facts.append(
+                {
+                    "model": MODEL_NAME,
+                    "layer": layer,
+                    "channel": unit["channel"],
+                    "facts": facts,
+                    "images": mnist_images.get((layer, int(unit["channel"])), []),
+                }
+            )
     unit_facts.extend(registry_units)
     write_section(
         section_path,
@@ -638,77 +649,102 @@ def run_report(
     return summary
 
 
+def mnist_unit_images(runs: Mapping[str, tuple[dict, pd.DataFrame]], selection: Mapping, out_dir) -> dict:
+    """Each chosen Colored-MNIST channel's final channel-objective images (rows: inits, columns: seeds) as
+    out_dir/<unit page name>.png; returns {(layer, channel): [image entry for its unit page]}."""
+    images = {}
+    for layer, chosen in selection["layers"].items():
+        run, table = runs[layer]
+        for unit in chosen["units"]:
+            channel = int(unit["channel"])
+            rows = table[(table["channel"] == channel) & (table["objective"] == "channel")]
+            if rows.empty:
+                continue
+            first = rows.iloc[0]  # one regulariser setting (the first) per page image
+            rows = rows[(rows["l2"] == first["l2"]) & (rows["tv"] == first["tv"])]
+            inits = list(dict.fromkeys(rows["init"]))
+            seeds = sorted(set(rows["seed"]))
+            position = {(i, s): index for index, i, s in zip(rows.index, rows["init"], rows["seed"], strict=True)}
+            tiles = np.stack([[run["images"][position[(i, s)]] for s in seeds] for i in inits])
+            name = f"{MODEL_NAME}__{layer}__{channel}.png"
+            save_grid(tiles, Path(out_dir) / name, scale=3, col_labels=[f"seed {s}" for s in seeds])
+            images[(layer, channel)] = [
+                {
+                    "src": f"figures/actmax/units/{name}",
+                    "caption": f"Images that maximise the mean of {layer} channel {channel} (28×28 px, L2 "
+                    f"{first['l2']:g}, TV {first['tv']:g}; rows: start {', '.join(inits)}; columns: seeds); each "
+                    "stretched to its own range for display.",
+                }
+            ]
+    return images
+
+
 def registry_outputs(
     registry_paths: Sequence[tuple[str, str, str, str]], figures_dir
 ) -> tuple[str, list[dict], list[dict]]:
     """Registry-model runs: the section's HTML, summary rows, and one unit (facts + image) per channel.
 
-    Each channel's final images (rows: objectives, columns: seeds) go to figures_dir/<unit page name>.png,
-    written whole then renamed (figures_dir may be None only when there are no registry runs).
+    Each channel's final images (rows: objectives, columns: seeds) go to figures_dir/<unit page name>.png
+    (figures_dir: an existing folder, which the caller writes whole).
     """
     if not registry_paths:
-        if figures_dir is not None:
-            with atomic_path(figures_dir) as temp:
-                temp.mkdir()
         return "", [], []
     summary, units, rows = [], [], []
-    with atomic_path(figures_dir) as temp:
-        temp.mkdir()
-        for model, layer, npz_path, table_path in registry_paths:
-            run, table = load_run(npz_path, table_path)
-            summary.append(
+    for model, layer, npz_path, table_path in registry_paths:
+        run, table = load_run(npz_path, table_path)
+        summary.append(
+            {
+                "model": model,
+                "layer": layer,
+                "runs": len(table),
+                "parameterization": str(table["parameterization"].iloc[0]),
+                "median_final_activation": float(table["final_activation"].median()),
+                "median_start_activation": float(table["start_objective"].median()),
+            }
+        )
+        unit_layer = str(table["unit_layer"].iloc[0]) if "unit_layer" in table else layer
+        parameterization = str(table["parameterization"].iloc[0])
+        where = layer if unit_layer == layer else f"{layer} (inside {unit_layer})"
+        for channel, group in table.groupby("channel", sort=False):
+            objectives = list(dict.fromkeys(group["objective"]))
+            seeds = sorted(set(group["seed"]))
+            position = {(o, s): i for i, (o, s) in enumerate(zip(group["objective"], group["seed"], strict=True))}
+            tiles = np.stack([[run["images"][group.index[position[(o, s)]]] for s in seeds] for o in objectives])
+            name = f"{model}__{unit_layer}__{int(channel)}.png"
+            save_grid(tiles, Path(figures_dir) / name, scale=1, col_labels=[f"seed {s}" for s in seeds])
+            final = group["final_activation"].astype(float)
+            start = group["start_objective"].astype(float)
+            units.append(
                 {
                     "model": model,
-                    "layer": layer,
-                    "runs": len(table),
-                    "parameterization": str(table["parameterization"].iloc[0]),
-                    "median_final_activation": float(table["final_activation"].median()),
-                    "median_start_activation": float(table["start_objective"].median()),
+                    "layer": unit_layer,
+                    "channel": int(channel),
+                    "facts": {
+                        "actmax final activation (median over runs)": round(float(final.median()), 3),
+                        "actmax start activation (median)": round(float(start.median()), 3),
+                        "actmax runs": f"{len(group)} ({', '.join(objectives)}; {len(seeds)} seeds)",
+                    },
+                    "images": [
+                        {
+                            "src": f"figures/actmax/units/{name}",
+                            "caption": f"Activation maximisation of {model} {where} channel {int(channel)}: final "
+                            f"images (rows: objective {', '.join(objectives)}; columns: seeds), {parameterization} "
+                            "parameterisation; each image stretched to its own range for display.",
+                        }
+                    ],
                 }
             )
-            unit_layer = str(table["unit_layer"].iloc[0]) if "unit_layer" in table else layer
-            parameterization = str(table["parameterization"].iloc[0])
-            where = layer if unit_layer == layer else f"{layer} (inside {unit_layer})"
-            for channel, group in table.groupby("channel", sort=False):
-                objectives = list(dict.fromkeys(group["objective"]))
-                seeds = sorted(set(group["seed"]))
-                position = {(o, s): i for i, (o, s) in enumerate(zip(group["objective"], group["seed"], strict=True))}
-                tiles = np.stack([[run["images"][group.index[position[(o, s)]]] for s in seeds] for o in objectives])
-                name = f"{model}__{unit_layer}__{int(channel)}.png"
-                save_grid(tiles, Path(temp) / name, scale=1, col_labels=[f"seed {s}" for s in seeds])
-                final = group["final_activation"].astype(float)
-                start = group["start_objective"].astype(float)
-                units.append(
-                    {
-                        "model": model,
-                        "layer": unit_layer,
-                        "channel": int(channel),
-                        "facts": {
-                            "actmax final activation (median over runs)": round(float(final.median()), 3),
-                            "actmax start activation (median)": round(float(start.median()), 3),
-                            "actmax runs": f"{len(group)} ({', '.join(objectives)}; {len(seeds)} seeds)",
-                        },
-                        "images": [
-                            {
-                                "src": f"figures/actmax/registry/{name}",
-                                "caption": f"Activation maximisation of {model} {where} channel {int(channel)}: final "
-                                f"images (rows: objective {', '.join(objectives)}; columns: seeds), {parameterization} "
-                                "parameterisation; each image stretched to its own range for display.",
-                            }
-                        ],
-                    }
-                )
-                rows.append(
-                    {
-                        "model": model,
-                        "layer": unit_layer,
-                        "optimised at": layer,
-                        "channel": int(channel),
-                        "runs": len(group),
-                        "start activation (median)": round(float(start.median()), 3),
-                        "final activation (median)": round(float(final.median()), 3),
-                    }
-                )
+            rows.append(
+                {
+                    "model": model,
+                    "layer": unit_layer,
+                    "optimised at": layer,
+                    "channel": int(channel),
+                    "runs": len(group),
+                    "start activation (median)": round(float(start.median()), 3),
+                    "final activation (median)": round(float(final.median()), 3),
+                }
+            )
     frame = pd.DataFrame(rows)
     links = {"channel": unit_hrefs(frame["model"], frame["layer"], frame["channel"])}
     html_text = (

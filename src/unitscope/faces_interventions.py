@@ -210,9 +210,14 @@ class Conditions:
 
 
 def build_conditions(
-    n_channels: int, selected: np.ndarray, random_draws: np.ndarray, matched_draws: np.ndarray
+    n_channels: int,
+    selected: np.ndarray,
+    random_draws: np.ndarray,
+    matched_draws: np.ndarray,
+    single_channels: np.ndarray | None = None,
 ) -> Conditions:
-    """intact; lesion and keep-only of the selected set; the same two modes for every control draw."""
+    """intact; lesion and keep-only of the selected set; the same two modes for every control draw; and, for
+    each of `single_channels`, a lesion of that channel alone (family "single": each unit's own effect)."""
     rows, masks, sets = [], [], []
 
     def add(name, family, mode, draw, channels):
@@ -239,6 +244,8 @@ def build_conditions(
         for draw, channels in enumerate(draws):
             for mode in ("lesion", "keep_only"):
                 add(f"{family}_{mode}_{draw:03d}", family, mode, draw, channels)
+    for position, channel in enumerate(() if single_channels is None else single_channels):
+        add(f"single_lesion_{int(channel):04d}", "single", "lesion", position, [int(channel)])
     return Conditions(table=pd.DataFrame(rows), ablate=torch.stack(masks), sets=sets)
 
 
@@ -676,7 +683,7 @@ def run_interventions(
     except FacesError as err:  # more selected than unselected channels: no matched control exists
         print(f"matched controls skipped: {err}", flush=True)
         matched_draws = np.zeros((0, len(chosen)), dtype=np.int64)
-    conditions = build_conditions(data.n_channels, chosen, random_draws, matched_draws)
+    conditions = build_conditions(data.n_channels, chosen, random_draws, matched_draws, single_channels=chosen)
     fill = ablation_fill(ablation, means)
     readout = Readout.make(data.is_face, n_folds=folds, train_fraction=fixed_train_fraction, C=C, seed=seed)
     started = time.perf_counter()

@@ -336,6 +336,7 @@ def body_html(
             "(results/faces/condition_pca.parquet).",
         ),
     ]
+    parts += _single_lesion_html(conditions)
     # probes
     probe_rows = pd.DataFrame(
         {
@@ -395,6 +396,34 @@ def body_html(
     return "\n".join(parts)
 
 
+def _single_lesion_html(conditions: pd.DataFrame, shown: int = 10) -> list[str]:
+    single = single_lesions(conditions)
+    if single.empty:
+        return []
+    first = conditions.iloc[0]
+    set_kl = float(conditions.loc[conditions["condition"] == "lesion", "kl_faces"].iloc[0])
+    ranked = single.sort_values("kl_faces", ascending=False)
+    head = ranked.head(shown)
+    table = pd.DataFrame(
+        {
+            "channel": head.index,
+            "KL faces (nats)": head["kl_faces"].map(lambda v: f"{v:.4f}"),
+            "KL non-faces (nats)": head["kl_nonfaces"].map(lambda v: f"{v:.4f}"),
+            "faces / non-faces": head["kl_face_ratio"].map(lambda v: _num(v, 2)),
+            "fixed-readout accuracy": head["fixed_accuracy"].map(_pct),
+        }
+    )
+    links = unit_hrefs([first["model"]] * len(head), [first["layer"]] * len(head), head.index)
+    return [
+        f"<p>Each of the {len(single)} selected channels lesioned alone ({html.escape(first['ablation'])} "
+        f"ablation): output KL on faces median {_num(float(single['kl_faces'].median()), 4)} nats (range "
+        f"{_num(float(single['kl_faces'].min()), 4)}–{_num(float(single['kl_faces'].max()), 4)}); the sum over "
+        f"channels, {_num(float(single['kl_faces'].sum()), 4)}, against {_num(set_kl, 4)} for the whole set "
+        f"lesioned together. The {len(head)} largest (each channel's page lists its own):</p>",
+        html_table(table, links={"channel": links}),
+    ]
+
+
 def summary(
     selection: pd.DataFrame,
     pca: pd.DataFrame,
@@ -444,6 +473,7 @@ def summary(
                 for row in controls[controls["metric"].isin(readouts)].to_dict("records")
             ],
         },
+        "single_lesions": _single_summary(conditions),
         "verdict": {k: v for k, v in judged.items() if k != "rows"},
         "probes": {
             row.layer: {"accuracy": row.accuracy, "ci": [row.ci_low, row.ci_high]} for row in probes.itertuples()
@@ -455,8 +485,44 @@ def summary(
     }
 
 
+def single_lesions(conditions: pd.DataFrame) -> pd.DataFrame:
+    """One row per channel lesioned alone (family "single"), indexed by channel; empty if there are none."""
+    single = conditions[conditions["family"] == "single"]
+    return single.assign(channel=[int(c[0]) for c in single["channels"]]).set_index("channel")
+
+
+def _single_facts(single: pd.DataFrame, intact: pd.Series, channel: int) -> dict:
+    if channel not in single.index:
+        return {}
+    row = single.loc[channel]
+    rank = int((single["kl_faces"] > row["kl_faces"]).sum()) + 1
+    return {
+        "lesioned alone: output KL on faces (nats)": round(float(row["kl_faces"]), 4),
+        "lesioned alone: output KL on non-faces (nats)": round(float(row["kl_nonfaces"]), 4),
+        "lesioned alone: rank by KL on faces": f"{rank} of {len(single)}",
+        "lesioned alone: fixed-readout accuracy": (
+            f"{_pct(row['fixed_accuracy'])} (intact {_pct(intact['fixed_accuracy'])})"
+        ),
+    }
+
+
+def _single_summary(conditions: pd.DataFrame) -> dict:
+    single = single_lesions(conditions)
+    if single.empty:
+        return {"n": 0}
+    return {
+        "n": len(single),
+        "kl_faces_median": float(single["kl_faces"].median()),
+        "kl_faces_max": float(single["kl_faces"].max()),
+        "kl_faces_max_channel": int(single["kl_faces"].idxmax()),
+        "kl_faces_sum": float(single["kl_faces"].sum()),
+    }
+
+
 def units(selection: pd.DataFrame, conditions: pd.DataFrame, rule: str) -> list[dict]:
     first = conditions.iloc[0]
+    intact = conditions.set_index("condition").loc["intact"]
+    single = single_lesions(conditions)
     rows = selection.set_index("channel")
     return [
         {
@@ -471,6 +537,7 @@ def units(selection: pd.DataFrame, conditions: pd.DataFrame, rule: str) -> list[
                 "face-selectivity index": round(float(rows.loc[channel, "selectivity_index"]), 3),
                 "top-percentile rule": bool(rows.loc[channel, "top_percentile"]),
                 "contrast rule": bool(rows.loc[channel, "contrast"]),
+                **_single_facts(single, intact, int(channel)),
             },
         }
         for channel in selected_channels(selection, rule)

@@ -26,7 +26,7 @@ with log_to(snakemake.log[0]):
                 snakemake.params.registry, snakemake.input.registry_npz, snakemake.input.registry, strict=True
             )
         ],
-        registry_figures_dir=snakemake.output.registry_figures,
+        unit_figures_dir=snakemake.output.unit_figures,
         figure_paths={name: getattr(snakemake.output, name) for name in FIGURES},
         section_path=snakemake.output.section,
         rho=snakemake.params.rho,
