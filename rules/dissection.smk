@@ -2,6 +2,7 @@
 # or the Broden layout), detectors and distinct concepts per layer, and the rotation experiment.
 # Logic lives in src/unitscope/dissection*.py; params carry every setting that changes a stage's results
 # (batch size is read from the config in the scripts: it changes none).
+import re
 from types import SimpleNamespace
 
 from unitscope.config import ConfigError  # noqa: E402
@@ -22,6 +23,12 @@ if DISSECTION.get("enabled", False):
     DISSECTION_FIRST = next(iter(DISSECTION_TARGETS))
     DISSECTION_UNIT_FIGURES = {
         f"units:{model}/{layer}": f"{DISSECTION_FIGURES}/units/{model}/{layer}.png"
+        for model, layers in DISSECTION_TARGETS.items()
+        for layer in layers
+    }
+    # Per (model, layer): a folder with one figure per unit the section singles out (dissection_report.study_units).
+    DISSECTION_UNIT_IMAGES = {
+        f"{model}/{layer}": f"{DISSECTION_FIGURES}/units/{model}/{layer}"
         for model, layers in DISSECTION_TARGETS.items()
         for layer in layers
     }
@@ -64,13 +71,18 @@ if DISSECTION.get("enabled", False):
             units="results/dissection/{model}/units.parquet",
             tallies="results/dissection/{model}/tallies.npz",
         output:
-            report(
+            figure=report(
                 f"{DISSECTION_FIGURES}/units/{{model}}/{{layer}}.png",
                 caption="../workflow/report/dissection_units.rst",
                 category=DISSECTION_TITLE,
                 subcategory="{model}",
                 labels={"model": "{model}", "layer": "{layer}"},
             ),
+            # <model>__<layer>__<unit>.png for each unit the section lists (shown on the unit pages)
+            unit_images=directory(f"{DISSECTION_FIGURES}/units/{{model}}/{{layer}}"),
+        wildcard_constraints:
+            # a configured layer only, so that <layer>.png is never read as the folder of a layer "<layer>.png"
+            layer="|".join(re.escape(layer) for layers in DISSECTION_TARGETS.values() for layer in layers),
         params:
             n_units=DISSECTION["figure_units"],
             data_dir=data_dir(),
@@ -120,6 +132,7 @@ if DISSECTION.get("enabled", False):
             tallies=f"results/dissection/{DISSECTION_FIRST}/tallies.npz",
             rotation=["results/dissection/rotation.parquet"] if DISSECTION_ROTATION else [],
             unit_figures=list(DISSECTION_UNIT_FIGURES.values()),
+            unit_images=list(DISSECTION_UNIT_IMAGES.values()),
         output:
             section="results/dissection/section.json",
             depth_figure=report(
@@ -137,8 +150,13 @@ if DISSECTION.get("enabled", False):
             if DISSECTION_ROTATION
             else [],
         params:
-            settings={**DISSECTION_SETTINGS, "rotation": DISSECTION["rotation"]},
+            settings={
+                **DISSECTION_SETTINGS,
+                "top_images": DISSECTION["top_images"],  # the per-unit figures' captions
+                "rotation": DISSECTION["rotation"],
+            },
             unit_figures=DISSECTION_UNIT_FIGURES,
+            unit_images=DISSECTION_UNIT_IMAGES,
         log:
             "logs/dissection/section.log",
         conda:

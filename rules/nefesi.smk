@@ -172,19 +172,27 @@ rule nefesi_decomposition:
         "../workflow/scripts/nefesi_decomposition.py"
 
 
+# The section also draws one figure per unit it singles out (its NF beside its top exemplar crops), named
+# <model>__<layer>__<channel>.png like the unit's page, which shows it.
 rule nefesi_section:
     input:
-        code=code("nefesi_section"),
+        code=code("nefesi_section", "nefesi_figures"),
         tables=NEFESI.all_files("indexes.parquet"),
         infos=NEFESI.all_files("layer.json"),
+        nfs=NEFESI.all_files("nf.npz"),
+        exemplars=[f"results/nefesi/{m}/exemplars.parquet" for m in NEFESI.targets],
+        images=[f"results/nefesi/{m}/images.parquet" for m in NEFESI.targets],
         trees=[f"results/nefesi/{m}/hierarchy.json" for m in NEFESI.targets],
         decompositions=[f for m in NEFESI.targets for f in NEFESI.decompositions(m, "record")],
         figures=NEFESI.figures(),
     output:
-        "results/nefesi/section.json",
+        section="results/nefesi/section.json",
+        units=directory("results/report/figures/nefesi/units"),
     params:
         targets=NEFESI.section_params(),
         settings=NEFESI.section_settings(),
+        preprocessing={m: config["models"][m]["preprocessing"] for m in NEFESI.targets},
+        unit_exemplars=config["nefesi"]["unit_exemplars"],  # top exemplar crops shown beside each unit's NF
     log:
         "logs/nefesi/section.log",
     conda:

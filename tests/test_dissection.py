@@ -1,8 +1,10 @@
-"""Network dissection: thresholds, exact IoU tallies (fast path = direct way), labels, intervals, rotations."""
+"""Network dissection: thresholds, exact IoU tallies (fast path = direct way), labels, intervals, rotations, and the
+section's choice of units with their per-unit figures."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,6 +28,7 @@ from unitscope.dissection import (
     unit_thresholds,
     upsample,
 )
+from unitscope.dissection_report import check_unit_images, study_units, unit_image_caption, unit_image_name
 from unitscope.dissection_stage import LabelCache, combine_layers, dissect_layer
 
 FIELDS = ("intersection", "unit_area", "label_area", "unit_pixels")
@@ -299,3 +302,79 @@ def test_rotating_units_preserves_activation_norms():
     rotated = rotate_maps(maps, rotation)
     torch.testing.assert_close(rotated.norm(dim=1), maps.norm(dim=1), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(rotated[:, :, 2, 3], maps[:, :, 2, 3] @ rotation.T)
+
+
+# ------------------------------------------------------------------------------------------------
+# the units the section singles out, and their per-unit figures
+
+
+def units_table(model, layer, ious, threshold=0.04):
+    ious = np.asarray(ious, dtype=float)
+    return pd.DataFrame(
+        {
+            "model": model,
+            "layer": layer,
+            "unit": np.arange(len(ious)),
+            "concept": [f"c{i}" for i in range(len(ious))],
+            "category": "object",
+            "iou": ious,
+            "detector": ious > threshold,
+        }
+    )
+
+
+def test_study_units_are_each_layers_top_detectors_with_ties_to_the_lower_unit():
+    units = pd.concat(
+        [
+            units_table("m", "a", [0.05, 0.20, 0.20, 0.01, 0.30, 0.10]),
+            units_table("m", "b", [0.03, 0.50]),  # one detector only
+            units_table("n", "a", [0.02, 0.01]),  # none
+            units_table("n", "c", [0.06, 0.07, 0.08, 0.09, 0.10]),
+        ],
+        ignore_index=True,
+    )
+    chosen = study_units(units)
+    picked = {key: group["unit"].tolist() for key, group in chosen.groupby(["model", "layer"], sort=False)}
+    assert picked == {("m", "b"): [1], ("m", "a"): [4, 1, 2], ("n", "c"): [4, 3, 2]}
+    assert chosen["iou"].is_monotonic_decreasing and chosen["detector"].all()
+    # the figure stage selects from one layer's rows: the same units as from the whole table
+    for (model, layer), group in units.groupby(["model", "layer"]):
+        alone = study_units(group)
+        assert (
+            alone["unit"].tolist() == chosen[(chosen["model"] == model) & (chosen["layer"] == layer)]["unit"].tolist()
+        )
+    assert study_units(units, per_layer=1)["unit"].tolist() == [1, 4, 4]
+    # a non-detector never gets in, however high its IoU (a stricter threshold flags fewer units)
+    strict = units_table("m", "a", [0.05, 0.20, 0.20, 0.01, 0.30, 0.10], threshold=0.15)
+    assert study_units(strict)["unit"].tolist() == [4, 1, 2]
+    assert study_units(strict, per_layer=5)["unit"].tolist() == [4, 1, 2]
+
+
+def test_unit_image_caption_says_what_is_shown_and_on_how_many_images():
+    unit = next(units_table("resnet20_cifar", "layer3", [0.0, 0.1234]).assign(concept="road").iloc[[1]].itertuples())
+    caption = unit_image_caption(unit, n_images=233, top_images=4, quantile=0.005)
+    assert caption.startswith("resnet20_cifar layer3 unit 1: its 4 top activating images of N = 233")
+    for text in ("Yellow", "top 0.005 quantile", "cyan", "road (object)", "IoU 0.123"):
+        assert text in caption, text
+    # fewer images than top_images: the figure shows all of them
+    assert "its 1 top activating image of N = 1 " in unit_image_caption(unit, n_images=1, top_images=4, quantile=0.01)
+    assert unit_image_name("resnet20_cifar", "layer3", np.int64(7)) == "resnet20_cifar__layer3__7.png"
+
+
+def test_unit_image_folders_must_hold_exactly_the_listed_units(tmp_path):
+    listed = [{"model": "m", "layer": "a", "channel": 4}, {"model": "m", "layer": "a", "channel": 1}]
+    folders = {"m/a": tmp_path / "a", "m/b": tmp_path / "b"}
+    for folder in folders.values():
+        folder.mkdir()
+    for unit in listed:
+        (folders["m/a"] / unit_image_name("m", "a", unit["channel"])).write_bytes(b"png")
+    check_unit_images(listed, folders)  # m/b lists no unit and holds no figure
+    with pytest.raises(ValueError, match="no folder of unit figures for m/c"):
+        check_unit_images([*listed, {"model": "m", "layer": "c", "channel": 0}], folders)
+    (folders["m/b"] / unit_image_name("m", "b", 0)).write_bytes(b"png")
+    with pytest.raises(ValueError, match="do not match"):
+        check_unit_images(listed, folders)
+    (folders["m/b"] / unit_image_name("m", "b", 0)).unlink()
+    (folders["m/a"] / unit_image_name("m", "a", 4)).unlink()
+    with pytest.raises(ValueError, match="do not match"):
+        check_unit_images(listed, folders)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -75,6 +76,45 @@ def test_section_summary_tables_and_figures(finished_run):
         assert (figures / name).stat().st_size > 5000, name
     assert (workdir / "logs/dissection/dissect/resnet20_cifar.log").read_text()
     assert not list((workdir / "results").rglob(".*.tmp-*")) and not list((workdir / "results").rglob(".cache-*"))
+
+
+def test_every_listed_unit_has_its_figure_on_its_unit_page(finished_run):
+    import numpy as np
+    from PIL import Image
+
+    workdir, config = finished_run
+    section = json.loads((workdir / "results/dissection/section.json").read_text())
+    report = workdir / "results/report"
+    listed = {}
+    for unit in section["units"]:
+        model, layer, channel = unit["model"], unit["layer"], unit["channel"]
+        listed.setdefault((model, layer), set()).add(f"{model}__{layer}__{channel}.png")
+        [image] = unit["images"]
+        assert image["src"] == f"figures/dissection/units/{model}/{layer}/{model}__{layer}__{channel}.png"
+        path = report / image["src"]
+        assert path.stat().st_size > 5000, path
+        with Image.open(path) as png:
+            assert png.format == "PNG" and png.width > 400 and png.height > 150
+            pixels = np.asarray(png.convert("RGB"), dtype=float)
+        assert pixels.std() > 20, f"{path} is nearly blank"
+        # the unit mask's outline (yellow #ffdd00) is drawn on at least one of its top images
+        yellow = (pixels[..., 0] > 220) & (pixels[..., 1] > 190) & (pixels[..., 2] < 80)
+        assert yellow.sum() > 20, f"{path}: no unit mask outlined"
+        caption = image["caption"]
+        top_k = config["dissection"]["top_images"]
+        assert f"unit {channel}: its {top_k} top activating images of N = 6" in caption
+        assert unit["facts"]["dissection concept"] in caption and "quantile" in caption
+        [iou] = re.findall(r"IoU (\d\.\d{3})", caption)
+        assert float(iou) == pytest.approx(unit["facts"]["dissection IoU"], abs=6e-4)
+        page = (report / "units" / f"{model}__{layer}__{channel}.html").read_text()
+        assert f'<img src="../{image["src"]}"' in page
+    assert listed, "the tiny run lists no detector unit"
+    # each layer's folder holds exactly the figures of the units the section lists for it
+    for target in config["dissection"]["targets"]:
+        for layer in target["layers"]:
+            model = target["model"]
+            folder = report / "figures/dissection/units" / model / layer
+            assert {p.name for p in folder.glob("*.png")} == listed.get((model, layer), set()), folder
 
 
 def test_rerun_plans_only_what_a_setting_changes(finished_run):

@@ -322,3 +322,75 @@ def test_plan_checks_targets_with_one_line_errors(default_config):
     off = json.loads(json.dumps(config))
     off["nefesi"]["enabled"] = False
     assert NefesiPlan(off).targets == {}
+
+
+def test_unit_figure_crops_average_to_the_neuron_feature(cifar, tmp_path):
+    from PIL import Image
+
+    from unitscope.nefesi import exemplar_frame
+    from unitscope.nefesi_figures import exemplar_crops, layer_field, model_inputs, run_unit_figures
+    from unitscope.nefesi_section import merge_units
+
+    images, manifest_path = cifar
+    generator = torch.Generator().manual_seed(3)
+    model = pixel_model(torch.randn(2, 3, 5, 5, generator=generator) * 0.2)  # 5 px fields, padding 2
+    top, probes, _ = analyse(model, "1", images, 6)
+    field = receptive_field(model, "1")
+    info = {
+        "receptive_field": field.as_dict(),
+        "nf_extent": [list(probes.nf_extent[0]), list(probes.nf_extent[1])],
+        "images": len(images),
+    }
+    assert layer_field(info) == field
+    nf = nf_rgb(probes.nf, MEAN, STD)
+    corner = exemplar_crops(images[:1], field, [0], [0], info["nf_extent"], MEAN, STD)[0]  # field from (-2, -2)
+    np.testing.assert_allclose(corner[:2], np.broadcast_to(MEAN, (2, 5, 3)), atol=1e-6)  # mean colour outside
+    np.testing.assert_allclose(corner[2:, 2:], nf_rgb(images[:1, :, :3, :3], MEAN, STD)[0], atol=1e-6)
+    for channel in range(top.channels):
+        crops = exemplar_crops(
+            images[top.image[channel]], field, top.y[channel], top.x[channel], info["nf_extent"], MEAN, STD
+        )
+        assert crops.shape == (top.n, 5, 5, 3) and crops.min() >= 0 and crops.max() <= 1
+        mean_of_crops = np.einsum("n,nhwc->hwc", top.weights()[channel].numpy(), crops)
+        np.testing.assert_allclose(mean_of_crops, nf[channel], atol=1e-5)  # the NF is what the crops average
+
+    # the stage, from the files the workflow writes: image table, exemplars, nf.npz
+    frame = image_table({"objects": manifest_path})
+    preprocessing = {"resize": 32, "crop": 32, "mean": list(MEAN), "std": list(STD)}
+    assert torch.equal(model_inputs(frame.iloc[[4, 1]], preprocessing), images[[4, 1]])  # the view the NF used
+    exemplars_path, images_path, nf_path = (
+        tmp_path / "exemplars.parquet",
+        tmp_path / "images.parquet",
+        tmp_path / "nf.npz",
+    )
+    exemplar_frame({"1": top}).to_parquet(exemplars_path)
+    frame.to_parquet(images_path)
+    np.savez_compressed(nf_path, nf=nf.astype(np.float16))
+    drawn = run_unit_figures(
+        model_name="pixels",
+        units=[("1", 1), ("1", 0)],
+        exemplars_path=exemplars_path,
+        images_path=images_path,
+        nf_paths={"1": nf_path},
+        infos={"1": info},
+        preprocessing=preprocessing,
+        count=4,
+        out_dir=tmp_path,
+    )
+    assert drawn[("1", 0)] == {"file": "pixels__1__0.png", "exemplars": 6, "shown": 4}
+    with Image.open(tmp_path / "pixels__1__1.png") as png:
+        assert png.width > 300 and png.height > 150
+        assert np.asarray(png.convert("L")).std() > 10  # drawn pixels, not a blank canvas
+
+    twice = [
+        {"model": "m", "layer": "1", "channel": 0, "facts": {"nefesi: highest color index of its layer": 0.9, "x": 1}},
+        {"model": "m", "layer": "1", "channel": 2, "facts": {"nefesi: highest color index of its layer": 0.1}},
+        {"model": "m", "layer": "1", "channel": 0, "facts": {"nefesi: highest class index of its layer": 0.5, "x": 1}},
+    ]
+    merged = merge_units(twice)
+    assert [unit["channel"] for unit in merged] == [0, 2]
+    assert list(merged[0]["facts"]) == [
+        "nefesi: highest color index of its layer",
+        "nefesi: highest class index of its layer",
+        "x",
+    ]

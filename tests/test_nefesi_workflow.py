@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 from wfutil import copy_workflow, disable_studies, planned_jobs, snakemake, tiny_config, write_config
@@ -74,6 +75,39 @@ def test_section_tables_figures_and_logs(finished_run):
     logs = {p.relative_to(workdir / "logs").as_posix() for p in (workdir / "logs" / "nefesi").rglob("*.log")}
     assert {"nefesi/resnet20_cifar/top_n.log", "nefesi/resnet20_cifar/layer1/layer.log", "nefesi/section.log"} <= logs
     assert not list(results.rglob(".*.tmp-*")), "a temporary artifact was left behind"
+
+
+def test_every_singled_out_unit_has_its_figure_on_its_unit_page(finished_run):
+    from PIL import Image
+
+    workdir, _ = finished_run
+    results, report = workdir / "results", workdir / "results" / "report"
+    units = json.loads((results / "nefesi" / "section.json").read_text())["units"]
+    assert len({(u["model"], u["layer"], u["channel"]) for u in units}) == len(units) >= 2  # one entry per unit
+    for layer in ("layer1", "layer2"):  # the channel with the highest value of each index is listed
+        table = pd.read_parquet(results / "nefesi" / "resnet20_cifar" / layer / "indexes.parquet")
+        for name in ("color", "orientation", "symmetry", "class"):
+            listed = [
+                u["facts"].get(f"nefesi: highest {name} index of its layer") for u in units if u["layer"] == layer
+            ]
+            assert round(float(table[f"{name}_index"].max()), 3) in listed
+    drawn = set()
+    for unit in units:
+        name = f"{unit['model']}__{unit['layer']}__{unit['channel']}"
+        [image] = unit["images"]
+        assert image["src"] == f"figures/nefesi/units/{name}.png"
+        png = report / image["src"]
+        assert png.stat().st_size > 5000
+        with Image.open(png) as picture:
+            assert picture.width > 300 and picture.height > 150
+            assert np.asarray(picture.convert("L")).std() > 10  # drawn, not blank
+        caption = image["caption"]
+        assert "top 3 exemplar crops" in caption and "searched over 20 images" in caption
+        assert re.search(r"receptive field \d+×\d+ px", caption) and "rank 1 to 3" in caption
+        page = (report / "units" / f"{name}.html").read_text()
+        assert f'<img src="../figures/nefesi/units/{name}.png"' in page
+        drawn.add(png.name)
+    assert {p.name for p in (report / "figures" / "nefesi" / "units").glob("*.png")} == drawn  # exactly the listed
 
 
 def test_rerun_plans_exactly_what_changed(finished_run):

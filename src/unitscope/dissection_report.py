@@ -25,12 +25,17 @@ STUDY = "dissection"
 TITLE = "Network dissection: units that detect concepts"
 CATEGORY_COLORS = {"object": "#4477aa", "color": "#ee6677", "part": "#228833", "material": "#ccbb44"}
 UNIT_EDGE, CONCEPT_EDGE = "#ffdd00", "#00e5ff"
+STUDY_UNITS_PER_LAYER = 3  # detectors per layer the section singles out (table, unit pages, per-unit figures)
+
+
+def _write_png(fig, path: str | os.PathLike) -> None:
+    fig.savefig(path, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
 
 
 def _save(fig, path: str | os.PathLike) -> None:
     with atomic_path(path) as temp:
-        fig.savefig(temp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
+        _write_png(fig, temp)
 
 
 def _category_color(category: str, index: int) -> str:
@@ -51,6 +56,41 @@ def chosen_units(units: pd.DataFrame, n_units: int) -> pd.DataFrame:
     return units.sort_values(["iou", "unit"], ascending=[False, True], kind="stable").head(n_units)
 
 
+def study_units(units: pd.DataFrame, per_layer: int = STUDY_UNITS_PER_LAYER) -> pd.DataFrame:
+    """The units the study singles out (its table, their unit pages and per-unit figures): in each (model, layer)
+    the `per_layer` detectors with the highest IoU (ties: lower unit first); rows ordered by IoU, highest first."""
+    detectors = units[units["detector"].astype(bool)]
+    ordered = detectors.sort_values(["iou", "unit"], ascending=[False, True], kind="stable")
+    return ordered.groupby(["model", "layer"], sort=False).head(per_layer)
+
+
+def unit_image_name(model: str, layer: str, unit: int) -> str:
+    """File name of one study unit's figure inside its layer's directory of unit figures."""
+    return f"{model}__{layer}__{int(unit)}.png"
+
+
+def draw_unit_images(axes, unit, tallies: dict[str, np.ndarray], concepts: ConceptDataset, *, layer: str) -> None:
+    """One unit's top activating images, one per axes: the unit's mask (its upsampled map > T_k) outlined in
+    yellow and its best concept's mask in cyan. Shared by the per-layer and the per-unit figures."""
+    from unitscope.dissection import upsample  # torch: only the figures need it
+
+    shape = tuple(int(x) for x in tallies["mask_shape"])
+    top_images, top_maps = tallies[f"{layer}/top_images"], tallies[f"{layer}/top_maps"]
+    masks = upsample(_tensor(top_maps[unit.unit]), shape).numpy() > tallies[f"{layer}/thresholds"][unit.unit]
+    code = dict(zip(tallies["concept_names"], tallies["concept_codes"], strict=True)).get(unit.concept)
+    for col, ax in enumerate(axes):
+        index = int(top_images[unit.unit, col])
+        ax.imshow(np.asarray(concepts.image(index).resize(shape[::-1])))
+        if masks[col].any():
+            ax.contour(masks[col].astype(float), levels=[0.5], colors=[UNIT_EDGE], linewidths=1.2)
+        if code is not None:
+            concept_mask = (concepts.annotation(index, shape).pixels == code).any(0)
+            if concept_mask.any():
+                ax.contour(concept_mask.astype(float), levels=[0.5], colors=[CONCEPT_EDGE], linewidths=0.9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
 def top_units_figure(
     units: pd.DataFrame,
     tallies: dict[str, np.ndarray],
@@ -63,40 +103,58 @@ def top_units_figure(
 ) -> None:
     """Rows: the layer's top units by IoU; columns: each unit's top activating images, with the unit's
     mask (upsampled map > T_k, yellow) and its best concept's mask (cyan) outlined."""
-    from unitscope.dissection import upsample  # torch: only this figure needs it
-
-    shape = tuple(int(x) for x in tallies["mask_shape"])
     of_layer = units[units["layer"] == layer]
     shown = chosen_units(of_layer, n_units)
-    top_images, top_maps = tallies[f"{layer}/top_images"], tallies[f"{layer}/top_maps"]
-    thresholds = tallies[f"{layer}/thresholds"]
-    code_of = dict(zip(tallies["concept_names"], tallies["concept_codes"], strict=True))
-    k = top_images.shape[1]
+    k = tallies[f"{layer}/top_images"].shape[1]
     fig, axes = plt.subplots(len(shown), k, figsize=(max(2.6 * k, 6.5), 2.1 * len(shown) + 0.8), squeeze=False)
     for row, unit in enumerate(shown.itertuples()):
-        masks = upsample(_tensor(top_maps[unit.unit]), shape).numpy() > thresholds[unit.unit]
-        code = code_of.get(unit.concept)
-        for col in range(k):
-            ax = axes[row, col]
-            index = int(top_images[unit.unit, col])
-            ax.imshow(np.asarray(concepts.image(index).resize(shape[::-1])))
-            if masks[col].any():
-                ax.contour(masks[col].astype(float), levels=[0.5], colors=[UNIT_EDGE], linewidths=1.2)
-            if code is not None:
-                concept_mask = (concepts.annotation(index, shape).pixels == code).any(0)
-                if concept_mask.any():
-                    ax.contour(concept_mask.astype(float), levels=[0.5], colors=[CONCEPT_EDGE], linewidths=0.9)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col == 0:
-                label = f"unit {unit.unit}\n{unit.concept or '-'} ({unit.category or '-'})\nIoU {unit.iou:.3f}"
-                ax.set_ylabel(label, fontsize=7)
+        draw_unit_images(axes[row], unit, tallies, concepts, layer=layer)
+        label = f"unit {unit.unit}\n{unit.concept or '-'} ({unit.category or '-'})\nIoU {unit.iou:.3f}"
+        axes[row, 0].set_ylabel(label, fontsize=7)
     fig.suptitle(
         f"{model} · {layer}: top {len(shown)} units by IoU, each with its {k} top activating images\n"
         f"(of N = {len(tallies['image_ids'])}); yellow: unit mask (upsampled map > T), cyan: its best concept",
         fontsize=8,
     )
     _save(fig, path)
+
+
+def unit_figure(
+    unit, tallies: dict[str, np.ndarray], concepts: ConceptDataset, *, model: str, layer: str, quantile: float
+):
+    """One unit: its top activating images in a row, unit mask (yellow) and best concept's mask (cyan) outlined."""
+    k = tallies[f"{layer}/top_images"].shape[1]
+    fig, axes = plt.subplots(1, k, figsize=(max(2.6 * k, 6.5), 2.9), squeeze=False)
+    draw_unit_images(axes[0], unit, tallies, concepts, layer=layer)
+    fig.suptitle(
+        f"{model} · {layer} · unit {unit.unit}: best concept {unit.concept or '-'} ({unit.category or '-'}), "
+        f"IoU {unit.iou:.3f}\nits {k} top activating images (of N = {len(tallies['image_ids'])}, highest peak "
+        f"first); yellow: unit mask (upsampled map > T, its top {quantile:g} quantile), cyan: concept mask",
+        fontsize=8,
+    )
+    return fig
+
+
+def write_unit_images(
+    units: pd.DataFrame,
+    tallies: dict[str, np.ndarray],
+    concepts: ConceptDataset,
+    *,
+    model: str,
+    layer: str,
+    quantile: float,
+    out_dir: str | os.PathLike,
+) -> list[str]:
+    """The directory of one layer's per-unit figures, one per unit of `study_units`, written whole; their names."""
+    shown = study_units(units[(units["model"] == model) & (units["layer"] == layer)])
+    names = []
+    with atomic_path(out_dir) as temp:
+        temp.mkdir()
+        for unit in shown.itertuples():
+            names.append(unit_image_name(model, layer, unit.unit))
+            fig = unit_figure(unit, tallies, concepts, model=model, layer=layer, quantile=quantile)
+            _write_png(fig, temp / names[-1])
+    return names
 
 
 def _tensor(array: np.ndarray):
@@ -165,18 +223,28 @@ def rotation_figure(rotation: pd.DataFrame, path: str | os.PathLike) -> None:
 
 
 def run_unit_figures(
-    *, units_path, tallies_path, layer, model, n_units, concepts_config, data_dir, resources_dir, seed, out_path
-) -> None:
+    *,
+    units_path,
+    tallies_path,
+    layer,
+    model,
+    n_units,
+    concepts_config,
+    data_dir,
+    resources_dir,
+    seed,
+    quantile,
+    out_path,
+    images_dir,
+) -> list[str]:
+    """The layer's figure of its top `n_units` units (out_path) and the directory of its study units' figures
+    (images_dir); returns the latter's file names."""
     concepts = open_concepts(concepts_config, data_dir=data_dir, resources_dir=resources_dir, seed=seed)
-    top_units_figure(
-        pd.read_parquet(units_path),
-        load_tallies(tallies_path),
-        concepts,
-        model=model,
-        layer=layer,
-        n_units=n_units,
-        path=out_path,
-    )
+    units, tallies = pd.read_parquet(units_path), load_tallies(tallies_path)
+    top_units_figure(units, tallies, concepts, model=model, layer=layer, n_units=n_units, path=out_path)
+    names = write_unit_images(units, tallies, concepts, model=model, layer=layer, quantile=quantile, out_dir=images_dir)
+    print(f"{model} {layer}: {len(names)} unit figures in {images_dir}", flush=True)
+    return names
 
 
 # ------------------------------------------------------------------------------------------------
@@ -239,8 +307,11 @@ def build_section(
     rotation: pd.DataFrame | None,
     settings: dict,
     figures: dict[str, str],
+    unit_images: dict[str, str] | None = None,
 ) -> dict:
-    """(conclusion, body_html, summary, units) of the section, all from the numbers."""
+    """(conclusion, body_html, summary, units) of the section, all from the numbers. `unit_images` maps
+    "<model>/<layer>" to the folder (relative to results/report/) of that layer's per-unit figures; each listed
+    unit of such a layer gets its figure as an image on its unit page."""
     categories = [str(c) for c in tallies["categories"]]
     n_images = len(tallies["image_ids"])
     shape = [int(x) for x in tallies["mask_shape"]]
@@ -344,7 +415,7 @@ def build_section(
             f"distinct concepts detected (bottom; NetDissect's per-category count) per layer, by concept category "
             f"(N = {n_images} images).</figcaption></figure>"
         )
-    top = units[units["detector"]].sort_values("iou", ascending=False).groupby(["model", "layer"], sort=False).head(3)
+    top = study_units(units)
     if len(top):
         body.append(
             html_table(
@@ -361,8 +432,9 @@ def build_section(
                     "runner_up": "runner-up",
                     "runner_up_iou": "runner-up IoU",
                 },
-                caption="The three detectors with the highest IoU in each layer "
-                "(every unit: results/dissection/<model>/units.parquet); a unit links to its page.",
+                caption=f"The {STUDY_UNITS_PER_LAYER} detectors with the highest IoU in each layer (ties: lower unit "
+                "first; every unit: results/dissection/<model>/units.parquet); a unit links to its page, which shows "
+                "its top activating images with its mask and its concept's mask outlined.",
             )
         )
     for key, src in figures.items():
@@ -409,8 +481,9 @@ def build_section(
                 f"against the rotation fraction alpha: each seed (dots), mean over seeds (line) and min–max range "
                 f"(band); N = {n_images} images.</figcaption></figure>"
             )
-    study_units = [
-        {
+    listed = []
+    for row in top.itertuples():
+        unit = {
             "model": row.model,
             "layer": row.layer,
             "channel": int(row.unit),
@@ -420,9 +493,29 @@ def build_section(
                 "dissection runner-up": f"{row.runner_up} ({row.runner_up_iou:.3f})",
             },
         }
-        for row in top.itertuples()
-    ]
-    return {"conclusion": conclusion, "body_html": "\n".join(body), "summary": summary, "units": study_units}
+        folder = (unit_images or {}).get(f"{row.model}/{row.layer}")
+        if folder is not None:
+            caption = unit_image_caption(
+                row, n_images=n_images, top_images=settings["top_images"], quantile=settings["quantile"]
+            )
+            unit["images"] = [
+                {"src": f"{folder}/{unit_image_name(row.model, row.layer, row.unit)}", "caption": caption}
+            ]
+        listed.append(unit)
+    return {"conclusion": conclusion, "body_html": "\n".join(body), "summary": summary, "units": listed}
+
+
+def unit_image_caption(unit, *, n_images: int, top_images: int, quantile: float) -> str:
+    """Caption of a study unit's figure (`unit`: a row of the units table with model, layer, unit, concept,
+    category and iou)."""
+    k = min(int(top_images), int(n_images))
+    return (
+        f"{unit.model} {unit.layer} unit {int(unit.unit)}: its {_plural(k, 'top activating image')} of "
+        f"N = {n_images} (highest peak activation first). Yellow outlines the unit's mask (its activation map, "
+        f"upsampled to mask resolution, above its threshold T, the top {quantile:g} quantile of its activations "
+        f"over all N images); cyan outlines the mask of its best concept, {unit.concept} ({unit.category}), "
+        f"IoU {float(unit.iou):.3f} over the N images."
+    )
 
 
 def _method_html(settings: dict, n_images: int, shape: list[int]) -> str:
@@ -443,10 +536,20 @@ def _method_html(settings: dict, n_images: int, shape: list[int]) -> str:
 
 
 def run_section(
-    *, layer_paths, unit_paths, tallies_path, rotation_path, settings, figures, unit_figures, out_path
+    *,
+    layer_paths,
+    unit_paths,
+    tallies_path,
+    rotation_path,
+    settings,
+    figures,
+    unit_figures,
+    unit_image_dirs,
+    out_path,
 ) -> dict:
     """Draw the depth (and rotation) figures at the paths in `figures` and write the section; figure
-    paths in the HTML are relative to results/report/."""
+    paths in the HTML are relative to results/report/. `unit_image_dirs` maps "<model>/<layer>" to the folder
+    of that layer's per-unit figures, which must hold exactly one figure per unit the section lists."""
     layers = pd.concat([pd.read_parquet(p) for p in layer_paths], ignore_index=True)
     units = pd.concat([pd.read_parquet(p) for p in unit_paths], ignore_index=True)
     rotation = pd.read_parquet(rotation_path) if rotation_path else None
@@ -462,8 +565,31 @@ def run_section(
         rotation=rotation,
         settings=settings,
         figures={**shown, **unit_figures},
+        unit_images={key: relative_figure(path) for key, path in unit_image_dirs.items()},
     )
+    check_unit_images(parts["units"], unit_image_dirs)
     return write_section(out_path, study=STUDY, title=TITLE, **parts)
+
+
+def check_unit_images(listed: list[dict], unit_image_dirs: dict[str, str | os.PathLike]) -> None:
+    """Every listed unit's layer has a folder of per-unit figures, and each folder holds exactly the figures of
+    the units the section lists for its layer."""
+    without = sorted({f"{u['model']}/{u['layer']}" for u in listed} - set(unit_image_dirs))
+    if without:
+        raise ValueError(f"no folder of unit figures for {', '.join(without)}")
+    for key, folder in unit_image_dirs.items():
+        model, layer = key.split("/", 1)
+        expected = {
+            unit_image_name(model, layer, unit["channel"])
+            for unit in listed
+            if (unit["model"], unit["layer"]) == (model, layer)
+        }
+        found = {path.name for path in Path(folder).glob("*.png")}
+        if found != expected:
+            raise ValueError(
+                f"{folder}: unit figures {sorted(found)} do not match the section's units of {model} {layer} "
+                f"{sorted(expected)}"
+            )
 
 
 def relative_figure(path: str | os.PathLike) -> str:

@@ -1,5 +1,6 @@
 """Figures of the nefesi study: Neuron Feature grids, index histograms, top channels per index, image and
-hierarchical decompositions. Every figure states the sample sizes it rests on."""
+hierarchical decompositions, and one figure per singled-out unit (its NF beside its top exemplar crops). Every
+figure states the sample sizes it rests on."""
 
 from __future__ import annotations
 
@@ -172,6 +173,24 @@ def decomposition_figure(image: np.ndarray, kept: list[dict], nf: np.ndarray, fi
     _save(fig, path)
 
 
+def unit_figure(nf: np.ndarray, crops: np.ndarray, labels: list[str], title: str, path, columns: int = 4) -> None:
+    """One unit: its Neuron Feature (left, spanning the rows) beside its exemplar crops in rank order, labelled."""
+    count = len(crops)
+    columns = max(1, min(columns, count))
+    rows = max(2, math.ceil(count / columns))
+    fig = plt.figure(figsize=(1.3 * (rows + columns) + 0.3, 1.45 * rows + 0.8))
+    grid = fig.add_gridspec(rows, rows + columns, wspace=0.15, hspace=0.45)
+    ax = fig.add_subplot(grid[:, :rows])
+    _show(ax, nf)
+    ax.set_title("Neuron Feature", fontsize=8)
+    for index, (crop, label) in enumerate(zip(crops, labels, strict=True)):
+        ax = fig.add_subplot(grid[index // columns, rows + index % columns])
+        _show(ax, crop)
+        ax.set_title(label, fontsize=6, pad=2)
+    fig.suptitle(title, fontsize=8)
+    _save(fig, path)
+
+
 def _tree_layout(tree: dict) -> list[dict]:
     """Nodes with (depth, x in [0, 1]) positions; leaves spread evenly."""
     leaves = []
@@ -248,6 +267,109 @@ def hierarchy_figure(tree: dict, nfs: dict[str, np.ndarray], title: str, path) -
 def _load_nf(path) -> np.ndarray:
     with np.load(path) as data:
         return data["nf"].astype(np.float32)
+
+
+def model_inputs(rows: pd.DataFrame, preprocessing: dict):
+    """The images of `rows` (rows of a target's image table) as the model saw them in the top-N pass: resized,
+    centre-cropped and normalised, [len(rows), 3, H, W]."""
+    import torch
+
+    from unitscope.data import ManifestDataset
+    from unitscope.models import build_transform
+
+    dataset = ManifestDataset(rows, build_transform(preprocessing))
+    if not len(dataset):
+        crop = int(preprocessing["crop"])
+        return torch.zeros(0, 3, crop, crop)
+    return torch.stack([dataset[i][0] for i in range(len(dataset))])
+
+
+def layer_field(info: dict):
+    """The receptive field a layer's layer.json records."""
+    from unitscope.receptive_field import ReceptiveField
+
+    field = info["receptive_field"]
+    return ReceptiveField(tuple(field["size"]), tuple(field["stride"]), tuple(field["offset"]))
+
+
+def exemplar_crops(images, field, ys, xs, extent, mean, std) -> np.ndarray:
+    """The crops a Neuron Feature averages: unit (y, x)'s field, cut to the layer's visible `extent` (layer.json
+    nf_extent), from its model-input image (normalised [k, 3, H, W]), mean colour where the field leaves the image
+    (the same cut as nefesi_probes.probe_layer). sRGB [k, h, w, 3] in [0, 1], as the NFs in nf.npz."""
+    from unitscope.nefesi_indexes import nf_rgb
+    from unitscope.nefesi_probes import _gather_crops
+
+    boxes = np.array([field.box(int(y), int(x)) for y, x in zip(ys, xs, strict=True)], dtype=np.int64).reshape(-1, 4)
+    (row0, row1), (col0, col1) = extent
+    crops = _gather_crops(
+        images.float(),
+        np.arange(len(images)),
+        boxes[:, 0],
+        boxes[:, 1],
+        np.arange(row0, row1),
+        np.arange(col0, col1),
+    )
+    return nf_rgb(crops, mean, std)
+
+
+def unit_figure_name(model_name: str, layer: str, channel: int) -> str:
+    """File name of a unit's figure: its page's name (sections.unit_page_name) with .png."""
+    from unitscope.sections import unit_page_name
+
+    return unit_page_name(model_name, layer, channel).removesuffix(".html") + ".png"
+
+
+def run_unit_figures(
+    *,
+    model_name: str,
+    units: list[tuple[str, int]],
+    exemplars_path,
+    images_path,
+    nf_paths: dict,
+    infos: dict[str, dict],
+    preprocessing: dict,
+    count: int,
+    out_dir,
+) -> dict[tuple[str, int], dict]:
+    """For each (layer, channel) in `units`: its NF beside its top `count` exemplar crops, written to
+    out_dir/<model>__<layer>__<channel>.png. Returns per unit the file name, the exemplars its NF averages and the
+    number of crops shown."""
+    from pathlib import Path
+
+    exemplars = pd.read_parquet(exemplars_path)
+    images = pd.read_parquet(images_path).set_index("image", drop=False)
+    mean, std = preprocessing["mean"], preprocessing["std"]
+    drawn = {}
+    for layer in dict.fromkeys(layer for layer, _ in units):
+        info = infos[layer]
+        nf = _load_nf(nf_paths[layer])
+        field = layer_field(info)
+        rows = exemplars[(exemplars["layer"] == layer) & (exemplars["image"] >= 0)]
+        for channel in dict.fromkeys(channel for unit_layer, channel in units if unit_layer == layer):
+            own = rows[rows["channel"] == channel].sort_values("rank")
+            positive = own["activation"].clip(lower=0)
+            weights = positive / positive.sum() if positive.sum() > 0 else positive * 0
+            shown = own.head(count)
+            pictures = images.loc[shown["image"].to_numpy()]
+            crops = exemplar_crops(
+                model_inputs(pictures, preprocessing), field, shown["y"], shown["x"], info["nf_extent"], mean, std
+            )
+            labels = [
+                f"#{rank + 1} a={activation:.2f} w={weight:.2f}\n{str(name)[:18]}"
+                for rank, activation, weight, name in zip(
+                    shown["rank"], shown["activation"], weights.loc[shown.index], pictures["class"], strict=True
+                )
+            ]
+            size = info["receptive_field"]["size"]
+            title = (
+                f"{model_name} {layer} channel {channel}: NF = activation-weighted mean of its top {len(own)} crops "
+                f"(of {info['images']} images), field {size[0]}×{size[1]} px;\ntop {len(shown)} crops, "
+                "a = activation, w = weight in the NF, class of the image"
+            )
+            name = unit_figure_name(model_name, layer, channel)
+            unit_figure(nf[channel], crops, labels, title, Path(out_dir) / name)
+            drawn[(layer, int(channel))] = {"file": name, "exemplars": len(own), "shown": len(shown)}
+    return drawn
 
 
 def run_layer_figures(*, table_path, nf_path, info_path, order_by: str, top_channels: int, out_grid, out_top) -> None:
@@ -358,11 +480,10 @@ def run_decomposition(
 
     import torch
 
-    from unitscope.data import ManifestDataset
     from unitscope.fsutil import write_text_atomic
     from unitscope.hooks import ActivationRecorder
-    from unitscope.models import build_model, build_transform
-    from unitscope.nefesi import NefesiError, decompose_image, inference_copy, read_top_n
+    from unitscope.models import build_model
+    from unitscope.nefesi import NefesiError, decompose_image, inference_copy, nf_rgb, read_top_n
     from unitscope.receptive_field import receptive_field
 
     images = pd.read_parquet(images_path)
@@ -372,7 +493,7 @@ def run_decomposition(
     row = rows.iloc[index].to_dict()
     model = inference_copy(build_model(model_name, spec, data_dir=data_dir, torch_home=torch_home))  # as top-N
     preprocessing = spec["preprocessing"]
-    image = ManifestDataset(rows.iloc[[index]], build_transform(preprocessing))[0][0]
+    image = model_inputs(rows.iloc[[index]], preprocessing)[0]
     with (
         torch.inference_mode(),
         ActivationRecorder(model, [layer], keep_maps=True, maps_dtype=torch.float32, stop_early=True) as recorder,
@@ -389,9 +510,7 @@ def run_decomposition(
         count=channels,
         max_overlap=max_overlap,
     )
-    mean = np.array(preprocessing["mean"]).reshape(3, 1, 1)
-    std = np.array(preprocessing["std"]).reshape(3, 1, 1)
-    picture = np.clip(image.numpy() * std + mean, 0, 1).transpose(1, 2, 0)
+    picture = nf_rgb(image.unsqueeze(0), preprocessing["mean"], preprocessing["std"])[0]
     title = (
         f"{model_name} {layer}: {dataset} image {row['image_id']} (class {row['class']}); {len(kept)} units "
         f"ranked by activation / channel's top, field overlap ≤ {max_overlap:.2f}"

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from unitscope.fsutil import atomic_path
 from unitscope.models import wilson_interval
+from unitscope.nefesi_figures import run_unit_figures
 from unitscope.sections import html_table, unit_hrefs, write_section
 
 INDEX_COLUMNS = {
@@ -282,6 +284,36 @@ def _unit(model: str, layer: str, name: str, column: str, row: pd.Series) -> dic
     }
 
 
+def merge_units(units: list[dict]) -> list[dict]:
+    """One entry per (model, layer, channel), in first-seen order: a channel with the highest value of several
+    indexes gets one unit page entry that lists each of them (the shared facts once)."""
+    merged: dict[tuple, dict] = {}
+    for unit in units:
+        key = (unit["model"], unit["layer"], int(unit["channel"]))
+        if key not in merged:
+            merged[key] = {**unit, "facts": dict(unit["facts"])}
+            continue
+        facts = merged[key]["facts"]
+        highest = {k: v for f in (facts, unit["facts"]) for k, v in f.items() if k.startswith("nefesi: highest")}
+        merged[key]["facts"] = {**highest, **{k: v for k, v in facts.items() if k not in highest}}
+    return list(merged.values())
+
+
+def _unit_caption(unit: dict, drawn: dict, info: dict) -> str:
+    """Plain text (the unit page escapes it)."""
+    size = info["receptive_field"]["size"]
+    (row0, row1), (col0, col1) = info["nf_extent"]
+    shown = drawn["shown"]
+    return (
+        f"{unit['model']} {unit['layer']} channel {unit['channel']}. Left: its Neuron Feature (NF), the "
+        f"activation-weighted mean of its top {drawn['exemplars']} exemplar crops (each image once, searched over "
+        f"{info['images']} images); receptive field {size[0]}×{size[1]} px, shown where it can hold image pixels "
+        f"({row1 - row0}×{col1 - col0} px, mean colour outside the image). Right: the exemplar crops of rank 1 to "
+        f"{shown} (the {shown} highest activations), each labelled with its rank, activation a, weight w in the NF "
+        "and the image's class."
+    )
+
+
 def _method_html(settings: dict) -> str:
     return (
         "<p>Every channel is described, as in nefesi, by its top-N exemplars (image, location pairs with the "
@@ -301,12 +333,37 @@ def _method_html(settings: dict) -> str:
     )
 
 
-def build_section(*, models: dict[str, dict], settings: dict, out_section) -> dict:
-    """models: {name: {layers, tables, infos, tree, decompositions, figures: {histograms, hierarchy, grids,
-    tops, decompositions}}}, paths; figure paths relative to results/report/."""
+def _unit_figures(model: str, entry: dict, infos: dict, units: list[dict], folder, units_src: str, count: int) -> None:
+    """Draw each unit's figure (its NF beside its top `count` exemplar crops) into `folder` and list it in the
+    unit's `images`."""
+    drawn = run_unit_figures(
+        model_name=model,
+        units=[(unit["layer"], unit["channel"]) for unit in units],
+        exemplars_path=entry["exemplars"],
+        images_path=entry["images"],
+        nf_paths=dict(zip(entry["layers"], entry["nfs"], strict=True)),
+        infos=infos,
+        preprocessing=entry["preprocessing"],
+        count=count,
+        out_dir=folder,
+    )
+    for unit in units:
+        figure = drawn[(unit["layer"], unit["channel"])]
+        caption = _unit_caption(unit, figure, infos[unit["layer"]])
+        unit["images"] = [{"src": f"{units_src}/{figure['file']}", "caption": caption}]
+
+
+def build_section(
+    *, models: dict[str, dict], settings: dict, out_section, out_units, units_src: str, unit_exemplars: int = 8
+) -> dict:
+    """models: {name: {layers, tables, infos, tree, decompositions, exemplars, images, nfs, preprocessing,
+    figures: {histograms, hierarchy, grids, tops, decompositions}}}, paths; figure paths relative to
+    results/report/. Each singled-out unit gets a figure (its NF beside its top `unit_exemplars` crops) in the
+    folder `out_units` (written whole, then renamed into place), which the report reaches as `units_src`."""
     color_threshold = settings["color_selective_threshold"]
     sentences, body, units = [], [_method_html(settings)], []
     summary = {"settings": settings, "layers": {}}
+    drawings = []
     for model, entry in models.items():
         layers = entry["layers"]
         tables = {layer: pd.read_parquet(path) for layer, path in zip(layers, entry["tables"], strict=True)}
@@ -330,7 +387,9 @@ def build_section(*, models: dict[str, dict], settings: dict, out_section) -> di
                 if not ranked.empty:
                     tops.append((name, _unit(model, layer, name, column, ranked.iloc[0])))
         body.append(_top_units_html(model, tops))
-        units.extend(unit for _, unit in tops)
+        model_units = merge_units([unit for _, unit in tops])
+        units.extend(model_units)
+        drawings.append((model, entry, infos, model_units))
         tree = json.loads(Path(entry["tree"]).read_text())
         body.append(_figure(figures["hierarchy"], _tree_caption(model, tree)))
         records = [json.loads(Path(path).read_text()) for path in entry["decompositions"]]
@@ -341,6 +400,10 @@ def build_section(*, models: dict[str, dict], settings: dict, out_section) -> di
                 f"<p>No image decomposition is configured for {html.escape(model)} "
                 f"(nefesi.targets decompose_layer is null).</p>"
             )
+    with atomic_path(out_units) as folder:
+        folder.mkdir()
+        for model, entry, infos, model_units in drawings:
+            _unit_figures(model, entry, infos, model_units, folder, units_src, unit_exemplars)
     return write_section(
         out_section,
         study="nefesi",

@@ -1,4 +1,5 @@
-"""Figure: the top units of one dissected layer with their top images, unit and concept masks outlined."""
+"""Figures of one dissected layer: its top units with their top images, unit and concept masks outlined, and one
+such figure per unit the section lists (for the unit pages)."""
 
 import sys
 from pathlib import Path
@@ -19,5 +20,7 @@ with log_to(snakemake.log[0]):
         data_dir=params.data_dir,
         resources_dir=params.resources_dir,
         seed=params.seed,
-        out_path=snakemake.output[0],
+        quantile=params.quantile,
+        out_path=snakemake.output.figure,
+        images_dir=snakemake.output.unit_images,
     )

@@ -20,5 +20,6 @@ with log_to(snakemake.log[0]):
         settings=snakemake.params.settings,
         figures=figures,
         unit_figures={key: relative_figure(path) for key, path in snakemake.params.unit_figures.items()},
+        unit_image_dirs=dict(snakemake.params.unit_images),
         out_path=outputs.section,
     )

@@ -1,4 +1,4 @@
-"""nefesi report section: headline numbers per layer, figures with captions, singled-out units."""
+"""nefesi report section: headline numbers per layer, figures with captions, singled-out units and their figures."""
 
 import os
 import sys
@@ -30,6 +30,10 @@ with log_to(snakemake.log[0]):
             "tables": [f"results/nefesi/{model}/{layer}/indexes.parquet" for layer in layers],
             "infos": [f"results/nefesi/{model}/{layer}/layer.json" for layer in layers],
             "tree": f"results/nefesi/{model}/hierarchy.json",
+            "exemplars": f"results/nefesi/{model}/exemplars.parquet",
+            "images": f"results/nefesi/{model}/images.parquet",
+            "nfs": [f"results/nefesi/{model}/{layer}/nf.npz" for layer in layers],
+            "preprocessing": snakemake.params.preprocessing[model],
             "decompositions": decompositions,
             "figures": {
                 "histograms": relative(figure.format(model, "histograms.png")),
@@ -41,4 +45,11 @@ with log_to(snakemake.log[0]):
                 ],
             },
         }
-    build_section(models=models, settings=dict(snakemake.params.settings), out_section=snakemake.output[0])
+    build_section(
+        models=models,
+        settings=dict(snakemake.params.settings),
+        out_section=snakemake.output.section,
+        out_units=snakemake.output.units,
+        units_src=relative(snakemake.output.units),
+        unit_exemplars=snakemake.params.unit_exemplars,
+    )
