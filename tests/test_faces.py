@@ -405,8 +405,12 @@ def test_intervention_stage_on_real_stores_with_maps(tmp_path, manifests, data_d
         out_pca=tmp_path / "pca.pq",
         device="cpu",
     )
-    assert len(result) == 1 + 2 + 2 * 6 + 2 * 4 and result["n_faces"].iloc[0] == 80
-    assert (result["set_size"].iloc[1:] == 4).all()  # ceil(32 * 10 / 100)
+    assert len(result) == 1 + 2 + 2 * 6 + 2 * 4 + 4 and result["n_faces"].iloc[0] == 80  # + 4 channels alone
+    sets = result[~result["family"].isin(["intact", "single"])]
+    assert (sets["set_size"] == 4).all()  # ceil(32 * 10 / 100)
+    single = result[result["family"] == "single"]
+    assert [c[0] for c in single["channels"]] == list(result.loc[result["condition"] == "lesion", "channels"].iloc[0])
+    assert (single["set_size"] == 1).all() and (single["kl_faces"] > 0).all()
     intact = result.iloc[0]
     assert intact["kl_faces"] == 0 and intact["kl_nonfaces"] == 0
     assert result["downstream_retrained_accuracy"].notna().all() and result["downstream_fixed_accuracy"].notna().all()
