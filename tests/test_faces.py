@@ -306,7 +306,7 @@ def test_single_channel_lesions_ablate_exactly_their_channel():
         "single_lesion_0002",
         "single_lesion_0009",
     ]
-    masks = conditions.ablate[torch.as_tensor(single.to_numpy())]
+    masks = conditions.ablate[torch.tensor(single.to_numpy())]
     assert masks.sum(dim=1).tolist() == [1, 1, 1]
     assert masks.nonzero()[:, 1].tolist() == [5, 2, 9]
     assert len(build_conditions(12, selected, np.array([[0, 1, 3]]), np.zeros((0, 3), dtype=int)).table) == 5
