@@ -297,11 +297,11 @@ def exemplar_crops(images, field, ys, xs, extent, mean, std) -> np.ndarray:
     nf_extent), from its model-input image (normalised [k, 3, H, W]), mean colour where the field leaves the image
     (the same cut as nefesi_probes.probe_layer). sRGB [k, h, w, 3] in [0, 1], as the NFs in nf.npz."""
     from unitscope.nefesi_indexes import nf_rgb
-    from unitscope.nefesi_probes import _gather_crops
+    from unitscope.nefesi_probes import gather_crops
 
     boxes = np.array([field.box(int(y), int(x)) for y, x in zip(ys, xs, strict=True)], dtype=np.int64).reshape(-1, 4)
     (row0, row1), (col0, col1) = extent
-    crops = _gather_crops(
+    crops = gather_crops(
         images.float(),
         np.arange(len(images)),
         boxes[:, 0],

@@ -243,7 +243,7 @@ def per_channel_responses(
     return out
 
 
-def _gather_crops(images, slots, tops, lefts, rows, cols) -> torch.Tensor:
+def gather_crops(images, slots, tops, lefts, rows, cols) -> torch.Tensor:
     """Crops [R, 3, len(rows), len(cols)] at (tops + rows, lefts + cols) of images[slots]; 0 outside."""
     height, width = images.shape[-2:]
     rr = torch.as_tensor(tops)[:, None] + torch.as_tensor(rows)[None, :]
@@ -342,7 +342,7 @@ def probe_layer(
             chunk_probes = np.flatnonzero(np.isin(probe_keys[:, 0], chunk_images))
             u = len(chunk_probes)
             ck = probe_keys[chunk_probes]
-            windows = _gather_crops(
+            windows = gather_crops(
                 images, slot_of[ck[:, 0]], ck[:, 1], ck[:, 2], np.arange(window_h), np.arange(window_w)
             )
             region_t = torch.as_tensor(ck[:, 3:7])
@@ -358,7 +358,7 @@ def probe_layer(
             boxes = np.array(
                 [field.box(int(yy), int(xx)) for yy, xx in zip(flat_y[read_ex], flat_x[read_ex], strict=True)]
             ).reshape(-1, 4)
-            crops = _gather_crops(
+            crops = gather_crops(
                 images,
                 slot_of[flat_image[read_ex]],
                 boxes[:, 0],

@@ -383,7 +383,8 @@ def build_section(
             body.append(_figure(figures["tops"][layer], _top_caption(layer)))
             table = tables[layer]
             for name, column in INDEX_COLUMNS.items():
-                ranked = table[np.isfinite(table[column].to_numpy(dtype=float))].sort_values(column, ascending=False)
+                finite = table[np.isfinite(table[column].to_numpy(dtype=float))]
+                ranked = finite.sort_values(column, ascending=False, kind="stable")  # ties: lowest channel first
                 if not ranked.empty:
                     tops.append((name, _unit(model, layer, name, column, ranked.iloc[0])))
         body.append(_top_units_html(model, tops))
