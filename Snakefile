@@ -2,10 +2,7 @@
 # This file is the table of contents; every stage lives in rules/<stage>.smk and its logic in src/unitscope.
 
 
-configfile: "config/config.yaml"
-
-
-include: "rules/common.smk"
+include: "rules/common.smk"  # reads and validates config/config.yaml (a YAML error names its line and column)
 include: "rules/report.smk"
 include: "rules/data.smk"
 include: "rules/models.smk"

@@ -1,5 +1,8 @@
 # Shared setup: config validation (schema defaults filled in), paths, and input functions.
 # No torch here: dry runs and cluster submissions must stay fast.
+import functools
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -7,8 +10,18 @@ REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO / "src"))
 
 from unitscope.codedeps import module_closure  # noqa: E402
-from unitscope.config import ConfigError, check_paths, validate_config  # noqa: E402
-from unitscope.data import source_files  # noqa: E402
+from unitscope.config import ConfigError, check_paths, read_yaml, validate_config  # noqa: E402
+from unitscope.data import listed_files, stat_fingerprint  # noqa: E402
+
+CONFIG_FILE = "config/config.yaml"
+try:
+    read_yaml(CONFIG_FILE)  # Snakemake's own message for a YAML error gives no line
+except ConfigError as err:
+    raise WorkflowError(f"unitscope: {err}") from None
+
+
+configfile: CONFIG_FILE
+
 
 try:
     validate_config(config)
@@ -17,6 +30,7 @@ except ConfigError as err:
     raise WorkflowError(f"unitscope: {err}") from None
 
 ENV = "../envs/unitscope.yaml"
+WILDCARD_SYNTAX = re.compile(r"[{}]")
 # Studies: each has rules/<study>.smk, config key <study> (schema in config/schemas/), and writes
 # results/<study>/section.json for the report.
 STUDIES = ("faces", "actmax", "nefesi", "dissection")
@@ -35,16 +49,19 @@ wildcard_constraints:
 
 
 def code(*modules):
-    """Source files of the given unitscope modules and everything they import (rule inputs)."""
-    return sorted({path for module in modules for path in module_closure(f"unitscope.{module}")})
+    """Source files of the given unitscope modules and everything they import (rule inputs), relative to the
+    working directory so that a run copied or moved with its repository plans nothing new."""
+    return sorted({os.path.relpath(path) for module in modules for path in module_closure(f"unitscope.{module}")})
 
 
 def data_dir():
-    return str(Path(config["data_dir"]).resolve())
+    """`data_dir` as configured (relative to the working directory unless absolute): paths built from it stay
+    valid, and unchanged, when the repository and its results move together."""
+    return os.path.normpath(config["data_dir"])
 
 
 def torch_home():
-    return str(Path(config["resources_dir"]).resolve() / "torch")
+    return os.path.join(os.path.normpath(config["resources_dir"]), "torch")
 
 
 def enabled_models():
@@ -98,9 +115,22 @@ def study_sections():
     return [f"results/{study}/section.json" for study in enabled_studies()]
 
 
+@functools.cache
+def listed_dataset_files(dataset):
+    """The dataset's labels CSV and the images it names inside its folder (never a walk of the folder)."""
+    return listed_files(dataset, config["datasets"][dataset]["source"], data_dir())
+
+
 def dataset_files(wildcards):
-    """The dataset's labels CSV and image files (a changed image re-runs its manifest)."""
-    return source_files(config["datasets"][wildcards.dataset]["source"], data_dir())
+    """Inputs of the manifest: a changed, added or removed listed image re-runs it. Snakemake reads `{` and `}`
+    in a path as a wildcard, even escaped, so such names are tracked by `dataset_odd_names` instead."""
+    return [path for path in listed_dataset_files(wildcards.dataset) if not WILDCARD_SYNTAX.search(path)]
+
+
+def dataset_odd_names(wildcards):
+    """Name, size and mtime of the listed images Snakemake cannot take as inputs (a param, so they re-run it too)."""
+    odd = [path for path in listed_dataset_files(wildcards.dataset) if WILDCARD_SYNTAX.search(path)]
+    return stat_fingerprint(odd) if odd else ""
 
 
 def manifest_path(dataset):

@@ -9,6 +9,7 @@ rule manifest:
         "results/data/{dataset}/manifest.parquet",
     params:
         dataset=lambda wc: config["datasets"][wc.dataset],
+        odd_names=dataset_odd_names,
         seed=config["seed"],
         data_dir=data_dir(),
         resources_dir=config["resources_dir"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 
 import numpy as np
 import pytest
@@ -155,6 +156,35 @@ def test_broden_category_filter_and_errors(tmp_path):
         [BrodenConcepts(root).annotation(i) for i in range(3)]
     with pytest.raises(ConceptError, match=r"index.csv does not exist"):
         BrodenConcepts(tmp_path)
+
+
+def test_broden_index_cannot_reach_outside_its_folder(tmp_path):
+    root = write_broden(tmp_path / "broden")
+    (tmp_path / "outside.png").write_bytes((root / "images" / "a_part.png").read_bytes())
+    (root / "images" / "link.png").symlink_to(tmp_path / "outside.png")
+    index = (root / "index.csv").read_text()
+    for entry, reason in [("../../outside.png", "path leaves the dataset folder"), ("link.png", "symlink to a file")]:
+        (root / "index.csv").write_text(index.replace("a_part.png", entry))
+        dataset = BrodenConcepts(root)
+        order = {image_id: i for i, image_id in enumerate(dataset.image_ids)}
+        with pytest.raises(ConceptError, match=f"names segmentation '{re.escape(entry)}': {reason}"):
+            dataset.annotation(order["broden/a.jpg"])
+    (root / "index.csv").write_text(index.replace("b.jpg,", "../../outside.png,"))
+    with pytest.raises(ConceptError, match="names image '../../outside.png': path leaves the dataset folder"):
+        [BrodenConcepts(root).image(i) for i in range(3)]
+
+
+def test_camvid_frame_linked_from_outside_is_refused(tmp_path, data_dir):
+    source = data_dir / "segmentation_camvid"
+    root = tmp_path / "camvid"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    (root / "classes.csv").write_bytes((source / "classes.csv").read_bytes())
+    name = sorted((source / "images").glob("*.jpg"))[0].stem
+    (root / "images" / f"{name}.jpg").symlink_to(source / "images" / f"{name}.jpg")  # outside `root`
+    (root / "labels" / f"{name}.png").write_bytes((source / "labels" / f"{name}.png").read_bytes())
+    with pytest.raises(ConceptError, match=f"images/{name}.jpg: symlink to a file outside the dataset folder"):
+        CamVidConcepts(root)
 
 
 def test_open_concepts_errors_are_one_line(tmp_path, data_dir):

@@ -71,7 +71,51 @@ def test_download_source_requires_sha256(default_config):
 def test_load_config_reports_yaml_syntax(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("datasets: [unclosed\n")
-    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: line 2, column 1: not valid YAML: expected ',' or ']'"):
+        load_config(bad)
+
+
+def test_typo_inside_a_source_is_named_with_a_suggestion(default_config):
+    source = default_config["datasets"]["faces"]["source"]
+    source["lable_column"] = source.pop("label_column")
+    assert _error(default_config) == (
+        "config key datasets.faces.source: unknown key 'lable_column'; did you mean 'label_column'?"
+    )
+
+
+def test_folder_source_gets_only_folder_defaults(default_config):
+    source = validate_config(default_config)["datasets"]["faces"]["source"]
+    assert "retries" not in source and "subdir" not in source  # the download branch's defaults
+
+
+def test_unknown_source_kind_lists_the_kinds(default_config):
+    default_config["datasets"]["faces"]["source"]["kind"] = "ftp"
+    assert _error(default_config) == "config key datasets.faces.source.kind: 'ftp' is not one of folder, download"
+
+
+def test_enum_typo_gets_a_suggestion(default_config):
+    default_config["models"]["resnet56_cifar"]["arch"] = "cifar_resnet65"
+    assert "did you mean 'cifar_resnet56'?" in _error(default_config)
+
+
+def test_crop_larger_than_resize_is_refused(default_config):
+    default_config["models"]["resnet56_cifar"]["preprocessing"]["crop"] = 40
+    assert _error(default_config) == (
+        "config key models.resnet56_cifar.preprocessing.crop: 40 is larger than resize (32); "
+        "expected crop <= resize (the crop would pad the image with black)"
+    )
+
+
+@pytest.mark.parametrize("device", ["banana", "gpu", "cuda:x", "CUDA"])
+def test_device_must_be_auto_cpu_or_cuda(default_config, device):
+    default_config["extraction"]["device"] = device
+    assert _error(default_config).startswith(f"config key extraction.device: {device!r} is not valid (auto, cpu")
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="list.yaml: expected a mapping of config keys at the top, got list"):
         load_config(bad)
 
 

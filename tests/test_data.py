@@ -1,16 +1,20 @@
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from unitscope.data import (
     DataError,
+    ImageLimits,
     ManifestDataset,
     build_manifest,
     folder_layout,
+    listed_files,
     read_manifest,
     run_manifest,
     source_layout,
+    stat_fingerprint,
 )
 
 FACES = {
@@ -164,3 +168,81 @@ def http_zip_server(data_dir, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _hostile_manifest(data_dir, tmp_path, **limits):
+    from hostile import FACES_SOURCE, make_hostile_folder
+
+    root = make_hostile_folder(tmp_path, data_dir)
+    layout = folder_layout("faces", {**FACES_SOURCE, "root": str(root)}, data_dir)
+    return root, build_manifest("faces", "face", layout, 100, 0, ImageLimits(key="datasets.faces", **limits))
+
+
+def test_no_file_outside_the_dataset_folder_is_read(data_dir, tmp_path):
+    from hostile import EXPECTED_REASONS, GOOD
+
+    root, manifest = _hostile_manifest(data_dir, tmp_path)
+    reasons = dict(zip(manifest["image_id"].str.removeprefix("faces/images/"), manifest["exclude_reason"], strict=True))
+    assert reasons.pop("../../secret.jpg") == EXPECTED_REASONS["../../secret.jpg"]
+    assert reasons.pop("outside-link.jpg") == EXPECTED_REASONS["outside-link.jpg"]
+    absolute = [key for key in reasons if key.endswith("secret.jpg")]
+    assert len(absolute) == 1 and reasons.pop(absolute[0]).startswith("absolute path in the labels CSV")
+    assert reasons.pop("bomb.png").startswith(EXPECTED_REASONS["bomb.png"])
+    assert reasons.pop("strip.png") == EXPECTED_REASONS["strip.png"]
+    assert set(reasons.values()) == {""} and len(reasons) == GOOD + 1  # the inside symlink is fine
+    excluded = manifest[~manifest["included"]]
+    assert (excluded["sha256"] == "").all()  # nothing outside was even hashed
+    inside = manifest[manifest["included"]]
+    assert all(Path(p).resolve().is_relative_to(root.resolve()) for p in inside["path"])
+    assert manifest["image_id"].is_unique
+
+
+def test_pixel_limit_is_read_from_the_header(data_dir, tmp_path):
+    from hostile import png_header_only
+
+    root, _ = _copy_subset(data_dir, tmp_path, n=2)
+    (root / "images" / "big.png").write_bytes(png_header_only(7000, 7000))  # 49 Mpx: under PIL's own bomb limit
+    labels = pd.read_csv(root / "labels.csv")
+    pd.concat([labels, pd.DataFrame({"filename": ["big.png"], "gender": [0]})]).to_csv(root / "labels.csv", index=False)
+    layout = folder_layout("faces", {**FACES, "root": str(root)}, data_dir)
+    manifest = build_manifest("faces", "face", layout, 10, 0, ImageLimits(key="datasets.faces"))
+    reason = manifest.set_index("image_id").loc["faces/images/big.png", "exclude_reason"]
+    assert reason == "image is 7000×7000 = 49,000,000 pixels, over datasets.faces.max_pixels (40,000,000)"
+    relaxed = build_manifest("faces", "face", layout, 10, 0, ImageLimits(max_pixels=50_000_000))
+    assert relaxed.set_index("image_id").loc["faces/images/big.png", "exclude_reason"].startswith("unreadable")
+
+
+def test_duplicate_rows_are_dropped_and_conflicting_ones_refused(data_dir, tmp_path):
+    root, labels = _copy_subset(data_dir, tmp_path, n=4)
+    first = labels.iloc[[0]].assign(filename="./" + labels["filename"].iloc[0])  # the same image, written otherwise
+    pd.concat([labels, first]).to_csv(root / "labels.csv", index=False)
+    layout = folder_layout("faces", {**FACES, "root": str(root)}, data_dir)
+    manifest = build_manifest("faces", "face", layout, 10, 0)
+    assert len(manifest) == 4 and manifest["image_id"].is_unique
+    pd.concat([labels, first.assign(gender=1 - first["gender"])]).to_csv(root / "labels.csv", index=False)
+    with pytest.raises(DataError, match=r"lines 2, 6 name the same image .* with different labels \('\d', '\d'\)"):
+        build_manifest("faces", "face", layout, 10, 0)
+
+
+def test_only_files_the_csv_names_inside_the_folder_are_listed(data_dir, tmp_path):
+    from hostile import FACES_SOURCE, GOOD, make_hostile_folder
+
+    root = make_hostile_folder(tmp_path, data_dir)
+    listed = listed_files("faces", {**FACES_SOURCE, "root": str(root)}, data_dir)
+    names = [Path(path).name for path in listed]
+    assert names[0] == "labels.csv" or "labels.csv" in names
+    assert len(names) == 1 + GOOD + 3  # the CSV, the good images, the inside link, the bomb and the strip
+    assert {"inside-link.jpg", "bomb.png", "strip.png"} <= set(names)
+    assert not {"secret.jpg", "outside-link.jpg", "dangling.jpg", "loop-a.jpg", "{x}.jpg"} & set(names)
+    assert listed_files("faces", {**FACES_SOURCE, "root": str(tmp_path / "nowhere")}, data_dir) == []
+
+
+def test_stat_fingerprint_changes_with_size_or_mtime(tmp_path):
+    import os
+
+    image = tmp_path / "{x}.jpg"
+    image.write_bytes(b"one")
+    before = stat_fingerprint([str(image)])
+    assert stat_fingerprint([str(image)]) == before
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 1_000_000))
+    assert stat_fingerprint([str(image)]) != before

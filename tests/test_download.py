@@ -13,17 +13,26 @@ purpose depending on the URL path:
 
 from __future__ import annotations
 
+import builtins
+import errno
 import hashlib
 import http.server
+import io
+import os
+import shutil
+import subprocess
 import tarfile
 import threading
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from unitscope.download import DownloadError, extract_archive, fetch
+from unitscope import download
+from unitscope.download import DownloadError, extract_archive, fetch, fetch_and_unpack
 
 SHARED_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "checkpoints" / "resnet20-12fca82f.th"
 FAST = {"backoff": 0.01, "timeout": 5}
@@ -315,10 +324,15 @@ def test_extract_zip(tmp_path):
     assert (dest_dir / "sub" / "b.txt").read_text() == "beta"
     # No temporary directories left beside the result.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.zip", "out"]
-    # Existing dest_dir is returned untouched.
+    # An existing dest_dir that matches the archive's members is reused, not extracted again.
+    inode = (dest_dir / "a.txt").stat().st_ino
+    assert extract_archive(archive, dest_dir) == dest_dir
+    assert (dest_dir / "a.txt").stat().st_ino == inode
+    # One whose files differ in size is not trusted: it is replaced by a fresh extraction.
     (dest_dir / "a.txt").write_text("changed")
     assert extract_archive(archive, dest_dir) == dest_dir
-    assert (dest_dir / "a.txt").read_text() == "changed"
+    assert (dest_dir / "a.txt").read_text() == "alpha"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.zip", "out"]
 
 
 def test_extract_zip_refuses_parent_traversal(tmp_path):
@@ -377,3 +391,255 @@ def test_extract_tar_refuses_absolute_member(tmp_path):
     _assert_one_line(info_.value)
     assert not dest_dir.exists()
     assert sorted(p.name for p in work.iterdir()) == ["evil.tar"]
+
+
+# ----------------------------------------------------------------------------- size caps
+
+
+def _zeros_zip(path: Path, megabytes: int) -> Path:
+    """A small deflated zip whose one member unpacks to `megabytes` MB of zeros."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf, zf.open("zeros.bin", "w") as member:
+        for _ in range(megabytes):
+            member.write(bytes(1_000_000))
+    return path
+
+
+def _zeros_tgz(path: Path, megabytes: int) -> Path:
+    with tarfile.open(path, "w:gz") as tf:
+        info = tarfile.TarInfo("zeros.bin")
+        info.size = megabytes * 1_000_000
+        tf.addfile(info, io.BytesIO(bytes(info.size)))
+    return path
+
+
+@pytest.mark.parametrize("make", [_zeros_zip, _zeros_tgz], ids=["zip", "tgz"])
+def test_archive_declaring_more_than_the_cap_is_refused(tmp_path, make):
+    archive = make(tmp_path / "bomb.archive", 3)
+    assert archive.stat().st_size < 100_000
+    dest_dir = tmp_path / "out" / "unpacked"
+
+    with pytest.raises(DownloadError) as info:
+        extract_archive(archive, dest_dir, max_unpacked_bytes=1e6, limit_key="datasets.x.source.max_unpacked_gb")
+
+    message = _assert_one_line(info.value)
+    assert str(archive) in message and "datasets.x.source.max_unpacked_gb" in message
+    assert "3.00 MB" in message and "1.00 MB" in message  # the declared total and the limit
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.archive"]  # nothing written, not even out/
+
+
+@pytest.mark.parametrize("make", [_zeros_zip, _zeros_tgz], ids=["zip", "tgz"])
+def test_archive_with_too_many_members_is_refused(tmp_path, monkeypatch, make):
+    monkeypatch.setattr(download, "MAX_MEMBERS", 3)
+    src = tmp_path / "src"
+    src.mkdir()
+    archive = tmp_path / "many.archive"
+    if make is _zeros_zip:
+        with zipfile.ZipFile(archive, "w") as zf:
+            for i in range(5):
+                zf.writestr(f"f{i}.txt", "")
+    else:
+        with tarfile.open(archive, "w:gz") as tf:
+            for i in range(5):
+                (src / f"f{i}.txt").write_text("")
+                tf.add(src / f"f{i}.txt", arcname=f"f{i}.txt")
+
+    with pytest.raises(DownloadError) as info:
+        extract_archive(archive, tmp_path / "out")
+
+    message = _assert_one_line(info.value)
+    assert str(archive) in message and "more than 3 members" in message
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("crc", ["of_declared_bytes", "of_real_bytes"])
+def test_zip_member_bigger_than_declared_never_writes_past_its_size(tmp_path, crc):
+    """A zip whose central directory declares 1000 bytes for a member whose stream holds 1 MiB.
+
+    zipfile stops reading a member at its declared size, so what is written is bounded by the declared
+    total that the cap and free-space checks looked at; a CRC that gives the lie away makes it corrupt.
+    """
+    data = bytes(range(256)) * 4096
+    archive = tmp_path / "liar.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("liar.bin", data)
+        zf.filelist[0].file_size = 1000  # written to the central directory at close
+        if crc == "of_declared_bytes":
+            zf.filelist[0].CRC = zlib.crc32(data[:1000])
+    dest_dir = tmp_path / "out"
+
+    if crc == "of_declared_bytes":
+        extract_archive(archive, dest_dir, max_unpacked_bytes=1000)
+        assert (dest_dir / "liar.bin").read_bytes() == data[:1000]
+    else:
+        with pytest.raises(DownloadError) as info:
+            extract_archive(archive, dest_dir, max_unpacked_bytes=1000)
+        message = _assert_one_line(info.value)
+        assert str(archive) in message and "corrupt" in message
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["liar.zip"]
+
+
+# ----------------------------------------------------------------------------- versions and a hostile cache
+
+
+def _zip_bytes(files: dict[str, str]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, text in files.items():
+            zf.writestr(name, text)
+    return buffer.getvalue()
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_new_version_at_same_url_is_unpacked_afresh_and_old_folders_removed(server, tmp_path):
+    url = server.url + "/file"
+    folder = tmp_path / "downloads" / "set"
+    v1 = _zip_bytes({"labels.csv": "v1", "images/a.txt": "alpha"})
+    server.state.payload = v1
+
+    first = fetch_and_unpack(url, _sha(v1), folder, retries=0)
+
+    assert first == folder / f"unpacked-{_sha(v1)[:16]}"
+    assert (first / "labels.csv").read_text() == "v1"
+    (folder / "unpacked").mkdir()  # the layout before unpacked folders were keyed by hash: also stale
+
+    v2 = _zip_bytes({"labels.csv": "v2 labels", "images/a.txt": "alpha"})
+    server.state.payload = v2
+    second = fetch_and_unpack(url, _sha(v2), folder, retries=0)
+
+    assert second == folder / f"unpacked-{_sha(v2)[:16]}"
+    assert (second / "labels.csv").read_text() == "v2 labels"
+    assert sorted(p.name for p in folder.iterdir()) == ["file", second.name]
+    assert server.state.count("/file") == 2
+
+
+def test_tampered_unpacked_folder_is_extracted_again(server, tmp_path):
+    url = server.url + "/file"
+    folder = tmp_path / "cache"
+    archive = _zip_bytes({"labels.csv": "x,y\n", "images/a.txt": "alpha", "images/b.txt": "beta"})
+    server.state.payload = archive
+    sha = _sha(archive)
+    # A shared cache may already hold a folder of that name that does not match the archive.
+    planted = folder / f"unpacked-{sha[:16]}"
+    (planted / "images").mkdir(parents=True)
+    (planted / "labels.csv").write_text("x,y\n")
+    (planted / "images" / "a.txt").write_text("evil!")  # wrong size; b.txt missing
+
+    unpacked = fetch_and_unpack(url, sha, folder, retries=0)
+
+    assert unpacked == planted
+    assert (unpacked / "images" / "a.txt").read_text() == "alpha"
+    assert (unpacked / "images" / "b.txt").read_text() == "beta"
+    # An intact folder is reused as is (same inode); an added file makes it mismatch again.
+    inode = (unpacked / "images" / "b.txt").stat().st_ino
+    assert fetch_and_unpack(url, sha, folder, retries=0) == unpacked
+    assert (unpacked / "images" / "b.txt").stat().st_ino == inode
+    (unpacked / "images" / "extra.png").write_bytes(b"not from the archive")
+    fetch_and_unpack(url, sha, folder, retries=0)
+    assert sorted(p.name for p in (unpacked / "images").iterdir()) == ["a.txt", "b.txt"]
+    # The archive itself was downloaded once; no temporary or stale folders are left.
+    assert server.state.count("/file") == 1
+    assert sorted(p.name for p in folder.iterdir()) == ["file", unpacked.name]
+
+
+# ----------------------------------------------------------------------------- disk full
+
+
+def _simulate_small_disk(monkeypatch, disk: Path, capacity: int) -> None:
+    """Fallback when tmpfs cannot be mounted: writes under `disk` fail with ENOSPC past `capacity` bytes."""
+    real_open, real_usage, left = builtins.open, shutil.disk_usage, [capacity]
+
+    def under_disk(path) -> bool:
+        return isinstance(path, (str, os.PathLike)) and Path(path).resolve().is_relative_to(disk.resolve())
+
+    class FullDiskFile:
+        def __init__(self, handle):
+            self._handle = handle
+
+        def write(self, data):
+            if len(data) > left[0]:
+                self._handle.write(data[: left[0]])
+                left[0] = 0
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            left[0] -= len(data)
+            return self._handle.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self._handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._handle.close()
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        return FullDiskFile(handle) if under_disk(file) and ("w" in mode or "a" in mode) else handle
+
+    def fake_usage(path):
+        return real_usage(path)._replace(free=left[0]) if under_disk(path) else real_usage(path)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(shutil, "disk_usage", fake_usage)
+
+
+@pytest.fixture
+def small_disk(tmp_path, monkeypatch):
+    """A 512 KiB filesystem: a real tmpfs where mounting is allowed (root, as on the test machine), else simulated."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    try:
+        command = ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)]
+        mounted = subprocess.run(command, capture_output=True).returncode == 0
+    except FileNotFoundError:
+        mounted = False
+    if not mounted:
+        _simulate_small_disk(monkeypatch, disk, 512 * 1024)
+    try:
+        yield disk
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_archive_larger_than_the_free_space_is_refused(tmp_path, small_disk):
+    archive = _zeros_zip(tmp_path / "big.zip", 3)
+    dest_dir = small_disk / "out"
+
+    with pytest.raises(DownloadError) as info:
+        extract_archive(archive, dest_dir)
+
+    message = _assert_one_line(info.value)
+    assert str(archive) in message and "3.00 MB" in message and "free" in message
+    assert list(small_disk.iterdir()) == []
+
+
+def test_disk_full_while_downloading_keeps_the_part_for_resuming(server, payload, payload_sha, small_disk):
+    dest = small_disk / "resnet20.th"  # 1.1 MB onto 512 KiB
+    url = server.url + "/file"
+
+    with pytest.raises(DownloadError) as info:
+        fetch(url, dest, payload_sha, **FAST)
+
+    message = _assert_one_line(info.value)
+    assert url in message and str(_part(dest)) in message and "disk full" in message
+    assert not dest.exists()
+    assert 0 < _part(dest).stat().st_size < len(payload)
+    assert server.state.count("/file") == 1  # a full disk is not retried like a network error
+
+
+def test_disk_full_while_unpacking_removes_the_partial_folder(tmp_path, small_disk, monkeypatch):
+    archive = _zeros_zip(tmp_path / "big.zip", 2)
+    # The disk fills up after the free-space check (another writer, a quota): let the check pass.
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=1 << 40, used=0, free=1 << 40))
+    dest_dir = small_disk / "out"
+
+    with pytest.raises(DownloadError) as info:
+        extract_archive(archive, dest_dir)
+
+    message = _assert_one_line(info.value)
+    assert str(archive) in message and str(dest_dir) in message and "disk full" in message
+    assert list(small_disk.iterdir()) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -69,16 +70,23 @@ def test_stale_temporary_is_removed_by_the_next_write(tmp_path):
         (lambda c: c.update(extration={}), "config key <top level>: unknown key 'extration'"),
         (lambda c: c["datasets"]["faces"].update(size="many"), "config key datasets.faces.size: expected integer"),
         (lambda c: c["extraction"]["targets"][0].update(model="vgg99"), "unknown model 'vgg99'"),
+        (
+            lambda c: c["datasets"]["scenes"]["source"].update(
+                lable_column=c["datasets"]["scenes"]["source"].pop("label_column")
+            ),
+            "config key datasets.scenes.source: unknown key 'lable_column'; did you mean 'label_column'?",
+        ),
+        (lambda c: c["extraction"].update(device="banana"), "config key extraction.device: 'banana' is not valid"),
+        (
+            lambda c: c["models"]["resnet20_cifar"]["preprocessing"].update(crop=48),
+            "config key models.resnet20_cifar.preprocessing.crop: 48 is larger than resize (32)",
+        ),
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(tmp_path, tiny_local_run, change, expected):
     _, config = tiny_local_run
     workdir = copy_workflow(tmp_path / "wf")
-    bad = {
-        **config,
-        "datasets": {k: dict(v) for k, v in config["datasets"].items()},
-        "extraction": {**config["extraction"], "targets": [dict(t) for t in config["extraction"]["targets"]]},
-    }
+    bad = copy.deepcopy(config)
     change(bad)
     write_config(workdir, bad)
     result = snakemake(workdir, "-n", "report", check=False)
@@ -144,6 +152,7 @@ def test_bad_checkpoint_fails_its_job_with_one_line_and_writes_nothing(tmp_path,
     assert result.returncode != 0
     lines = [line for line in output.splitlines() if expected in line]
     assert lines and all("ModelError: model resnet20_cifar: " in line for line in lines), output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
     assert not (workdir / "results" / "models" / "resnet20_cifar").exists() or not list(
         (workdir / "results" / "models" / "resnet20_cifar").iterdir()
     )
@@ -161,3 +170,57 @@ def test_labels_csv_without_the_column_is_one_line_naming_key_and_file(tmp_path,
     lines = [line for line in output.splitlines() if "datasets.scenes.source.label_column" in line]
     assert lines and all("'mood' not in" in line and "(columns: path, label)" in line for line in lines)
     assert not list((workdir / "results" / "data").glob("scenes/*")), "the failed manifest left a file behind"
+
+
+def test_yaml_syntax_error_names_line_and_column(tmp_path, tiny_local_run):
+    workdir = copy_workflow(tmp_path / "wf")
+    (workdir / "config" / "config.yaml").write_text("data_dir: x\ndatasets: {faces: [1, 2}\nmodels: {}\n")
+    result = snakemake(workdir, "-n", "report", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    expected = "config/config.yaml: line 2, column 24: not valid YAML: expected ',' or ']', but got '}'"
+    assert [line for line in output.splitlines() if expected in line], output[-3000:]
+    assert "Traceback" not in output
+
+
+def test_cuda_without_a_gpu_is_one_line_naming_the_key(tmp_path, tiny_local_run):
+    import torch
+
+    _, config = tiny_local_run
+    workdir = copy_workflow(tmp_path / "wf")
+    absent = torch.cuda.device_count()  # an index past the last GPU: absent on any machine
+    write_config(workdir, {**config, "extraction": {**config["extraction"], "device": f"cuda:{absent}"}})
+    result = snakemake(workdir, "results/activations/resnet20_cifar/objects/layer3.zarr", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    expected = f"config key extraction.device: 'cuda:{absent}' was asked for, but torch sees "
+    lines = [line for line in output.splitlines() if expected in line and "(use auto or cpu)" in line]
+    assert len(lines) == 1 and "Traceback" not in output, output[-3000:]
+    assert not (workdir / "results" / "activations").exists() or not list(
+        (workdir / "results" / "activations").rglob("*.zarr")
+    )
+
+
+def test_full_disk_is_one_line_naming_the_artifact_and_leaves_nothing(tmp_path, tiny_local_run):
+    """A real full filesystem: a 64 KiB tmpfs mounted where the activation stores go (needs root, as CI has).
+    Skipped only where mounting is not permitted."""
+    _, config = tiny_local_run
+    workdir = copy_workflow(tmp_path / "wf")
+    write_config(workdir, config)
+    disk = workdir / "results" / "activations"
+    disk.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        result = snakemake(workdir, "results/activations/resnet20_cifar/objects/layer3.zarr", check=False)
+        left = [path for path in disk.rglob("*") if not path.is_dir()]
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    store = "results/activations/resnet20_cifar/objects/layer3.zarr"
+    expected = f"DiskFullError: no space left on the device while writing {store} ("
+    assert len([line for line in output.splitlines() if line.startswith(expected)]) == 1, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert left == [], "a partial store was left on the full disk"

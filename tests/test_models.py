@@ -204,10 +204,12 @@ NATURE = {
 }
 
 
-def test_mobilenet_via_torchvision_loader_staged_offline(mobilenet):
+def test_mobilenet_via_torchvision_loader_offline_from_the_local_checkpoint(mobilenet):
     model, torch_home = mobilenet
-    cached = torch_home / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth"
-    assert cached.is_file() and sha256_file(cached) == MOBILENET["sha256"]
+    # torchvision got the verified bytes in a private hub dir: nothing is copied into the shared cache
+    assert not (torch_home / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth").exists()
+    assert model.unitscope_checkpoint["path"] == str((CKPT / "mobilenet_v2-b0353104.pth").resolve())
+    assert model.unitscope_checkpoint["sha256"] == sha256_file(CKPT / "mobilenet_v2-b0353104.pth")
     assert isinstance(model, torchvision.models.MobileNetV2) and not model.training
     assert not any(p.requires_grad for p in model.parameters())
     reference = torchvision.models.mobilenet_v2()
@@ -252,15 +254,16 @@ def test_mobilenet_card_layers_and_classes(mobilenet):
     assert layers["features.1"]["channels"] == 16
     assert card["classes"]["n"] == 1000 and card["classes"]["names"][1] == "goldfish"
     assert card["checkpoint"]["sha256"] == MOBILENET["sha256"]
+    assert card["checkpoint"]["path"] == str((CKPT / "mobilenet_v2-b0353104.pth").resolve())
     assert 3.4e6 < card["parameters"] < 3.6e6
 
 
-def test_staging_rejects_a_file_that_is_not_torchvisions(tmp_path):
+def test_torchvision_weights_refuse_a_file_that_is_not_torchvisions(tmp_path):
     spec = dict(MOBILENET, checkpoint=str(CKPT / "resnet20-12fca82f.th"), sha256=None)
     with pytest.raises(ModelError, match="sha256 starts 12fca82f, torchvision expects b0353104") as err:
         build_model("mb", spec, data_dir=DATA, torch_home=tmp_path)
-    assert "\n" not in str(err.value)
-    assert not (tmp_path / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth").exists()
+    assert "\n" not in str(err.value) and "resnet20-12fca82f.th is not torchvision's" in str(err.value)
+    assert not (tmp_path / "hub").exists()
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -331,6 +334,14 @@ def test_weights_only_by_default(tmp_path):
         build_model("r20", spec, data_dir=DATA, torch_home=None)
     model = build_model("r20", dict(spec, trusted=True), data_dir=DATA, torch_home=None)
     assert torch.equal(model.linear.weight, state["module.linear.weight"])
+    # torchvision's loader (which itself unpickles with weights_only=False) gets the same check first
+    mobilenet_state = torch.load(CKPT / "mobilenet_v2-b0353104.pth", map_location="cpu", weights_only=True)
+    path = tmp_path / "mobilenet_with_args.pth"
+    torch.save({"state_dict": mobilenet_state, "args": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(
+        ModelError, match=r"weights_only=True\): it pickles argparse\.Namespace; set models\.mb\.trusted"
+    ):
+        build_model("mb", dict(MOBILENET, checkpoint=str(path), sha256=None), data_dir=DATA, torch_home=tmp_path)
 
 
 def test_unknown_layer_lists_valid_names(resnet56):

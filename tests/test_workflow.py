@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 
 import pytest
 import zarr
-from wfutil import REPO, SNAKEMAKE, planned_jobs, snakemake, write_config
+from wfutil import REPO, SNAKEMAKE, copy_workflow, disable_studies, planned_jobs, snakemake, tiny_config, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -96,6 +98,26 @@ def test_rerun_plans_exactly_what_changed(finished_run):
     plan = planned_jobs(workdir)
     assert {rule for rule, _ in plan} == {"extract", "figure_activations", "report"}
     assert len([job for job in plan if job[0] == "extract"]) == 3
+
+
+def test_a_run_moved_with_its_repository_plans_nothing(tmp_path, data_dir):
+    """Paths in rule inputs and params are relative to the working directory (data_dir as configured), so a
+    results folder moved with its repository (`cp -a`, then the original removed) is still up to date."""
+    first = copy_workflow(tmp_path / "a" / "repo")
+    config = disable_studies(tiny_config(data_dir))
+    config["data_dir"] = os.path.relpath(data_dir, first)  # the default ../shared/data is relative too
+    config["extraction"]["targets"] = [{"model": "resnet20_cifar", "datasets": ["objects"], "layers": ["layer3"]}]
+    write_config(first, config)
+    targets = [
+        "results/activations/resnet20_cifar/objects/layer3.zarr",
+        "results/models/mobilenet_v2_imagenet/card.json",
+    ]
+    snakemake(first, *targets)
+    moved = tmp_path / "b" / "repo"
+    shutil.copytree(first, moved, symlinks=True)  # keeps modification times, as `cp -a` or rsync -a do
+    shutil.rmtree(first)
+    result = snakemake(moved, "-n", *targets)
+    assert "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
 
 
 def test_snakemake_lint_has_no_findings():

@@ -96,9 +96,9 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     return result
 
 
-def planned_jobs(workdir: Path) -> set[tuple[str, str]]:
-    """(rule, wildcards) of every job a dry run of `report` plans."""
-    out = snakemake(workdir, "-n", "report").stdout
+def planned_jobs(workdir: Path, target: str = "report") -> set[tuple[str, str]]:
+    """(rule, wildcards) of every job a dry run of `target` plans."""
+    out = snakemake(workdir, "-n", target).stdout
     jobs, rule = set(), None
     for line in out.splitlines():
         if match := re.match(r"^(?:local)?rule (\w+):", line.strip()):

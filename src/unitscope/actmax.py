@@ -44,6 +44,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from unitscope.errors import UnitscopeError
 from unitscope.hooks import HookError, StopForward, get_module, hooked
 
 __all__ = [
@@ -76,7 +77,7 @@ PARAMETERIZATIONS = ("pixel", "fft")
 LOGITS = "<logits>"  # key of the model's output in the captured tensors
 
 
-class ActmaxError(ValueError):
+class ActmaxError(UnitscopeError, ValueError):
     """Bad unit specs, layer or settings for activation maximisation; the message is one line."""
 
 

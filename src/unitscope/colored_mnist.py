@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from unitscope.errors import UnitscopeError
 from unitscope.fsutil import atomic_path, write_text_atomic
 
 __all__ = [
@@ -68,7 +69,7 @@ def _class_colors() -> np.ndarray:
 CLASS_COLORS = _class_colors()
 
 
-class ColoredMnistError(ValueError):
+class ColoredMnistError(UnitscopeError, ValueError):
     """The MNIST files, the built arrays or a checkpoint are missing or malformed; the message is one line."""
 
 

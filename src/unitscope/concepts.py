@@ -38,8 +38,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from unitscope.data import resolve
-from unitscope.download import extract_archive, fetch
+from unitscope.data import confined_path, resolve
+from unitscope.download import DEFAULT_MAX_UNPACKED_GB, fetch_and_unpack
+from unitscope.errors import UnitscopeError
 
 # Broden's 11 color concepts (van de Weijer et al.'s basic color terms, as in NetDissect's "-c" labels).
 COLOR_NAMES = ("black", "blue", "brown", "green", "grey", "orange", "pink", "purple", "red", "white", "yellow")
@@ -66,7 +67,7 @@ BRODEN_URL = "http://netdissect.csail.mit.edu/data/broden1_224.zip"
 BRODEN_META = ("image", "split", "ih", "iw", "sh", "sw")
 
 
-class ConceptError(ValueError):
+class ConceptError(UnitscopeError, ValueError):
     """A concept source is misconfigured or its files are wrong; the message is one line."""
 
 
@@ -213,6 +214,9 @@ class CamVidConcepts(ConceptDataset):
         names = sorted(p.stem for p in (root / "images").glob("*.jpg"))
         if not names:
             raise ConceptError(f"dissection.concepts.root: no images/*.jpg under {root}")
+        for relative in (path for n in names for path in (f"images/{n}.jpg", f"labels/{n}.png")):
+            if (reason := confined_path(root, relative)[1]) is not None:  # the folder is untrusted
+                raise ConceptError(f"dissection.concepts.root: {root / relative}: {reason}")
         unlabelled = [n for n in names if not (root / "labels" / f"{n}.png").is_file()]
         if unlabelled:
             raise ConceptError(f"{root}: {len(unlabelled)} frames lack labels/<name>.png, e.g. {unlabelled[0]}.png")
@@ -338,8 +342,15 @@ class BrodenConcepts(ConceptDataset):
             for r in self.rows
         )
 
+    def _path(self, relative: str, what: str) -> Path:
+        """A file index.csv names under images/, refused (one line) if it leads outside the Broden folder."""
+        path, reason = confined_path(self.root, f"images/{relative}")
+        if reason is not None:
+            raise ConceptError(f"Broden layout: {self.root / 'index.csv'} names {what} {relative!r}: {reason}")
+        return path
+
     def image(self, index: int) -> Image.Image:
-        path = self.root / "images" / self.rows[index]["image"]
+        path = self._path(self.rows[index]["image"], "image")
         if not path.is_file():
             raise ConceptError(f"Broden layout: image {path} (index.csv row {index}) does not exist")
         with Image.open(path) as image:
@@ -370,7 +381,7 @@ class BrodenConcepts(ConceptDataset):
                     if code < len(self._keep) and self._keep[code]:
                         scalars.append(code)
                 else:
-                    layers.append(resize_labels(self._decode(self.root / "images" / entry.strip()), shape))
+                    layers.append(resize_labels(self._decode(self._path(entry.strip(), "segmentation")), shape))
         pixels = np.stack(layers) if layers else np.zeros((0, *shape), dtype=np.int32)
         return Annotation(pixels=pixels.astype(np.int32), scalars=tuple(scalars), categories=frozenset(annotated))
 
@@ -388,10 +399,13 @@ def broden_root(source: dict, *, data_dir, resources_dir) -> Path:
             )
     if not source.get("sha256"):
         raise ConceptError("dissection.concepts: a Broden source needs `root` (a local folder) or `sha256` (download)")
-    url = source.get("url") or BRODEN_URL
-    downloads = Path(resources_dir) / "downloads" / "dissection"
-    archive = fetch(url, downloads / Path(url.split("?")[0]).name, source["sha256"])
-    unpacked = extract_archive(archive, downloads / "unpacked")
+    unpacked = fetch_and_unpack(
+        source.get("url") or BRODEN_URL,
+        source["sha256"],
+        Path(resources_dir) / "downloads" / "dissection",
+        max_unpacked_gb=source.get("max_unpacked_gb", DEFAULT_MAX_UNPACKED_GB),
+        limit_key="dissection.concepts.max_unpacked_gb",
+    )
     return unpacked / source.get("subdir", "broden1_224")
 
 

@@ -7,18 +7,21 @@ is found without reading a traceback.
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 from pathlib import Path
 
 import jsonschema
 import yaml
 
+from unitscope.errors import UnitscopeError
+
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
 # Each study's settings are described in config/schemas/<study>.schema.yaml (top-level key <study>).
 STUDY_SCHEMAS = SCHEMA_PATH.parent / "schemas"
 
 
-class ConfigError(ValueError):
+class ConfigError(UnitscopeError, ValueError):
     """The configuration does not match the schema; the message is one line."""
 
 
@@ -41,22 +44,35 @@ def _key(path) -> str:
     return ".".join(parts).replace(".[", "[") or "<top level>"
 
 
+def _unknown_keys(error: jsonschema.ValidationError) -> str:
+    """'unknown key source.lable_column; did you mean label_column?' (allowed keys listed when no close match)."""
+    allowed = sorted(error.schema.get("properties", {}))
+    extra = sorted(set(error.instance) - set(allowed))
+    where = _key(error.absolute_path)
+    names = ", ".join(repr(key) for key in extra)
+    close = difflib.get_close_matches(str(extra[0]), allowed, n=1) if extra else []
+    hint = f"; did you mean {close[0]!r}?" if close else f" (allowed: {', '.join(allowed)})"
+    return f"config key {where}: unknown key {names}{hint}"
+
+
 def _describe(error: jsonschema.ValidationError) -> str:
     """One readable line for the most specific error."""
-    if error.validator == "oneOf" and error.context:
-        # Report the alternative that got furthest (deepest path), not the whole list.
-        error = max(error.context, key=lambda sub: len(sub.absolute_path))
     key = _key(error.absolute_path)
     if error.validator == "additionalProperties":
-        allowed = sorted(error.schema.get("properties", {}))
-        extra = sorted(set(error.instance) - set(allowed))
-        return f"config key {key}: unknown key {', '.join(map(repr, extra))} (allowed: {', '.join(allowed)})"
+        return _unknown_keys(error)
     if error.validator == "required":
         return f"config key {key}: {error.message}"
     if error.validator == "type":
         expected = error.validator_value
         expected = " or ".join(expected) if isinstance(expected, list) else expected
         return f"config key {key}: expected {expected}, got {error.instance!r}"
+    if error.validator == "enum":
+        allowed = [str(value) for value in error.validator_value]
+        close = difflib.get_close_matches(str(error.instance), allowed, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"config key {key}: {error.instance!r} is not one of {', '.join(allowed)}{hint}"
+    if error.validator == "pattern" and "description" in error.schema:
+        return f"config key {key}: {error.instance!r} is not valid ({error.schema['description']})"
     return f"config key {key}: {error.message}"
 
 
@@ -78,7 +94,19 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     if errors:
         raise ConfigError(_describe(errors[0]))
     _check_references(config)
+    _check_preprocessing(config)
     return config
+
+
+def _check_preprocessing(config: dict) -> None:
+    """A centre crop larger than the resized image would pad it with black: refuse, naming the model."""
+    for name, model in config["models"].items():
+        steps = model["preprocessing"]
+        if steps["crop"] > steps["resize"]:
+            raise ConfigError(
+                f"config key models.{name}.preprocessing.crop: {steps['crop']} is larger than resize "
+                f"({steps['resize']}); expected crop <= resize (the crop would pad the image with black)"
+            )
 
 
 def _check_references(config: dict) -> None:
@@ -121,11 +149,25 @@ def check_paths(config: dict) -> None:
                 raise ConfigError(f"config key models.{name}.checkpoint: file {path} does not exist")
 
 
-def load_config(path: str | os.PathLike) -> dict:
-    """Read a YAML config file and validate it."""
+def read_yaml(path: str | os.PathLike) -> dict:
+    """A YAML mapping from `path`; a syntax error is one line with its line and column."""
     try:
         with open(path) as handle:
-            config = yaml.safe_load(handle) or {}
+            loaded = yaml.safe_load(handle)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    return validate_config(config)
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        context = getattr(err, "context", None)
+        detail = f"{problem} ({context})" if context else problem
+        raise ConfigError(f"{path}: {where}not valid YAML: {detail}") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file ({err.strerror})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top, got {type(loaded).__name__}")
+    return loaded or {}
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    """Read a YAML config file and validate it."""
+    return validate_config(read_yaml(path))

@@ -44,6 +44,8 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 
+from unitscope.errors import UnitscopeError
+
 if TYPE_CHECKING:
     from unitscope.concepts import ConceptDataset
 
@@ -59,7 +61,7 @@ MAX_TALLY_BINS = 1 << 26  # bins of one bincount (images x units x labels)
 MAX_PER_IMAGE = 1 << 26  # per-image counts (images x units x concepts) kept for bootstrap intervals
 
 
-class DissectionError(ValueError):
+class DissectionError(UnitscopeError, ValueError):
     """Dissection input is unusable (shapes, layers, settings); the message is one line."""
 
 

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from unitscope.data import ManifestDataset, read_manifest
+from unitscope.errors import UnitscopeError
 from unitscope.fsutil import atomic_path
 from unitscope.hooks import ActivationRecorder
 from unitscope.models import build_model, build_transform, resolve_layer
@@ -29,14 +30,27 @@ from unitscope.models import build_model, build_transform, resolve_layer
 VERSIONED_PACKAGES = ("torch", "torchvision", "numpy", "zarr", "pillow", "unitscope")
 
 
-class ExtractionError(RuntimeError):
+class ExtractionError(UnitscopeError, RuntimeError):
     """Extraction produced something unusable (e.g. non-finite activations); one line."""
 
 
-def pick_device(requested: str = "auto") -> torch.device:
+def pick_device(requested: str = "auto", key: str = "extraction.device") -> torch.device:
+    """`auto` is CUDA when torch sees a GPU, else CPU; an unusable request is one line naming `key`."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        expected = "expected auto, cpu, cuda or cuda:N"
+        raise ExtractionError(f"config key {key}: {requested!r} is not a device ({expected})") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            seen = f"{count} CUDA device(s)" if count else "no CUDA device"
+            raise ExtractionError(
+                f"config key {key}: {requested!r} was asked for, but torch sees {seen} (use auto or cpu)"
+            )
+    return device
 
 
 def package_versions() -> dict[str, str]:

@@ -27,10 +27,11 @@ import pandas as pd
 import zarr
 from scipy import stats
 
+from unitscope.errors import UnitscopeError
 from unitscope.fsutil import atomic_path
 
 
-class FacesError(ValueError):
+class FacesError(UnitscopeError, ValueError):
     """Inputs of the faces study do not fit together; the message is one line."""
 
 

@@ -4,6 +4,8 @@ layers to probe. Pure Python (no torch), so rule files can resolve `faces.layer:
 
 from __future__ import annotations
 
+from unitscope.errors import UnitscopeError
+
 # arch -> (intervention layer: the last conv block, probe layers: stem/stage outputs at five depths)
 ARCH_DEFAULTS: dict[str, tuple[str, list[str]]] = {
     "torchvision.mobilenet_v2": (
@@ -17,7 +19,7 @@ ARCH_DEFAULTS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-class FacesConfigError(ValueError):
+class FacesConfigError(UnitscopeError, ValueError):
     """The faces study's settings do not fit the rest of the config; one line naming the key."""
 
 

@@ -7,12 +7,15 @@ only when complete, so an interrupted job never leaves something that looks fini
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+from unitscope.errors import UnitscopeError
 
 CHUNK = 1 << 20
 
@@ -24,6 +27,20 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(UnitscopeError, OSError):
+    """The disk (or quota) filled up while writing an artifact; the message names the artifact. Nothing is left."""
+
+
+def _free(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free:,} bytes free there; nothing was left behind"
+    except OSError:
+        return "nothing was left behind"
 
 
 def _temp_sibling(path: Path) -> Path:
@@ -57,6 +74,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if final.is_dir() and not final.is_symlink():
             shutil.rmtree(final)
         os.replace(temp, final)
+    except OSError as err:
+        if err.errno in DISK_FULL or "No space left on device" in str(err):  # pyarrow's errors carry no errno
+            raise DiskFullError(f"no space left on the device while writing {final} ({_free(final.parent)})") from None
+        raise
     finally:
         if temp.is_dir():
             shutil.rmtree(temp, ignore_errors=True)

@@ -15,10 +15,12 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 from torch import nn
 
+from unitscope.errors import UnitscopeError
+
 HookFn = Callable[[nn.Module, tuple, torch.Tensor], torch.Tensor | None]
 
 
-class HookError(RuntimeError):
+class HookError(UnitscopeError, RuntimeError):
     """A hook cannot be placed or would record something ambiguous; the message is one line."""
 
 

@@ -9,13 +9,16 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
+from unitscope.errors import UnitscopeError
+
 
 @contextlib.contextmanager
 def log_to(path: str | os.PathLike) -> Iterator[None]:
     """Redirect stdout and stderr (Python and file-descriptor level) to `path` for the block.
 
-    A failure's traceback is written to the log before it propagates, so the log says why a job died;
-    the exception's one-line message is also echoed to the original stderr for the terminal.
+    A `UnitscopeError` (bad input, full disk) is written to the log as its one line and ends the job with exit
+    status 1, without a traceback (Snakemake prints a failed job's log). Any other failure is a bug: its
+    traceback goes to the log and its one-line message to the original stderr, and it propagates.
     """
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     original_stderr = os.dup(2)
@@ -28,7 +31,11 @@ def log_to(path: str | os.PathLike) -> Iterator[None]:
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 yield
-        except BaseException as err:
+        except UnitscopeError as err:  # the user's input or the machine: its one line says it all
+            # on a line of its own (a progress bar may have left one open); Snakemake shows a failed job's log
+            print(f"\n{type(err).__name__}: {err}", file=log, flush=True)
+            raise SystemExit(1) from None
+        except BaseException as err:  # a bug: keep the traceback
             traceback.print_exc(file=log)
             log.flush()
             os.write(original_stderr, f"{type(err).__name__}: {err} (log: {path})\n".encode())

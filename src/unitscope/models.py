@@ -3,11 +3,12 @@ image transform, layer lookup, and a JSON-able model card (with optional top-1 a
 
 Two ways weights arrive:
 
-- `torchvision.<arch>` with `weights`: torchvision's own builder and loader. When `checkpoint`
-  is set, that local file is first checked (sha256 from the registry, torchvision's hash prefix
-  in the file name, and a `weights_only=True` trial read, since torchvision itself unpickles
-  with `weights_only=False`) and then copied into `<torch_home>/hub/checkpoints/`, where
-  torchvision finds it without a network. Without a checkpoint torchvision downloads it.
+- `torchvision.<arch>` with `weights`: torchvision's own builder and loader. The file is the
+  local `checkpoint`, else `<torch_home>/hub/checkpoints/<file>` (a shared cache anyone may have
+  written; downloaded there first when missing). torchvision unpickles it with
+  `weights_only=False` and checks no hash of a cached file, so unitscope reads its bytes once and
+  checks them (a `weights_only=True` read unless `trusted`, the registry's sha256, torchvision's
+  hash prefix in the file name), then hands torchvision exactly those bytes in a private hub dir.
 - `cifar_resnet20`, `cifar_resnet56`, `toponet_resnet18` (and `torchvision.<arch>` with only a
   checkpoint): the checkpoint is read with `torch.load(weights_only=True)` unless the entry is
   `trusted`, unwrapped ({'state_dict': ...}, `module.` / `_orig_mod.` prefixes) and matched key
@@ -20,12 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import hashlib
+import io
 import json
 import math
 import os
 import pickle
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlparse
@@ -39,7 +43,8 @@ from torchvision import transforms
 
 from unitscope.cifar_resnet import cifar_resnet20, cifar_resnet56
 from unitscope.data import ManifestDataset, read_manifest, resolve
-from unitscope.fsutil import atomic_path, sha256_file, write_text_atomic
+from unitscope.errors import UnitscopeError
+from unitscope.fsutil import write_text_atomic
 from unitscope.toponet import toponet_resnet18
 
 __all__ = [
@@ -74,7 +79,7 @@ Z95 = 1.959963984540054
 SHOW = 3  # mismatches listed per kind in an error message
 
 
-class ModelError(ValueError):
+class ModelError(UnitscopeError, ValueError):
     """A model entry, its checkpoint or a layer name is wrong; the message is one line."""
 
 
@@ -110,22 +115,37 @@ def _checkpoint_path(name: str, spec: Mapping, data_dir, *, required: bool) -> P
     return path.resolve()
 
 
-def _check_sha256(name: str, spec: Mapping, path: Path) -> str:
-    """The file's sha256; a mismatch with `models.<name>.sha256` is a ModelError."""
-    actual = sha256_file(path)
+def _read_bytes(name: str, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise ModelError(
+            f"model {name}: cannot read checkpoint {path} ({type(err).__name__}: {err.strerror or err})"
+        ) from None
+
+
+def _check_sha256(name: str, spec: Mapping, path: Path, data: bytes) -> dict:
+    """The card entry {path, sha256, bytes} of `path`'s bytes `data`; a mismatch with `models.<name>.sha256`
+    is a ModelError.
+
+    Callers read a file's bytes once, then check and load those bytes, never the file again: a file replaced
+    after the check is never loaded.
+    """
+    actual = hashlib.sha256(data).hexdigest()
     expected = spec.get("sha256")
     if expected and actual != str(expected).lower():
         raise ModelError(
             f"model {name}: checkpoint {path} has sha256 {actual[:16]}…, but models.{name}.sha256 "
             f"expects {str(expected).lower()[:16]}… (wrong or corrupted file)"
         )
-    return actual
+    return {"path": str(path), "sha256": actual, "bytes": len(data)}
 
 
-def _read_checkpoint(name: str, path: Path, *, trusted: bool):
-    """torch.load on CPU; weights_only=True unless trusted. Unreadable files become ModelErrors."""
+def _read_checkpoint(name: str, path: Path, data: bytes, *, trusted: bool):
+    """torch.load of `path`'s bytes `data` on CPU; weights_only=True unless trusted. Unreadable files become
+    ModelErrors."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trusted)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=not trusted)
     except pickle.UnpicklingError as err:
         text = str(err)
         found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
@@ -135,9 +155,10 @@ def _read_checkpoint(name: str, path: Path, *, trusted: bool):
                 f"{found.group(1)}; set models.{name}.trusted: true only if you trust this file"
             ) from None
         detail = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Check the documentation|$)", text, re.S)
+        how = "" if trusted else "; read with weights_only=True"
         raise ModelError(
             f"model {name}: cannot read checkpoint {path} as a torch file "
-            f"(UnpicklingError: {_one_line(detail.group(1) if detail else text, 150)})"
+            f"(UnpicklingError: {_one_line(detail.group(1) if detail else text, 150)}{how})"
         ) from None
     except Exception as err:  # truncated, not a torch file, wrong device...: one line, not a traceback
         raise ModelError(
@@ -199,10 +220,13 @@ def _load_into(name: str, arch: str, model: nn.Module, path: Path, state: Mappin
     model.load_state_dict(dict(state), strict=False)
 
 
-def _load_checkpoint(name: str, spec: Mapping, arch: str, model: nn.Module, path: Path) -> None:
-    _check_sha256(name, spec, path)
-    obj = _read_checkpoint(name, path, trusted=bool(spec.get("trusted")))
+def _load_checkpoint(name: str, spec: Mapping, arch: str, model: nn.Module, path: Path) -> dict:
+    """Check and load `path` into `model`; returns the card entry of the bytes loaded."""
+    data = _read_bytes(name, path)
+    info = _check_sha256(name, spec, path, data)
+    obj = _read_checkpoint(name, path, data, trusted=bool(spec.get("trusted")))
     _load_into(name, arch, model, path, _state_dict(name, path, obj))
+    return info
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,24 +267,66 @@ def _torch_home(torch_home) -> Iterator[Path]:
         torch.hub._hub_dir = previous_dir
 
 
-def _stage(name: str, spec: Mapping, source: Path, weights, target: Path) -> None:
-    """Verify `source` and copy it (atomically) to torchvision's cache path `target`."""
-    actual = _check_sha256(name, spec, source)
-    prefix = torch.hub.HASH_REGEX.search(target.name)
-    if prefix and not actual.startswith(prefix.group(1)):
+def _weights_file(name: str, spec: Mapping, weights, cached: Path) -> Path:
+    """torchvision's file in the (shared) hub cache, downloaded there first when missing.
+
+    torch.hub writes a download under a temporary name and renames it into place only once its hash
+    matches; the bytes are verified again when read, since the shared cache may change at any time.
+    """
+    if cached.is_file():
+        return cached
+    prefix = torch.hub.HASH_REGEX.search(cached.name)
+    expected = str(spec.get("sha256") or "").lower() or (prefix.group(1) if prefix else None)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(weights.url, str(cached), hash_prefix=expected)
+    except Exception as err:
         raise ModelError(
-            f"model {name}: checkpoint {source} is not torchvision's {weights} ({target.name}): "
-            f"its sha256 starts {actual[:8]}, torchvision expects {prefix.group(1)}"
+            f"model {name}: cannot download {weights} from {weights.url} to {cached} "
+            f"({type(err).__name__}: {_one_line(err, 150)}); offline, set models.{name}.checkpoint "
+            f"to a local copy of {cached.name}"
+        ) from None
+    return cached
+
+
+def _verified_weights(name: str, spec: Mapping, weights, filename: str, path: Path) -> tuple[bytes, dict]:
+    """`path`'s bytes (read once) and card entry, checked as torchvision's `weights` (file `filename`).
+
+    Unless trusted, the bytes must pass a weights_only=True read, since torchvision unpickles them with
+    weights_only=False (first, so that a planted file is reported by what it pickles). Trusted or not, the
+    registry's sha256 and torchvision's hash prefix in `filename` must match.
+    """
+    data = _read_bytes(name, path)
+    if not spec.get("trusted"):
+        _state_dict(name, path, _read_checkpoint(name, path, data, trusted=False))
+    info = _check_sha256(name, spec, path, data)
+    prefix = torch.hub.HASH_REGEX.search(filename)
+    if prefix and not info["sha256"].startswith(prefix.group(1)):
+        raise ModelError(
+            f"model {name}: checkpoint {path} is not torchvision's {weights} ({filename}): "
+            f"its sha256 starts {info['sha256'][:8]}, torchvision expects {prefix.group(1)}"
         )
-    if not spec.get("trusted"):  # torchvision unpickles the cached file with weights_only=False
-        _state_dict(name, source, _read_checkpoint(name, source, trusted=False))
-    if target.is_file() and target.stat().st_size == source.stat().st_size and sha256_file(target) == actual:
-        return
-    with atomic_path(target) as temp:
-        shutil.copyfile(source, temp)
+    return data, info
 
 
-def _build_torchvision(name: str, spec: Mapping, arch: str, data_dir, torch_home) -> tuple[nn.Module, Path | None]:
+def _build_with_weights(name: str, builder, weights, filename: str, data: bytes) -> nn.Module:
+    """torchvision's builder on exactly the verified `data`, staged in a private hub dir (removed afterwards)."""
+    private = Path(tempfile.mkdtemp(prefix="unitscope-hub-"))  # mode 0700: nobody else can swap the file
+    try:
+        (private / "hub" / "checkpoints").mkdir(parents=True)
+        (private / "hub" / "checkpoints" / filename).write_bytes(data)
+        with _torch_home(private):
+            return builder(weights=weights)
+    except Exception as err:
+        raise ModelError(
+            f"model {name}: torchvision could not load {weights} ({type(err).__name__}: {_one_line(err, 150)})"
+        ) from None
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _build_torchvision(name: str, spec: Mapping, arch: str, data_dir, torch_home) -> tuple[nn.Module, dict]:
+    """A torchvision model and the card entry of its checkpoint (the local file, or the hub cache's)."""
     tv_arch = arch.split(".", 1)[1]
     try:
         builder = torchvision.models.get_model_builder(tv_arch)
@@ -275,23 +341,14 @@ def _build_torchvision(name: str, spec: Mapping, arch: str, data_dir, torch_home
                 f"or models.{name}.checkpoint"
             )
         model = builder(weights=None)
-        _load_checkpoint(name, spec, arch, model, checkpoint)
-        return model, checkpoint
+        return model, _load_checkpoint(name, spec, arch, model, checkpoint)
     weights = _torchvision_weights(name, tv_arch, weights_name)
     filename = os.path.basename(urlparse(weights.url).path)
-    with _torch_home(torch_home) as hub_dir:
-        cached = hub_dir / "checkpoints" / filename
-        if checkpoint is not None:
-            _stage(name, spec, checkpoint, weights, cached)
-        try:
-            model = builder(weights=weights)
-        except Exception as err:
-            hint = "" if checkpoint else f"; offline, set models.{name}.checkpoint to a local copy of {filename}"
-            raise ModelError(
-                f"model {name}: torchvision could not load {weights} from {cached} "
-                f"({type(err).__name__}: {_one_line(err, 150)}){hint}"
-            ) from None
-    return model, cached
+    if checkpoint is None:
+        with _torch_home(torch_home) as hub_dir:
+            checkpoint = _weights_file(name, spec, weights, hub_dir / "checkpoints" / filename)
+    data, info = _verified_weights(name, spec, weights, filename, checkpoint)
+    return _build_with_weights(name, builder, weights, filename, data), info
 
 
 def build_model(name: str, spec: dict, *, data_dir, torch_home) -> nn.Module:
@@ -306,15 +363,15 @@ def build_model(name: str, spec: dict, *, data_dir, torch_home) -> nn.Module:
     if arch.startswith("torchvision."):
         model, checkpoint = _build_torchvision(name, spec, arch, data_dir, torch_home)
     elif arch in LOCAL_ARCHS:
-        checkpoint = _checkpoint_path(name, spec, data_dir, required=True)
+        path = _checkpoint_path(name, spec, data_dir, required=True)
         model = LOCAL_ARCHS[arch]()
-        _load_checkpoint(name, spec, arch, model, checkpoint)
+        checkpoint = _load_checkpoint(name, spec, arch, model, path)
     else:
         valid = ", ".join([*LOCAL_ARCHS, "torchvision.<name>"])
         raise ModelError(f"model {name}: models.{name}.arch {arch!r} is not one of {valid}")
     model = model.to("cpu").eval()
     model.requires_grad_(False)
-    model.unitscope_checkpoint = str(checkpoint) if checkpoint is not None else None
+    model.unitscope_checkpoint = checkpoint  # {path, sha256, bytes} of the bytes loaded, for the card
     return model
 
 
@@ -518,20 +575,13 @@ def model_card(
     `ci95` are fractions. `device` may be "auto" (CUDA when present); the model is moved back after.
     """
     preprocessing = dict(spec["preprocessing"])
-    checkpoint = getattr(model, "unitscope_checkpoint", None)
-    ckpt_info = None
-    if checkpoint and Path(checkpoint).is_file():
-        ckpt_info = {
-            "path": str(checkpoint),
-            "sha256": sha256_file(checkpoint),
-            "bytes": Path(checkpoint).stat().st_size,
-        }
+    ckpt_info = getattr(model, "unitscope_checkpoint", None)  # set by build_model: the bytes it loaded
     layers, num_outputs = _layer_table(model, int(preprocessing["crop"]))
     card = {
         "name": name,
         "arch": spec.get("arch"),
         "weights": spec.get("weights"),
-        "checkpoint": ckpt_info,
+        "checkpoint": dict(ckpt_info) if ckpt_info else None,
         "trusted": bool(spec.get("trusted", False)),
         "tau": spec.get("tau"),
         "parameters": int(sum(p.numel() for p in model.parameters())),

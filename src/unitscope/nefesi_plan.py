@@ -5,8 +5,10 @@ Imported by rules/nefesi.smk, so it must stay free of torch (dry runs and cluste
 
 from __future__ import annotations
 
+from unitscope.errors import UnitscopeError
 
-class NefesiConfigError(ValueError):
+
+class NefesiConfigError(UnitscopeError, ValueError):
     """A nefesi setting names something that does not exist; the message is one line naming the key."""
 
 

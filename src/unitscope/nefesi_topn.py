@@ -12,10 +12,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from unitscope.errors import UnitscopeError
 from unitscope.hooks import ActivationRecorder
 
 
-class NefesiError(ValueError):
+class NefesiError(UnitscopeError, ValueError):
     """Bad input or a result that cannot be trusted; the message is one line."""
 
 

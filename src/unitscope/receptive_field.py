@@ -34,6 +34,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from unitscope.errors import UnitscopeError
 from unitscope.hooks import StopForward, get_module, hooked
 
 __all__ = [
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 
-class ReceptiveFieldError(ValueError):
+class ReceptiveFieldError(UnitscopeError, ValueError):
     """The field of a layer cannot be computed (unsupported operation, no spatial map); one line."""
 
 

@@ -1,0 +1,138 @@
+"""Refactors keep results: run every study's tiny config on two source trees and compare what they wrote.
+
+    python bench/same_results.py run REPO OUT        # the tiny configs of tests/*_workflow.py, on REPO's code
+    python bench/same_results.py compare BEFORE AFTER
+
+`run` copies REPO's workflow (Snakefile, rules, workflow, src, config schemas, envs, profiles) into
+OUT/<study>/ and runs `snakemake report` there with that study's tiny test config (the foundation's tiny
+config with only that study on). `compare` reads every table (Parquet, CSV), every JSON file (summary.json,
+section.json, cards) and every Zarr array under BEFORE/<study>/results and AFTER/<study>/results, and prints
+each difference: numbers must be equal; only values that are file paths or times may differ. Exit status 1
+when anything differs or is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(HERE / "tests"))
+COPIED = ["Snakefile", "rules", "workflow", "src", "config/schema.yaml", "config/schemas", "envs", "profiles"]
+# Keys whose values name files or times: they may differ between two runs in two folders.
+VOLATILE = {"path", "paths", "log", "checkpoint_path", "created", "generated", "timestamp", "elapsed_s", "seconds"}
+
+
+def study_configs(data_dir: Path) -> dict[str, dict]:
+    """Each study's tiny workflow-test config (only that study enabled)."""
+    from test_actmax_workflow import actmax_config
+    from test_dissection_workflow import dissection_config
+    from test_faces_workflow import faces_settings
+    from test_nefesi_workflow import nefesi_config
+    from wfutil import disable_studies, tiny_config
+
+    faces = disable_studies(tiny_config(data_dir))
+    faces["faces"] = faces_settings()
+    return {
+        "faces": faces,
+        "actmax": actmax_config(data_dir),
+        "nefesi": nefesi_config(data_dir),
+        "dissection": dissection_config(data_dir),
+    }
+
+
+def run(repo: Path, out: Path) -> None:
+    import yaml
+
+    snakemake = str(Path(sys.executable).with_name("snakemake"))
+    for study, config in study_configs((HERE.parent / "shared" / "data").resolve()).items():
+        workdir = out / study
+        for item in COPIED:
+            source, target = repo / item, workdir / item
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+            else:
+                shutil.copy2(source, target)
+        (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        print(f"{study}: running in {workdir}", flush=True)
+        subprocess.run([snakemake, "--cores", "2", "report"], cwd=workdir, check=True, capture_output=True)
+
+
+def _differences(before, after, where: str):
+    """Yield one line per differing leaf of two JSON-like values."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        for key in sorted(set(before) | set(after), key=str):
+            if key in VOLATILE:
+                continue
+            if key not in before or key not in after:
+                yield f"{where}.{key}: only in {'after' if key in after else 'before'}"
+            else:
+                yield from _differences(before[key], after[key], f"{where}.{key}")
+    elif isinstance(before, list) and isinstance(after, list):
+        if len(before) != len(after):
+            yield f"{where}: {len(before)} items before, {len(after)} after"
+        for index, (one, two) in enumerate(zip(before, after, strict=False)):
+            yield from _differences(one, two, f"{where}[{index}]")
+    elif isinstance(before, float) and isinstance(after, float) and math.isnan(before) and math.isnan(after):
+        return
+    elif before != after and not (isinstance(before, str) and ("/" in before or before.endswith(".log"))):
+        yield f"{where}: {before!r} before, {after!r} after"
+
+
+def _table(path: Path):
+    import pandas as pd
+
+    table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    return json.loads(table.drop(columns=[c for c in table.columns if c in VOLATILE]).to_json(orient="split"))
+
+
+def _zarr_arrays(path: Path) -> dict:
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r")
+    return {name: array[:].tolist() for name, array in group.arrays()}
+
+
+def _load(path: Path):
+    if path.suffix in (".parquet", ".csv"):
+        return _table(path)
+    if path.suffix == ".zarr":
+        return _zarr_arrays(path)
+    return json.loads(path.read_text())
+
+
+def _artifacts(results: Path) -> list[Path]:
+    found = [p for p in results.rglob("*") if p.suffix in (".parquet", ".csv", ".json") and ".zarr" not in p.parts[-2]]
+    found += list(results.rglob("*.zarr"))
+    return sorted(p.relative_to(results) for p in found if ".zarr/" not in p.relative_to(results).as_posix())
+
+
+def compare(before: Path, after: Path) -> int:
+    problems, compared = [], 0
+    for study in sorted(p.name for p in before.iterdir() if (p / "results").is_dir()):
+        old, new = before / study / "results", after / study / "results"
+        for relative in _artifacts(old):
+            if not (new / relative).exists():
+                problems.append(f"{study}/{relative}: missing after")
+                continue
+            compared += 1
+            problems += [
+                f"{study}/{relative}{line}" for line in _differences(_load(old / relative), _load(new / relative), "")
+            ]
+        problems += [f"{study}/{extra}: only after" for extra in set(_artifacts(new)) - set(_artifacts(old))]
+    print(f"compared {compared} tables, JSON files and Zarr stores; {len(problems)} differences")
+    for line in problems[:200]:
+        print("  " + line)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] not in ("run", "compare"):
+        sys.exit(__doc__)
+    first, second = Path(sys.argv[2]).resolve(), Path(sys.argv[3]).resolve()
+    sys.exit(run(first, second) if sys.argv[1] == "run" else compare(first, second))
