@@ -33,11 +33,11 @@ def prepare(args, folder: Path) -> dict:
     import numpy as np
     import torch
 
-    from unitscope.concepts import mask_shape, open_concepts
     from unitscope.config import load_config
-    from unitscope.dissection import unit_thresholds
-    from unitscope.dissection_stage import cache_activations, cache_labels, dissection_transform
-    from unitscope.models import build_model
+    from unitscope.data.concepts import mask_shape, open_concepts
+    from unitscope.models.registry import build_model
+    from unitscope.studies.dissection.dissect import unit_thresholds
+    from unitscope.studies.dissection.stages import cache_activations, cache_labels, dissection_transform
 
     config = load_config(REPO / "config" / "config.yaml")
     torch.set_num_threads(args.threads)
@@ -77,7 +77,7 @@ def prepare(args, folder: Path) -> dict:
 def load(folder: Path, info: dict):
     import numpy as np
 
-    from unitscope.dissection_stage import LabelCache
+    from unitscope.studies.dissection.stages import LabelCache
 
     combined = folder / "combined.npy"
     labels = LabelCache(
@@ -96,8 +96,8 @@ def run_mode(args, folder: Path, info: dict) -> dict:
     import numpy as np
     import torch
 
-    from unitscope.dissection import tally_direct
-    from unitscope.dissection_stage import dissect_layer
+    from unitscope.studies.dissection.dissect import tally_direct
+    from unitscope.studies.dissection.stages import dissect_layer
 
     torch.set_num_threads(args.threads)
     maps, thresholds, labels = load(folder, {**info, "layer": args.layer})
@@ -128,9 +128,9 @@ def same_subset(args, folder: Path, info: dict) -> bool:
     """The fast way on the direct way's frames: identical counts and IoUs."""
     import numpy as np
 
-    from unitscope.concepts import CamVidConcepts
-    from unitscope.dissection import concept_lookup, iou_from_counts
-    from unitscope.dissection_stage import dissect_layer
+    from unitscope.data.concepts import CamVidConcepts
+    from unitscope.studies.dissection.dissect import concept_lookup, iou_from_counts
+    from unitscope.studies.dissection.stages import dissect_layer
 
     maps, thresholds, labels = load(folder, {**info, "layer": args.layer})
     n = min(args.direct_n, info["images"])

@@ -29,9 +29,10 @@ def run_mode(args) -> dict:
     import torch
 
     from unitscope.config import load_config
-    from unitscope.data import ManifestDataset, build_manifest, source_layout
-    from unitscope.extract import extract_to_zarr, make_loader, pick_device
-    from unitscope.models import build_model, build_transform
+    from unitscope.data.manifest import ManifestDataset, build_manifest, source_layout
+    from unitscope.extract import extract_to_zarr
+    from unitscope.models.registry import build_model, build_transform
+    from unitscope.runtime import make_loader, pick_device
 
     config = load_config(REPO / "config" / "config.yaml")
     torch.set_num_threads(args.threads)

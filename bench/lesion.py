@@ -54,10 +54,11 @@ def main() -> None:
     import torch
 
     from unitscope.config import load_config
-    from unitscope.data import ManifestDataset, build_manifest, folder_layout
-    from unitscope.extract import extract_to_zarr, make_loader, open_store, pick_device
-    from unitscope.faces import derived_rng, random_sets, top_percentile
-    from unitscope.faces_interventions import (
+    from unitscope.data.manifest import ManifestDataset, build_manifest, folder_layout
+    from unitscope.extract import extract_to_zarr, open_store
+    from unitscope.models.registry import build_model, build_transform
+    from unitscope.runtime import make_loader, pick_device
+    from unitscope.studies.faces.interventions import (
         Readout,
         ablation_fill,
         build_conditions,
@@ -68,7 +69,7 @@ def main() -> None:
         layer_maps,
         layer_readouts,
     )
-    from unitscope.models import build_model, build_transform
+    from unitscope.studies.faces.selection import derived_rng, random_sets, top_percentile
 
     torch.set_num_threads(args.threads)
     config = load_config(REPO / "config" / "config.yaml")

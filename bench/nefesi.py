@@ -46,10 +46,10 @@ def main() -> None:
     import torch
 
     from unitscope.config import load_config
-    from unitscope.data import ManifestDataset, build_manifest, source_layout
-    from unitscope.extract import pick_device
-    from unitscope.models import build_model, build_transform
-    from unitscope.nefesi import (
+    from unitscope.data.manifest import ManifestDataset, build_manifest, source_layout
+    from unitscope.models.registry import build_model, build_transform
+    from unitscope.runtime import pick_device
+    from unitscope.studies.nefesi.stages import (
         collect_top_n,
         inference_copy,
         per_channel_responses,

@@ -28,21 +28,10 @@ VOLATILE = {"path", "paths", "log", "checkpoint_path", "created", "generated", "
 
 
 def study_configs(data_dir: Path) -> dict[str, dict]:
-    """Each study's tiny workflow-test config (only that study enabled)."""
-    from test_actmax_workflow import actmax_config
-    from test_dissection_workflow import dissection_config
-    from test_faces_workflow import faces_settings
-    from test_nefesi_workflow import nefesi_config
-    from wfutil import disable_studies, tiny_config
+    """Each study's tiny test config (tests/configs/<study>.yaml: only that study enabled)."""
+    from wfutil import study_config
 
-    faces = disable_studies(tiny_config(data_dir))
-    faces["faces"] = faces_settings()
-    return {
-        "faces": faces,
-        "actmax": actmax_config(data_dir),
-        "nefesi": nefesi_config(data_dir),
-        "dissection": dissection_config(data_dir),
-    }
+    return {study: study_config(study, data_dir) for study in ("faces", "actmax", "nefesi", "dissection")}
 
 
 def run(repo: Path, out: Path) -> None:

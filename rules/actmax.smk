@@ -4,7 +4,7 @@
 # Changing rho or the seed rebuilds the data and retrains; changing optimisation settings re-runs only the
 # optimisation and what follows it.
 
-from unitscope.actmax_targets import registry_targets
+from unitscope.studies.actmax.plan import registry_targets
 
 ACTMAX = "results/actmax"
 ACTMAX_FIGURES = "results/report/figures/actmax"
@@ -20,7 +20,7 @@ ACTMAX_REGISTRY_TABLES = [f"{ACTMAX}/registry/{model}/{layer}.parquet" for model
 
 rule actmax_dataset:
     input:
-        code=code("colored_mnist"),
+        code=code("studies.actmax.colored_mnist"),
         mnist=[str(Path(data_dir()) / "mnist" / name) for name in ACTMAX_MNIST],
     output:
         f"{ACTMAX}/colored_mnist.npz",
@@ -39,7 +39,7 @@ rule actmax_dataset:
 
 rule actmax_train:
     input:
-        code=code("colored_mnist"),
+        code=code("studies.actmax.colored_mnist"),
         data=f"{ACTMAX}/colored_mnist.npz",
     output:
         checkpoint=f"{ACTMAX}/model.pt",
@@ -58,7 +58,7 @@ rule actmax_train:
 
 rule actmax_units:
     input:
-        code=code("actmax_study"),
+        code=code("studies.actmax.stages"),
         data=f"{ACTMAX}/colored_mnist.npz",
         checkpoint=f"{ACTMAX}/model.pt",
         info=f"{ACTMAX}/model.json",
@@ -76,7 +76,7 @@ rule actmax_units:
 
 rule actmax_probe:
     input:
-        code=code("actmax_study"),
+        code=code("studies.actmax.stages"),
         data=f"{ACTMAX}/colored_mnist.npz",
         checkpoint=f"{ACTMAX}/model.pt",
         info=f"{ACTMAX}/model.json",
@@ -96,7 +96,7 @@ rule actmax_probe:
 
 rule actmax_optimize:
     input:
-        code=code("actmax_study"),
+        code=code("studies.actmax.stages"),
         checkpoint=f"{ACTMAX}/model.pt",
         info=f"{ACTMAX}/model.json",
         units=f"{ACTMAX}/units.json",
@@ -116,7 +116,7 @@ rule actmax_optimize:
 
 rule actmax_registry:
     input:
-        code=code("actmax_registry"),
+        code=code("studies.actmax.registry"),
         # the faces study's selection, for a target that visualises its channels (from_faces)
         faces_selection=lambda wildcards: (
             "results/faces/selection.parquet"
@@ -143,7 +143,7 @@ rule actmax_registry:
 
 rule actmax_analyze:
     input:
-        code=code("actmax_study"),
+        code=code("studies.actmax.stages"),
         data=f"{ACTMAX}/colored_mnist.npz",
         checkpoint=f"{ACTMAX}/model.pt",
         info=f"{ACTMAX}/model.json",
@@ -166,7 +166,7 @@ rule actmax_analyze:
 
 rule actmax_report:
     input:
-        code=code("actmax_report"),
+        code=code("studies.actmax.section"),
         evaluation=f"{ACTMAX}/evaluation.json",
         info=f"{ACTMAX}/model.json",
         units=f"{ACTMAX}/units.json",

@@ -9,9 +9,9 @@ from pathlib import Path
 REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO / "src"))
 
-from unitscope.codedeps import module_closure  # noqa: E402
+from unitscope.codedeps import entry_closure, module_closure  # noqa: E402
 from unitscope.config import ConfigError, check_paths, read_yaml, validate_config  # noqa: E402
-from unitscope.data import listed_files, stat_fingerprint  # noqa: E402
+from unitscope.data.manifest import listed_files, stat_fingerprint  # noqa: E402
 
 CONFIG_FILE = "config/config.yaml"
 try:
@@ -49,9 +49,14 @@ wildcard_constraints:
 
 
 def code(*modules):
-    """Source files of the given unitscope modules and everything they import (rule inputs), relative to the
-    working directory so that a run copied or moved with its repository plans nothing new."""
-    return sorted({os.path.relpath(path) for module in modules for path in module_closure(f"unitscope.{module}")})
+    """Source files of the given unitscope modules (or `module:function` entry points: only what that function
+    uses) and everything they import: rule inputs, relative to the working directory so that a run copied or
+    moved with its repository plans nothing new."""
+    return sorted({os.path.relpath(path) for module in modules for path in _closure(f"unitscope.{module}")})
+
+
+def _closure(name):
+    return entry_closure(name) if ":" in name else module_closure(name)
 
 
 def data_dir():

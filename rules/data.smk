@@ -3,7 +3,7 @@
 
 rule manifest:
     input:
-        code=code("data"),
+        code=code("data.manifest"),
         files=dataset_files,
     output:
         "results/data/{dataset}/manifest.parquet",

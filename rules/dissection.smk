@@ -6,7 +6,7 @@ import re
 from types import SimpleNamespace
 
 from unitscope.config import ConfigError  # noqa: E402
-from unitscope.dissection_config import concept_inputs, dissection_targets  # noqa: E402
+from unitscope.studies.dissection.plan import concept_inputs, dissection_targets  # noqa: E402
 
 try:
     DISSECTION_TARGETS = dissection_targets(config)
@@ -42,7 +42,7 @@ if DISSECTION.get("enabled", False):
 
     rule dissection_dissect:
         input:
-            code=code("dissection_stage"),
+            code=code("studies.dissection.stages"),
             checkpoint=model_checkpoint,
             concepts=lambda wc: DISSECTION_CONCEPTS,
         output:
@@ -67,7 +67,7 @@ if DISSECTION.get("enabled", False):
 
     rule dissection_figure_units:
         input:
-            code=code("dissection_report"),
+            code=code("studies.dissection.section"),
             units="results/dissection/{model}/units.parquet",
             tallies="results/dissection/{model}/tallies.npz",
         output:
@@ -100,7 +100,7 @@ if DISSECTION.get("enabled", False):
 
         rule dissection_rotation:
             input:
-                code=code("dissection_stage"),
+                code=code("studies.dissection.stages"),
                 checkpoint=lambda wc: model_checkpoint(SimpleNamespace(model=DISSECTION_ROTATION_MODEL)),
                 concepts=lambda wc: DISSECTION_CONCEPTS,
             output:
@@ -126,7 +126,7 @@ if DISSECTION.get("enabled", False):
 
     rule dissection_section:
         input:
-            code=code("dissection_report"),
+            code=code("studies.dissection.section"),
             layers=[f"results/dissection/{model}/layers.parquet" for model in DISSECTION_TARGETS],
             units=[f"results/dissection/{model}/units.parquet" for model in DISSECTION_TARGETS],
             tallies=f"results/dissection/{DISSECTION_FIRST}/tallies.npz",

@@ -3,7 +3,7 @@
 # Logic lives in src/unitscope/faces*.py; params carry every setting that changes a stage's results.
 from types import SimpleNamespace
 
-from unitscope.faces_layers import FacesConfigError, check_datasets, intervention_layer, probe_layers  # noqa: E402
+from unitscope.studies.faces.plan import FacesConfigError, check_datasets, intervention_layer, probe_layers  # noqa: E402
 
 FACES = config["faces"]
 FACES_TITLE = "Face-selective units"
@@ -26,7 +26,7 @@ if FACES["enabled"]:
 
     rule faces_selection:
         input:
-            code=code("faces_stages"),
+            code=code("studies.faces.stages"),
             stores=FACES_STORES[FACES_LAYER],
         output:
             table="results/faces/selection.parquet",
@@ -50,7 +50,7 @@ if FACES["enabled"]:
 
     rule faces_pca:
         input:
-            code=code("faces_stages"),
+            code=code("studies.faces.stages"),
             store=FACES_STORES[FACES_LAYER][0],
         output:
             table="results/faces/pca.parquet",
@@ -69,7 +69,7 @@ if FACES["enabled"]:
 
     rule faces_interventions:
         input:
-            code=code("faces_interventions"),
+            code=code("studies.faces.interventions"),
             stores=FACES_STORES[FACES_LAYER],
             manifests=[manifest_path(dataset) for dataset in FACES_SETS],
             selection="results/faces/selection.parquet",
@@ -99,7 +99,7 @@ if FACES["enabled"]:
 
     rule faces_interventions_figure:
         input:
-            code=code("faces_stages"),
+            code=code("studies.faces.stages"),
             conditions="results/faces/conditions.parquet",
             controls="results/faces/controls.parquet",
             pca="results/faces/condition_pca.parquet",
@@ -118,7 +118,7 @@ if FACES["enabled"]:
 
     rule faces_probes:
         input:
-            code=code("faces_stages"),
+            code=code("studies.faces.stages"),
             stores=[store for layer in FACES_PROBE_LAYERS for store in FACES_STORES[layer]],
         output:
             table="results/faces/probes.parquet",
@@ -142,7 +142,7 @@ if FACES["enabled"]:
 
     rule faces_categories:
         input:
-            code=code("faces_stages"),
+            code=code("studies.faces.stages"),
             stores=FACES_STORES[FACES_LAYER],
             selection="results/faces/selection.parquet",
         output:
@@ -168,7 +168,7 @@ if FACES["enabled"]:
 
     rule faces_heatmaps:
         input:
-            code=code("faces_heatmaps"),
+            code=code("studies.faces.heatmaps"),
             manifests=[manifest_path(dataset) for dataset in FACES_SETS],
             selection="results/faces/selection.parquet",
             checkpoint=lambda wildcards: model_checkpoint(FACES_MODEL),
@@ -198,7 +198,7 @@ if FACES["enabled"]:
 
     rule faces_section:
         input:
-            code=code("faces_report"),
+            code=code("studies.faces.section"),
             selection="results/faces/selection.parquet",
             pca="results/faces/pca.parquet",
             conditions="results/faces/conditions.parquet",

@@ -3,7 +3,7 @@
 
 rule model_card:
     input:
-        code=code("models"),
+        code=code("models.card:run_model_card"),
         checkpoint=model_checkpoint,
         eval_manifest=model_eval_manifest,
     output:

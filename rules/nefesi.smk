@@ -3,7 +3,7 @@
 # for all its layers; per layer: probes (transformed exemplar crops), index table, NFs; then figures and the section.
 
 
-from unitscope.nefesi_plan import NefesiConfigError, NefesiPlan  # noqa: E402 (no torch: parse time only)
+from unitscope.studies.nefesi.plan import NefesiConfigError, NefesiPlan  # noqa: E402 (no torch: parse time only)
 
 try:
     NEFESI = NefesiPlan(config)
@@ -14,7 +14,7 @@ NEFESI_SETTINGS = NEFESI.settings
 
 rule nefesi_top_n:
     input:
-        code=code("nefesi"),
+        code=code("studies.nefesi.stages"),
         manifests=lambda wc: [manifest_path(d) for d in NEFESI.target(wc.model)["datasets"]],
         checkpoint=model_checkpoint,
     output:
@@ -43,7 +43,7 @@ rule nefesi_top_n:
 
 rule nefesi_layer:
     input:
-        code=code("nefesi"),
+        code=code("studies.nefesi.stages"),
         exemplars="results/nefesi/{model}/exemplars.parquet",
         images="results/nefesi/{model}/images.parquet",
         checkpoint=model_checkpoint,
@@ -74,7 +74,7 @@ rule nefesi_layer:
 
 rule nefesi_layer_figures:
     input:
-        code=code("nefesi_figures"),
+        code=code("studies.nefesi.figures"),
         table="results/nefesi/{model}/{layer}/indexes.parquet",
         nf="results/nefesi/{model}/{layer}/nf.npz",
         info="results/nefesi/{model}/{layer}/layer.json",
@@ -106,7 +106,7 @@ rule nefesi_layer_figures:
 
 rule nefesi_model_figures:
     input:
-        code=code("nefesi_figures"),
+        code=code("studies.nefesi.figures"),
         tables=lambda wc: NEFESI.layer_files(wc.model, "indexes.parquet"),
         nfs=lambda wc: NEFESI.layer_files(wc.model, "nf.npz"),
         hierarchies=lambda wc: NEFESI.layer_files(wc.model, "hierarchy.parquet"),
@@ -140,7 +140,7 @@ rule nefesi_model_figures:
 
 rule nefesi_decomposition:
     input:
-        code=code("nefesi_figures"),
+        code=code("studies.nefesi.figures"),
         images="results/nefesi/{model}/images.parquet",
         exemplars="results/nefesi/{model}/exemplars.parquet",
         nf=lambda wc: NEFESI.decomposition_layer_file(wc.model, "nf.npz"),
@@ -176,7 +176,7 @@ rule nefesi_decomposition:
 # <model>__<layer>__<channel>.png like the unit's page, which shows it.
 rule nefesi_section:
     input:
-        code=code("nefesi_section", "nefesi_figures"),
+        code=code("studies.nefesi.section", "studies.nefesi.figures"),
         tables=NEFESI.all_files("indexes.parquet"),
         infos=NEFESI.all_files("layer.json"),
         nfs=NEFESI.all_files("nf.npz"),

@@ -4,7 +4,7 @@
 rule report:
     default_target: True
     input:
-        code=code("report"),
+        code=code("report.landing"),
         manifests=expand("results/data/{dataset}/manifest.parquet", dataset=list(config["datasets"])),
         cards=expand("results/models/{model}/card.json", model=enabled_models()),
         stores=activation_stores(),
@@ -30,7 +30,7 @@ rule report:
 
 rule figure_datasets:
     input:
-        code=code("figures"),
+        code=code("report.figures"),
         manifests=expand("results/data/{dataset}/manifest.parquet", dataset=list(config["datasets"])),
     output:
         report(
@@ -50,7 +50,7 @@ rule figure_datasets:
 
 rule figure_activations:
     input:
-        code=code("figures"),
+        code=code("report.figures"),
         store="results/activations/{model}/{dataset}/{layer}.zarr",
     output:
         report(

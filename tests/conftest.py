@@ -70,12 +70,10 @@ def tiny_faces_run(tmp_path_factory):
 
     Returns (workdir, config). Shared by the faces workflow tests and the browser test.
     """
-    from test_faces_workflow import faces_settings
-    from wfutil import copy_workflow, disable_studies, snakemake, tiny_config, write_config
+    from wfutil import copy_workflow, snakemake, study_config, write_config
 
     workdir = copy_workflow(tmp_path_factory.mktemp("faces_workflow"))
-    config = disable_studies(tiny_config(DATA_DIR))
-    config["faces"] = faces_settings()
+    config = study_config("faces", DATA_DIR)
     write_config(workdir, config)
     snakemake(workdir, "report")
     return workdir, config

@@ -5,7 +5,7 @@ import zarr
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from unitscope.data import build_manifest, folder_layout, write_manifest
+from unitscope.data.manifest import build_manifest, folder_layout, write_manifest
 from unitscope.extract import ExtractionError, extract_to_zarr, open_store, run_extraction
 
 
@@ -93,8 +93,8 @@ def test_nan_activations_are_reported_not_stored(tmp_path):
 
 def test_run_extraction_on_real_cifar_images_matches_the_model(data_dir, tmp_path, default_config):
     from unitscope.config import validate_config
-    from unitscope.data import ManifestDataset
-    from unitscope.models import build_model, build_transform
+    from unitscope.data.manifest import ManifestDataset
+    from unitscope.models.registry import build_model, build_transform
 
     config = validate_config(default_config)
     spec = config["models"]["resnet20_cifar"]

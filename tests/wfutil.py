@@ -12,78 +12,23 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+CONFIGS = Path(__file__).resolve().parent / "configs"
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 COPIED = ["Snakefile", "rules", "workflow", "src", "config/schema.yaml", "config/schemas", "envs", "profiles"]
 
 
 def tiny_config(data_dir: Path) -> dict:
-    objects = {
-        "kind": "folder",
-        "root": "objects_cifar10",
-        "labels": "labels.csv",
-        "path_column": "path",
-        "label_column": "label",
-    }
-    imagenet = {"resize": 232, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-    return {
-        "data_dir": str(data_dir),
-        "seed": 0,
-        "datasets": {
-            "faces": {
-                "category": "face",
-                "size": 12,
-                "source": {
-                    "kind": "folder",
-                    "root": "faces_utkface",
-                    "labels": "labels.csv",
-                    "path_column": "filename",
-                    "image_dir": "images",
-                    "label_column": "gender",
-                },
-            },
-            "scenes": {
-                "category": "scene",
-                "size": 6,
-                "source": {
-                    "kind": "folder",
-                    "root": "scenes_intel",
-                    "labels": "labels.csv",
-                    "path_column": "path",
-                    "image_dir": "images",
-                    "label_column": "label",
-                },
-            },
-            "objects": {"category": "object", "size": 20, "source": objects},
-        },
-        "models": {
-            "mobilenet_v2_imagenet": {
-                "arch": "torchvision.mobilenet_v2",
-                "weights": "IMAGENET1K_V1",
-                "checkpoint": "checkpoints/mobilenet_v2-b0353104.pth",
-                "sha256": "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
-                "preprocessing": imagenet,
-            },
-            "resnet20_cifar": {
-                "arch": "cifar_resnet20",
-                "checkpoint": "checkpoints/resnet20-12fca82f.th",
-                "sha256": "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8",
-                "preprocessing": {**imagenet, "resize": 32, "crop": 32},
-                "eval": {"dataset": "objects"},
-            },
-        },
-        "extraction": {
-            "targets": [
-                {
-                    "model": "mobilenet_v2_imagenet",
-                    "datasets": ["faces", "scenes"],
-                    "layers": ["features.18"],
-                },
-                {"model": "resnet20_cifar", "datasets": ["objects"], "layers": ["layer3"], "save_maps": True},
-            ],
-            "batch_size": 8,
-            "num_workers": 0,
-        },
-    }
+    """The foundation's tiny config (tests/configs/tiny.yaml) reading from `data_dir`."""
+    config = yaml.safe_load((CONFIGS / "tiny.yaml").read_text())
+    return {"data_dir": str(data_dir), **config}
+
+
+def study_config(study: str, data_dir: Path) -> dict:
+    """The tiny config with every study off but `study`, whose file tests/configs/<study>.yaml replaces the
+    top-level keys it names."""
+    config = disable_studies(tiny_config(data_dir))
+    config.update(yaml.safe_load((CONFIGS / f"{study}.yaml").read_text()))
+    return config
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -2,6 +2,11 @@
 
 Rules list these files as inputs so that editing a module re-runs exactly the stages that import
 it, without a hand-kept list that drifts. Parsing with `ast` keeps dry runs free of torch.
+
+A study's `stages.py` holds the entry points of all its rules, so depending on the whole file would
+make every rule of the study depend on every algorithm module. `entry_closure("pkg.stages:run_x")`
+follows only what `run_x` uses: the package modules whose names it (or a helper of the same file it
+calls) refers to, then those modules' whole closures.
 """
 
 from __future__ import annotations
@@ -55,3 +60,68 @@ def module_closure(module: str, package_dir: Path = PACKAGE_DIR) -> tuple[str, .
             if dependency is not None and dependency not in seen:
                 stack.append(dependency)
     return tuple(sorted(str(path) for path in seen))
+
+
+def _top_level(tree: ast.Module) -> tuple[dict[str, ast.AST], dict[str, str]]:
+    """A module's own functions and classes by name, and each package name it imports -> its module."""
+    definitions, imported = {}, {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            definitions[node.name] = node
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                imported[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                imported[alias.asname or alias.name.split(".")[0]] = alias.name
+    return definitions, {name: module for name, module in imported.items() if module.split(".")[0] == PACKAGE}
+
+
+def _used_names(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+@cache
+def entry_closure(entry: str, package_dir: Path = PACKAGE_DIR) -> tuple[str, ...]:
+    """Sorted paths of what the function `entry` ("unitscope.pkg.mod:function") needs: its own file, the
+    package modules imported inside it or named by it (or by the same file's functions it calls), and
+    their closures. A module-level import the function does not use is not a dependency."""
+    module, _, function = entry.partition(":")
+    path = _module_file(module, package_dir)
+    if path is None:
+        raise ValueError(f"no module {module!r} under {package_dir}")
+    definitions, imported = _top_level(ast.parse(path.read_text(), filename=str(path)))
+    if function not in definitions:
+        raise ValueError(f"{module} has no function {function!r}")
+    needed: set[str] = set()
+    seen, stack = set(), [function]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        node = definitions[name]
+        needed |= _imported_modules_in(node)
+        for used in _used_names(node):
+            if used in definitions:
+                stack.append(used)
+            elif used in imported:
+                needed.add(imported[used])
+    files = {str(path)}
+    for name in needed:
+        for candidate in (name, name.rsplit(".", 1)[0]):
+            if _module_file(candidate, package_dir) is not None:
+                files.update(module_closure(candidate, package_dir))
+                break
+    return tuple(sorted(files))
+
+
+def _imported_modules_in(node: ast.AST) -> set[str]:
+    """Package modules imported inside a function (lazy imports)."""
+    found = set()
+    for inner in ast.walk(node):
+        if isinstance(inner, ast.ImportFrom) and inner.module and inner.level == 0:
+            found.update(f"{inner.module}.{alias.name}" for alias in inner.names)
+        elif isinstance(inner, ast.Import):
+            found.update(alias.name for alias in inner.names)
+    return {name for name in found if name.split(".")[0] == PACKAGE}

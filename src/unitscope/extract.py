@@ -21,36 +21,18 @@ import zarr
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from unitscope.data import ManifestDataset, read_manifest
+from unitscope.data.manifest import ManifestDataset, read_manifest
 from unitscope.errors import UnitscopeError
 from unitscope.fsutil import atomic_path
 from unitscope.hooks import ActivationRecorder
-from unitscope.models import build_model, build_transform, resolve_layer
+from unitscope.models.registry import build_model, build_transform, resolve_layer
+from unitscope.runtime import make_loader, pick_device
 
 VERSIONED_PACKAGES = ("torch", "torchvision", "numpy", "zarr", "pillow", "unitscope")
 
 
 class ExtractionError(UnitscopeError, RuntimeError):
     """Extraction produced something unusable (e.g. non-finite activations); one line."""
-
-
-def pick_device(requested: str = "auto", key: str = "extraction.device") -> torch.device:
-    """`auto` is CUDA when torch sees a GPU, else CPU; an unusable request is one line naming `key`."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except (RuntimeError, ValueError):
-        expected = "expected auto, cpu, cuda or cuda:N"
-        raise ExtractionError(f"config key {key}: {requested!r} is not a device ({expected})") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (device.index or 0) >= count:
-            seen = f"{count} CUDA device(s)" if count else "no CUDA device"
-            raise ExtractionError(
-                f"config key {key}: {requested!r} was asked for, but torch sees {seen} (use auto or cpu)"
-            )
-    return device
 
 
 def package_versions() -> dict[str, str]:
@@ -61,18 +43,6 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
-
-
-def make_loader(dataset, *, batch_size: int, num_workers: int, device: torch.device) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-        prefetch_factor=4 if num_workers > 0 else None,
-    )
 
 
 def extract_to_zarr(

@@ -4,8 +4,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from unitscope.actmax_study import run_optimize_layer
 from unitscope.logs import log_to
+from unitscope.studies.actmax.stages import run_optimize_layer
 
 with log_to(snakemake.log[0]):
     run_optimize_layer(

@@ -4,8 +4,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from unitscope.actmax_report import FIGURES, run_report
 from unitscope.logs import log_to
+from unitscope.studies.actmax.section import FIGURES, run_report
 
 with log_to(snakemake.log[0]):
     run_report(

@@ -4,14 +4,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-import torch
 
-from unitscope.dissection_stage import run_rotation
 from unitscope.logs import log_to
+from unitscope.runtime import use_threads
+from unitscope.studies.dissection.stages import run_rotation
 
 params = snakemake.params
 with log_to(snakemake.log[0]):
-    torch.set_num_threads(max(1, snakemake.threads))
+    use_threads(snakemake.threads)
     run_rotation(
         model_name=params.model,
         model_spec=params.spec,

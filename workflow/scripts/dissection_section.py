@@ -4,8 +4,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from unitscope.dissection_report import relative_figure, run_section
 from unitscope.logs import log_to
+from unitscope.studies.dissection.section import relative_figure, run_section
 
 inputs, outputs = snakemake.input, snakemake.output
 with log_to(snakemake.log[0]):

@@ -4,13 +4,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-import torch
 
-from unitscope.faces_heatmaps import run_heatmaps
 from unitscope.logs import log_to
+from unitscope.runtime import use_threads
+from unitscope.studies.faces.heatmaps import run_heatmaps
 
 with log_to(snakemake.log[0]):
-    torch.set_num_threads(max(1, snakemake.threads))
+    use_threads(snakemake.threads)
     run_heatmaps(
         model_name=snakemake.params.model,
         model_spec=snakemake.params.spec,

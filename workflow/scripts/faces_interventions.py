@@ -4,15 +4,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-import torch
 
-from unitscope.faces_interventions import run_interventions
 from unitscope.logs import log_to
+from unitscope.runtime import use_threads
+from unitscope.studies.faces.interventions import run_interventions
 
 settings = snakemake.config["extraction"]  # run-only settings (device, batch size), deliberately not params
 interventions, probe = snakemake.params.interventions, snakemake.params.probe
 with log_to(snakemake.log[0]):
-    torch.set_num_threads(max(1, snakemake.threads))
+    use_threads(snakemake.threads)
     run_interventions(
         model_name=snakemake.params.model,
         model_spec=snakemake.params.spec,

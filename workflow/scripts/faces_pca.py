@@ -4,8 +4,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from unitscope.faces_stages import run_pca
 from unitscope.logs import log_to
+from unitscope.studies.faces.stages import run_pca
 
 with log_to(snakemake.log[0]):
     run_pca(

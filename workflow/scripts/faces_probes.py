@@ -4,10 +4,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-import torch
 
-from unitscope.faces_stages import run_probes
 from unitscope.logs import log_to
+from unitscope.runtime import use_threads
+from unitscope.studies.faces.stages import run_probes
 
 datasets, stores = snakemake.params.datasets, list(snakemake.input.stores)
 layer_stores = {
@@ -15,7 +15,7 @@ layer_stores = {
     for i, layer in enumerate(snakemake.params.layers)
 }
 with log_to(snakemake.log[0]):
-    torch.set_num_threads(max(1, snakemake.threads))
+    use_threads(snakemake.threads)
     run_probes(
         layer_stores=layer_stores,
         face_dataset=datasets[0],

@@ -4,8 +4,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from unitscope.faces_report import run_section
 from unitscope.logs import log_to
+from unitscope.studies.faces.section import run_section
 
 with log_to(snakemake.log[0]):
     run_section(

@@ -7,8 +7,8 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 import numpy as np
 import zarr
 
-from unitscope.figures import activation_figure
 from unitscope.logs import log_to
+from unitscope.report.figures import activation_figure
 
 with log_to(snakemake.log[0]):
     means = np.asarray(zarr.open_group(store=snakemake.input.store, mode="r")["means"][:])

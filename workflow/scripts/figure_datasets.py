@@ -6,8 +6,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 import pandas as pd
 
-from unitscope.figures import datasets_figure
 from unitscope.logs import log_to
+from unitscope.report.figures import datasets_figure
 
 with log_to(snakemake.log[0]):
     manifests = {

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from unitscope.data import run_manifest
+from unitscope.data.manifest import run_manifest
 from unitscope.logs import log_to
 
 with log_to(snakemake.log[0]):

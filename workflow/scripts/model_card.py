@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 from unitscope.logs import log_to
-from unitscope.models import run_model_card
+from unitscope.models.card import run_model_card
 
 with log_to(snakemake.log[0]):
     run_model_card(

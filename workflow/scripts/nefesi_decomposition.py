@@ -4,13 +4,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-import torch
 
 from unitscope.logs import log_to
-from unitscope.nefesi_figures import run_decomposition
+from unitscope.runtime import use_threads
+from unitscope.studies.nefesi.figures import run_decomposition
 
 with log_to(snakemake.log[0]):
-    torch.set_num_threads(max(1, snakemake.threads))
+    use_threads(snakemake.threads)
     run_decomposition(
         model_name=snakemake.wildcards.model,
         spec=snakemake.params.spec,

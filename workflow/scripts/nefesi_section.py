@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 from unitscope.logs import log_to
-from unitscope.nefesi_section import build_section
+from unitscope.studies.nefesi.section import build_section
 
 REPORT_DIR = "results/report"
 

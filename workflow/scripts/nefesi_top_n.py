@@ -4,14 +4,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-import torch
 
 from unitscope.logs import log_to
-from unitscope.nefesi import run_top_n
+from unitscope.runtime import use_threads
+from unitscope.studies.nefesi.stages import run_top_n
 
 settings = snakemake.config["extraction"]  # run-only settings (batch size, workers, device), not params
 with log_to(snakemake.log[0]):
-    torch.set_num_threads(max(1, snakemake.threads))
+    use_threads(snakemake.threads)
     run_top_n(
         model_name=snakemake.wildcards.model,
         spec=snakemake.params.spec,

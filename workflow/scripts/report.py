@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 from unitscope.logs import log_to
-from unitscope.report import build_report
+from unitscope.report.landing import build_report
 
 with log_to(snakemake.log[0]):
     figures = {"datasets": snakemake.input.datasets_figure}

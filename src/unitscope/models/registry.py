@@ -1,0 +1,126 @@
+"""The model registry: build an entry of `config.models` into an eval-mode CPU model with frozen
+parameters, its image transform, and the lookup of its layers by module path.
+
+Where the weights come from and how they are checked is `unitscope.models.weights`; the model card
+(layers, classes, accuracy) is `unitscope.models.card`.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import torchvision
+from torch import nn
+from torchvision import transforms
+
+from unitscope.models.cifar_resnet import cifar_resnet20, cifar_resnet56
+from unitscope.models.toponet import toponet_resnet18
+from unitscope.models.weights import (
+    ModelError,
+    build_torchvision,
+    checkpoint_path,
+    first_few,
+    load_checkpoint,
+)
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "LOCAL_ARCHS",
+    "ModelError",
+    "build_model",
+    "build_transform",
+    "imagenet_categories",
+    "layer_names",
+    "resolve_layer",
+    "summary_layers",
+]
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+LOCAL_ARCHS = {
+    "cifar_resnet20": cifar_resnet20,
+    "cifar_resnet56": cifar_resnet56,
+    "toponet_resnet18": toponet_resnet18,
+}
+
+
+def build_model(name: str, spec: dict, *, data_dir, torch_home) -> nn.Module:
+    """The registry entry `models.<name>` as an eval-mode CPU model with frozen parameters.
+
+    `data_dir` resolves relative checkpoint paths; `torch_home` is the torch hub cache
+    (TORCH_HOME) used by torchvision archs (None: torch's current default).
+    """
+    arch = spec.get("arch")
+    if not arch:
+        raise ModelError(f"model {name}: models.{name}.arch is not set")
+    if arch.startswith("torchvision."):
+        model, checkpoint = build_torchvision(name, spec, arch, data_dir, torch_home)
+    elif arch in LOCAL_ARCHS:
+        path = checkpoint_path(name, spec, data_dir, required=True)
+        model = LOCAL_ARCHS[arch]()
+        checkpoint = load_checkpoint(name, spec, arch, model, path)
+    else:
+        valid = ", ".join([*LOCAL_ARCHS, "torchvision.<name>"])
+        raise ModelError(f"model {name}: models.{name}.arch {arch!r} is not one of {valid}")
+    model = model.to("cpu").eval()
+    model.requires_grad_(False)
+    model.unitscope_checkpoint = checkpoint  # {path, sha256, bytes} of the bytes loaded, for the card
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# transform, layers
+
+
+def build_transform(preprocessing: dict):
+    """Resize (shorter side, bilinear, antialiased) -> CenterCrop -> ToTensor -> Normalize."""
+    missing = [k for k in ("resize", "crop", "mean", "std") if k not in preprocessing]
+    if missing:
+        raise ModelError(f"preprocessing: missing {', '.join(missing)} (needs resize, crop, mean, std)")
+    return transforms.Compose(
+        [
+            transforms.Resize(
+                int(preprocessing["resize"]),
+                interpolation=transforms.InterpolationMode.BILINEAR,
+                antialias=True,
+            ),
+            transforms.CenterCrop(int(preprocessing["crop"])),
+            transforms.ToTensor(),
+            transforms.Normalize([float(m) for m in preprocessing["mean"]], [float(s) for s in preprocessing["std"]]),
+        ]
+    )
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Every module path (as in named_modules), without the root ''."""
+    return [name for name, _ in model.named_modules() if name]
+
+
+def summary_layers(model: nn.Module) -> list[str]:
+    """The layers a user extracts: top-level modules and the children of top-level containers
+    (`features.N`, `classifier.N` for MobileNetV2; `layerK`, `layerK.i`, `avgpool` for ResNets)."""
+    names = []
+    for top, module in model.named_children():
+        names.append(top)
+        if isinstance(module, nn.Sequential | nn.ModuleList | nn.ModuleDict):
+            names.extend(f"{top}.{child}" for child, _ in module.named_children())
+    return names
+
+
+def resolve_layer(model: nn.Module, name: str, model_name: str) -> nn.Module:
+    """The module at path `name`; an unknown name is a ModelError listing valid ones."""
+    modules = dict(model.named_modules())
+    if name and name in modules:
+        return modules[name]
+    everything = layer_names(model)
+    close = difflib.get_close_matches(name, everything, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ModelError(
+        f"model {model_name} has no layer {name!r}; {hint}valid layers include: "
+        f"{first_few(summary_layers(model), 40)} ({len(everything)} layers in all, any named_modules() path)"
+    )
+
+
+def imagenet_categories() -> list[str]:
+    """The 1000 ImageNet-1k class names in torchvision's (standard) order."""
+    return list(torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])

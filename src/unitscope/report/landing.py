@@ -1,0 +1,149 @@
+"""The report: one offline HTML page (figures as files beside it) and results/summary.json.
+
+Later studies contribute sections and headline numbers; this module states only what the
+numbers show, with the sample sizes they rest on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from unitscope.fsutil import atomic_path, write_text_atomic
+from unitscope.report.render import environment
+from unitscope.report.sections import read_section, unit_href, unit_page_name
+
+
+def dataset_summary(name: str, manifest: pd.DataFrame) -> dict:
+    included = manifest[manifest["included"]]
+    excluded = manifest[~manifest["included"]]
+    return {
+        "name": name,
+        "category": str(manifest["category"].iloc[0]) if len(manifest) else "",
+        "drawn": len(manifest),
+        "included": len(included),
+        "excluded": len(excluded),
+        "labels": {str(k): int(v) for k, v in included["label"].value_counts().sort_index().items()},
+        "exclusions": [{"path": str(row.path), "reason": str(row.exclude_reason)} for row in excluded.itertuples()],
+    }
+
+
+def extraction_summary(store_path: str | os.PathLike) -> dict:
+    """Headline numbers of one activation store (reads only the [N, C] means)."""
+    import zarr  # local: keeps `import unitscope.report.landing` light for tests that only render
+
+    group = zarr.open_group(store=str(store_path), mode="r")
+    means = np.asarray(group["means"][:])
+    attrs = dict(group.attrs)
+    channel_mean = means.mean(axis=0)
+    return {
+        "store": str(store_path),
+        "model": attrs.get("model"),
+        "dataset": attrs.get("dataset"),
+        "layer": attrs.get("layer"),
+        "n_images": int(means.shape[0]),
+        "n_channels": int(means.shape[1]),
+        "map_shape": attrs.get("map_shape"),
+        "mean_activation": float(means.mean()),
+        "dead_channels": int((np.abs(means).max(axis=0) == 0).sum()),
+        "top_channels": [int(c) for c in np.argsort(channel_mean)[::-1][:5]],
+        "device": attrs.get("device"),
+        "package_versions": attrs.get("package_versions", {}),
+    }
+
+
+def collect_units(studies: list[dict]) -> list[dict]:
+    """Join what every study says about each unit: one entry per (model, layer, channel), studies in order."""
+    joined: dict[tuple, dict] = {}
+    for study in studies:
+        for unit in study.get("units", []):
+            key = (unit["model"], unit["layer"], int(unit["channel"]))
+            entry = joined.setdefault(
+                key,
+                {
+                    "model": key[0],
+                    "layer": key[1],
+                    "channel": key[2],
+                    "href": unit_href(*key),
+                    "page": unit_page_name(*key),
+                    "studies": [],
+                },
+            )
+            entry["studies"].append(
+                {
+                    "study": study["study"],
+                    "title": study["title"],
+                    "facts": unit.get("facts", {}),
+                    "images": unit.get("images", []),
+                }
+            )
+    return sorted(joined.values(), key=lambda u: (u["model"], u["layer"], u["channel"]))
+
+
+def build_report(
+    *,
+    manifests: dict[str, str | os.PathLike],
+    cards: dict[str, str | os.PathLike],
+    stores: list[str | os.PathLike],
+    figures: dict[str, str | os.PathLike],
+    sections: list[str | os.PathLike] = (),
+    config: dict,
+    html_path: str | os.PathLike,
+    summary_path: str | os.PathLike,
+    units_dir: str | os.PathLike | None = None,
+) -> dict:
+    """Write the HTML report and the machine-readable summary; return the summary."""
+    html_path = Path(html_path)
+    datasets = [dataset_summary(name, pd.read_parquet(path)) for name, path in manifests.items()]
+    models = [json.loads(Path(path).read_text()) for path in cards.values()]
+    extractions = [extraction_summary(path) for path in stores]
+    studies = [read_section(path) for path in sections]
+    units = collect_units(studies)
+    versions = extractions[0]["package_versions"] if extractions else {}
+    summary = {
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
+        "datasets": {d["name"]: {k: d[k] for k in ("category", "drawn", "included", "excluded")} for d in datasets},
+        "models": {
+            m["name"]: {
+                "parameters": m.get("parameters"),
+                "accuracy": (m.get("eval") or {}).get("top1"),
+                "accuracy_n": (m.get("eval") or {}).get("n"),
+            }
+            for m in models
+        },
+        "extraction": {
+            f"{e['model']}/{e['dataset']}/{e['layer']}": {
+                k: e[k] for k in ("n_images", "n_channels", "mean_activation", "dead_channels")
+            }
+            for e in extractions
+        },
+        **{study["study"]: study["summary"] for study in studies},
+        "package_versions": versions,
+    }
+    relative_figures = {key: os.path.relpath(path, html_path.parent) for key, path in figures.items()}
+    html = environment().get_template("report.html.j2").render(
+        summary=summary,
+        datasets=datasets,
+        models=models,
+        extractions=extractions,
+        studies=studies,
+        units=units,
+        figures=relative_figures,
+        config_yaml=yaml.safe_dump(config, sort_keys=False),
+        versions=versions,
+    )
+    write_text_atomic(html_path, html)
+    unit_template = environment().get_template("unit.html.j2")
+    with atomic_path(units_dir or html_path.parent / "units") as folder:
+        folder.mkdir()
+        for unit in units:
+            (folder / unit["page"]).write_text(unit_template.render(unit=unit))
+    with atomic_path(summary_path) as temp:
+        temp.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

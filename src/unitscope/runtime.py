@@ -1,0 +1,50 @@
+"""Where and how a stage runs: the torch device, its thread count, and the image loader.
+
+These settings never change a result (within float tolerance on GPU), so rules pass them outside `params:`
+and changing them re-runs nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+
+from unitscope.errors import UnitscopeError
+
+
+class DeviceError(UnitscopeError, RuntimeError):
+    """The configured device is not one torch can use here; one line naming the config key."""
+
+
+def use_threads(threads: int) -> None:
+    """Give torch the job's threads (Snakemake's `threads`), at least one: no stage takes more than it was given."""
+    torch.set_num_threads(max(1, int(threads)))
+
+
+def pick_device(requested: str = "auto", key: str = "extraction.device") -> torch.device:
+    """`auto` is CUDA when torch sees a GPU, else CPU; an unusable request is one line naming `key`."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        expected = "expected auto, cpu, cuda or cuda:N"
+        raise DeviceError(f"config key {key}: {requested!r} is not a device ({expected})") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            seen = f"{count} CUDA device(s)" if count else "no CUDA device"
+            raise DeviceError(f"config key {key}: {requested!r} was asked for, but torch sees {seen} (use auto or cpu)")
+    return device
+
+
+def make_loader(dataset, *, batch_size: int, num_workers: int, device: torch.device) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )

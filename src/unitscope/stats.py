@@ -1,0 +1,60 @@
+"""The statistics every study reports with, each defined once: Wilson intervals for proportions,
+percentile-bootstrap intervals, empirical p-values against control draws, and Benjamini-Hochberg FDR.
+
+Light on purpose (numpy and scipy only): section and plan code imports it without torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from scipy import stats as _scipy_stats
+
+Z95 = 1.959963984540054  # the two-sided 95% normal quantile
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of the proportion k/n (95% by default); (nan, nan) when n is 0."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = k / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def bootstrap_interval(
+    values: np.ndarray,
+    rng: np.random.Generator,
+    resamples: int = 2000,
+    statistic: Callable[..., np.ndarray] = np.mean,
+) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of `statistic` over `values` [n] (resampling the n values with
+    replacement, `resamples` times); (nan, nan) for an empty array."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    resampled = statistic(values[rng.integers(0, len(values), size=(resamples, len(values)))], axis=1)
+    low, high = np.percentile(resampled, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def empirical_p(selected: float, null: np.ndarray, direction: str) -> float:
+    """(1 + #draws at least as extreme) / (1 + #draws), one-sided in `direction` ("lower", "higher") or
+    two-sided about the null mean: never 0, so it stays honest with few draws."""
+    null = np.asarray(null, dtype=np.float64)
+    if direction == "lower":
+        extreme = null <= selected
+    elif direction == "higher":
+        extreme = null >= selected
+    else:
+        centre = null.mean()
+        extreme = np.abs(null - centre) >= abs(selected - centre)
+    return float((1 + extreme.sum()) / (1 + len(null)))
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values) of `p`, clipped to [0, 1] first."""
+    return _scipy_stats.false_discovery_control(np.clip(p, 0.0, 1.0), method="bh")

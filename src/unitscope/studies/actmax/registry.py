@@ -1,0 +1,113 @@
+"""Optional stage: activation maximisation on a registry model (`unitscope.models.registry.build_model`), channel level.
+
+224-px ImageNet models use the FFT / decorrelated-colour parameterisation with random transforms (lucent's
+approach), since plain pixels give high-frequency noise there; small inputs use plain pixels. Kept apart from
+`actmax_study` so that the Colored-MNIST stages do not depend on the model registry's code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pandas as pd
+import torch
+
+from unitscope.fsutil import atomic_path
+from unitscope.hooks import ActivationRecorder
+from unitscope.models.registry import build_model
+from unitscope.runtime import use_threads
+from unitscope.studies.actmax.render import UnitSpecs, optimize_inputs
+from unitscope.studies.actmax.stages import save_run, save_unit_grids
+from unitscope.studies.faces.selection import selected_channels
+
+__all__ = ["run_registry_target", "target_channels"]
+
+
+def target_channels(target: Mapping, faces_selection=None) -> list[int]:
+    """The target's `channels`, then the first `from_faces` channels of the faces study's selection table (in the
+    order of its rule, `face_rule`), without repeats."""
+    channels = [int(c) for c in target.get("channels", [])]
+    wanted = int(target.get("from_faces", 0))
+    if wanted:
+        if faces_selection is None:
+            raise ValueError(
+                f"actmax registry target {target['model']} {target['layer']}: from_faces needs the "
+                "faces selection table"
+            )
+        rule = target.get("face_rule", "top_percentile")
+        picked = selected_channels(pd.read_parquet(faces_selection), rule)[:wanted]
+        if len(picked) < wanted:
+            print(f"the faces study selected only {len(picked)} channels; visualising those", flush=True)
+        channels += [int(c) for c in picked]
+    return list(dict.fromkeys(channels))
+
+
+def run_registry_target(
+    *,
+    model_name,
+    spec,
+    target: Mapping,
+    data_dir,
+    torch_home,
+    npz_path,
+    table_path,
+    images_dir,
+    faces_selection=None,
+    threads: int = 1,
+) -> pd.DataFrame:
+    """Stage: channel-level actmax on a registry model (unitscope.models.registry.build_model).
+
+    `target["unit_layer"]` (default: its layer) is the layer whose channels these are, when the optimised module
+    sits inside it (the faces layer features.18 for features.18.1); its channel count must match. The table
+    records it.
+    """
+    use_threads(threads)
+    channels = target_channels(target, faces_selection)
+    if not channels:
+        raise ValueError(f"actmax registry target {model_name} {target['layer']}: no channels to visualise")
+    model = build_model(model_name, spec, data_dir=data_dir, torch_home=torch_home)
+    size = int(spec["preprocessing"]["crop"])
+    unit_layer = target.get("unit_layer") or target["layer"]
+    if unit_layer != target["layer"]:
+        _check_same_channels(model, target["layer"], unit_layer, size)
+    parameterization = target["parameterization"]
+    if parameterization == "auto":
+        parameterization = "fft" if size >= 64 else "pixel"
+    rows = [
+        {"channel": c, "objective": o, "seed": s, "init": "gray_noise", "l2": target["l2"], "tv": target["tv"]}
+        for c in channels
+        for o in target["objectives"]
+        for s in range(int(target["seeds"]))
+    ]
+    result = optimize_inputs(
+        model,
+        target["layer"],
+        UnitSpecs.from_rows(rows),
+        image_shape=(3, size, size),
+        steps=int(target["steps"]),
+        lr=float(target["lr"]),
+        l2_center=0.5,
+        parameterization=parameterization,
+        transforms=parameterization == "fft",
+        input_mean=spec["preprocessing"]["mean"],
+        input_std=spec["preprocessing"]["std"],
+    )
+    extra = {"model": model_name, "parameterization": parameterization, "unit_layer": unit_layer}
+    table = save_run(result, npz_path, table_path, extra=extra)
+    with atomic_path(images_dir) as temp:
+        temp.mkdir()
+        save_unit_grids(table, result.snapshots, result.snapshot_steps, temp)
+    print(
+        f"{model_name} {target['layer']}: {len(rows)} runs ({parameterization}) in {result.seconds:.1f} s", flush=True
+    )
+    return table
+
+
+def _check_same_channels(model: torch.nn.Module, layer: str, unit_layer: str, size: int) -> None:
+    with ActivationRecorder(model, [layer, unit_layer]) as recorder, torch.inference_mode():
+        means = recorder(torch.zeros(1, 3, size, size))
+    if means[layer].shape[1] != means[unit_layer].shape[1]:
+        raise ValueError(
+            f"actmax registry target layer {layer!r} has {means[layer].shape[1]} channels, but the units it stands "
+            f"for ({unit_layer!r}) have {means[unit_layer].shape[1]}"
+        )

@@ -1,0 +1,109 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+
+from unitscope.report.landing import build_report, collect_units
+from unitscope.report.sections import unit_href, write_section
+
+
+def make_inputs(tmp_path):
+    manifest = pd.DataFrame(
+        {
+            "image_id": ["faces/a.jpg", "faces/b.jpg", "faces/c.jpg"],
+            "path": ["/x/a.jpg", "/x/b.jpg", "/x/c.jpg"],
+            "category": ["face"] * 3,
+            "label": ["0", "1", "1"],
+            "sha256": ["0" * 64] * 3,
+            "included": [True, True, False],
+            "exclude_reason": ["", "", "empty file (0 bytes)"],
+        }
+    )
+    manifest.to_parquet(tmp_path / "manifest.parquet")
+    card = {
+        "name": "tiny",
+        "arch": "cifar_resnet20",
+        "parameters": 1234,
+        "checkpoint": None,
+        "preprocessing": {"resize": 32, "crop": 32},
+        "layers": [{"name": "layer3", "shape": [64, 8, 8]}],
+        "eval": {"dataset": "objects", "n": 10, "correct": 8, "top1": 0.8, "ci95": [0.49, 0.94]},
+    }
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="w", zarr_format=3)
+    group.create_array("means", shape=(2, 3), dtype="float32")[:] = np.array([[0, 1, 2], [0, 3, 4]], "float32")
+    group.attrs.update({"model": "tiny", "dataset": "faces", "layer": "layer3"})
+    sections = []
+    for study, title, fact in (("faces", "Face units", {"lesion drop": "0.12"}), ("nefesi", "nefesi", {"color": 0.4})):
+        sections.append(tmp_path / f"{study}.json")
+        write_section(
+            sections[-1],
+            study=study,
+            title=title,
+            conclusion=f"{title} found something (n = 3).",
+            body_html=f'<p>See <a href="{unit_href("tiny", "layer3", 2)}">channel 2</a>.</p>',
+            summary={"headline": np.float32(0.5)},
+            units=[{"model": "tiny", "layer": "layer3", "channel": 2, "facts": fact}],
+        )
+    return tmp_path / "manifest.parquet", tmp_path / "card.json", tmp_path / "s.zarr", sections
+
+
+def test_report_joins_studies_into_unit_pages_and_summary(tmp_path):
+    manifest, card, store, sections = make_inputs(tmp_path)
+    report = tmp_path / "report"
+    summary = build_report(
+        manifests={"faces": manifest},
+        cards={"tiny": card},
+        stores=[store],
+        figures={},
+        sections=sections,
+        config={"seed": 0},
+        html_path=report / "index.html",
+        summary_path=tmp_path / "summary.json",
+    )
+    assert summary["faces"] == {"headline": 0.5} and summary["nefesi"] == {"headline": 0.5}
+    assert summary["datasets"]["faces"] == {"category": "face", "drawn": 3, "included": 2, "excluded": 1}
+    assert summary["extraction"]["tiny/faces/layer3"]["dead_channels"] == 1
+    html = (report / "index.html").read_text()
+    assert "Face units found something (n = 3)." in html and "empty file (0 bytes)" in html
+    assert 'href="units/tiny__layer3__2.html"' in html
+    page = (report / "units" / "tiny__layer3__2.html").read_text()
+    assert "lesion drop" in page and "0.12" in page and "color" in page and "0.4" in page
+    assert 'href="../index.html#faces"' in page
+    assert json.loads((tmp_path / "summary.json").read_text())["faces"]["headline"] == 0.5
+
+
+def test_collect_units_merges_the_same_unit_across_studies():
+    studies = [
+        {"study": "a", "title": "A", "units": [{"model": "m", "layer": "l", "channel": 3, "facts": {"x": 1}}]},
+        {
+            "study": "b",
+            "title": "B",
+            "units": [
+                {"model": "m", "layer": "l", "channel": 3.0, "facts": {"y": 2}},
+                {"model": "m", "layer": "l", "channel": 1, "facts": {}},
+            ],
+        },
+    ]
+    units = collect_units(studies)
+    assert [(u["channel"], [s["study"] for s in u["studies"]]) for u in units] == [(1, ["b"]), (3, ["a", "b"])]
+
+
+def test_html_table_links_only_units_with_pages_and_escapes_text():
+    from unitscope.report.sections import html_table, unit_hrefs
+
+    frame = pd.DataFrame({"layer": ["conv1", "conv2"], "channel": [3, 7], "note": ["<b>", 0.123456]})
+    pages = [{"model": "m", "layer": "conv2", "channel": 7}]
+    hrefs = unit_hrefs(["m", "m"], frame["layer"], frame["channel"], pages)
+    assert hrefs == [None, "units/m__conv2__7.html"]
+    table = html_table(frame, links={"channel": hrefs}, labels={"channel": "ch", "note": "note"}, float_format="{:.2f}")
+    assert "<th>ch</th><th>note</th>" in table and "conv1" not in table  # labels pick and rename columns
+    assert '<tr><td class="num">3</td>' in table  # no page: plain text; numbers right-aligned
+    assert '<tr><td class="num"><a href="units/m__conv2__7.html">7</a></td>' in table
+    assert "<td>&lt;b&gt;</td>" in table and '<td class="num">0.12</td>' in table
+    with pytest.raises(KeyError, match="'missing'"):
+        html_table(frame, labels={"missing": "x"})
+    with pytest.raises(ValueError, match="1 hrefs for 2 rows"):
+        html_table(frame, links={"channel": ["units/x.html"]})

@@ -1,0 +1,27 @@
+"""Where a stage runs: device choice and thread settings, with errors that name the config key."""
+
+import pytest
+import torch
+
+from unitscope.runtime import DeviceError, pick_device, use_threads
+
+
+def test_device_errors_name_the_key():
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(DeviceError, match=r"config key extraction.device: 'banana' is not a device \(expected auto"):
+        pick_device("banana")
+    absent = torch.cuda.device_count()  # one past the last GPU, on any machine
+    with pytest.raises(DeviceError, match=rf"config key faces.device: 'cuda:{absent}' was asked for, but torch sees"):
+        pick_device(f"cuda:{absent}", key="faces.device")
+
+
+def test_use_threads_gives_at_least_one():
+    previous = torch.get_num_threads()
+    try:
+        use_threads(0)
+        assert torch.get_num_threads() == 1
+        use_threads(2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
