@@ -1,7 +1,7 @@
 """Refactors keep results: run every study's tiny config on two source trees and compare what they wrote.
 
-    python bench/same_results.py run REPO OUT        # the tiny configs of tests/*_workflow.py, on REPO's code
-    python bench/same_results.py compare BEFORE AFTER
+    python bench/same_results.py run REPO OUT [STUDY ...]        # tests/configs/<study>.yaml on REPO's code
+    python bench/same_results.py compare BEFORE AFTER [STUDY ...]
 
 `run` copies REPO's workflow (Snakefile, rules, workflow, src, config schemas, envs, profiles) into
 OUT/<study>/ and runs `snakemake report` there with that study's tiny test config (the foundation's tiny
@@ -25,6 +25,8 @@ sys.path.insert(0, str(HERE / "tests"))
 COPIED = ["Snakefile", "rules", "workflow", "src", "config/schema.yaml", "config/schemas", "envs", "profiles"]
 # Keys whose values name files or times: they may differ between two runs in two folders.
 VOLATILE = {"path", "paths", "log", "checkpoint_path", "created", "generated", "timestamp", "elapsed_s", "seconds"}
+# Report prose (section.json's body_html and conclusion): rewording it is not a change of results.
+PROSE = {"body_html", "conclusion"}
 
 
 def study_configs(data_dir: Path) -> dict[str, dict]:
@@ -34,11 +36,13 @@ def study_configs(data_dir: Path) -> dict[str, dict]:
     return {study: study_config(study, data_dir) for study in ("faces", "actmax", "nefesi", "dissection")}
 
 
-def run(repo: Path, out: Path) -> None:
+def run(repo: Path, out: Path, only: list[str]) -> int:
     import yaml
 
     snakemake = str(Path(sys.executable).with_name("snakemake"))
     for study, config in study_configs((HERE.parent / "shared" / "data").resolve()).items():
+        if only and study not in only:
+            continue
         workdir = out / study
         for item in COPIED:
             source, target = repo / item, workdir / item
@@ -50,13 +54,14 @@ def run(repo: Path, out: Path) -> None:
         (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         print(f"{study}: running in {workdir}", flush=True)
         subprocess.run([snakemake, "--cores", "2", "report"], cwd=workdir, check=True, capture_output=True)
+    return 0
 
 
 def _differences(before, after, where: str):
     """Yield one line per differing leaf of two JSON-like values."""
     if isinstance(before, dict) and isinstance(after, dict):
         for key in sorted(set(before) | set(after), key=str):
-            if key in VOLATILE:
+            if key in VOLATILE or key in PROSE:
                 continue
             if key not in before or key not in after:
                 yield f"{where}.{key}: only in {'after' if key in after else 'before'}"
@@ -101,9 +106,11 @@ def _artifacts(results: Path) -> list[Path]:
     return sorted(p.relative_to(results) for p in found if ".zarr/" not in p.relative_to(results).as_posix())
 
 
-def compare(before: Path, after: Path) -> int:
+def compare(before: Path, after: Path, only: list[str]) -> int:
     problems, compared = [], 0
     for study in sorted(p.name for p in before.iterdir() if (p / "results").is_dir()):
+        if only and study not in only:
+            continue
         old, new = before / study / "results", after / study / "results"
         for relative in _artifacts(old):
             if not (new / relative).exists():
@@ -121,7 +128,7 @@ def compare(before: Path, after: Path) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[1] not in ("run", "compare"):
+    if len(sys.argv) < 4 or sys.argv[1] not in ("run", "compare"):
         sys.exit(__doc__)
-    first, second = Path(sys.argv[2]).resolve(), Path(sys.argv[3]).resolve()
-    sys.exit(run(first, second) if sys.argv[1] == "run" else compare(first, second))
+    first, second, only = Path(sys.argv[2]).resolve(), Path(sys.argv[3]).resolve(), sys.argv[4:]
+    sys.exit(run(first, second, only) if sys.argv[1] == "run" else compare(first, second, only))
