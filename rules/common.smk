@@ -10,30 +10,38 @@ REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO / "src"))
 
 from unitscope.codedeps import entry_closure, module_closure  # noqa: E402
-from unitscope.config import ConfigError, check_paths, read_yaml, validate_config  # noqa: E402
+from unitscope.config import check_paths, read_yaml, validate_config  # noqa: E402
+from unitscope.errors import UnitscopeError  # noqa: E402
 from unitscope.data.manifest import listed_files, stat_fingerprint  # noqa: E402
 
 CONFIG_FILE = "config/config.yaml"
-try:
-    read_yaml(CONFIG_FILE)  # Snakemake's own message for a YAML error gives no line
-except ConfigError as err:
-    raise WorkflowError(f"unitscope: {err}") from None
+
+
+def plan(step, *args, **kwargs):
+    """Run a parse-time step (config checks, a study's job list): a UnitscopeError, which names the key or file
+    at fault, stops the run as that one line. The one place where parse-time errors are caught."""
+    try:
+        return step(*args, **kwargs)
+    except UnitscopeError as err:
+        raise WorkflowError(f"unitscope: {err}") from None
+
+
+plan(read_yaml, CONFIG_FILE)  # Snakemake's own message for a YAML error gives no line
 
 
 configfile: CONFIG_FILE
 
 
-try:
-    validate_config(config)
-    check_paths(config)
-except ConfigError as err:
-    raise WorkflowError(f"unitscope: {err}") from None
+plan(validate_config, config)
+plan(check_paths, config)
 
 ENV = "../envs/unitscope.yaml"
 WILDCARD_SYNTAX = re.compile(r"[{}]")
 # Studies: each has rules/<study>.smk, config key <study> (schema in config/schemas/), and writes
-# results/<study>/section.json for the report.
-STUDIES = ("faces", "actmax", "nefesi", "dissection")
+# results/<study>/section.json for the report; a study added later (docs/architecture.md) follows the built-in ones.
+BUILT_IN_STUDIES = ("faces", "actmax", "nefesi", "dissection")
+SCHEMA_STUDIES = sorted(path.name.removesuffix(".schema.yaml") for path in (REPO / "config/schemas").glob("*.schema.yaml"))
+STUDIES = BUILT_IN_STUDIES + tuple(name for name in SCHEMA_STUDIES if name not in BUILT_IN_STUDIES)
 # Run settings that never change results: kept out of params so changing them re-runs nothing.
 RUN_ONLY_SETTINGS = {
     "extraction": ("batch_size", "num_workers", "device", "maps_chunk_images"),

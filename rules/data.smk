@@ -3,7 +3,7 @@
 
 rule manifest:
     input:
-        code=code("data.manifest"),
+        code=code("data.manifest:run_manifest"),
         files=dataset_files,
     output:
         "results/data/{dataset}/manifest.parquet",

@@ -4,7 +4,7 @@
 
 rule extract:
     input:
-        code=code("extract"),
+        code=code("extract:run_extraction"),
         manifest=lambda wc: manifest_path(wc.dataset),
         checkpoint=model_checkpoint,
     output:

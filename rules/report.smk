@@ -4,7 +4,7 @@
 rule report:
     default_target: True
     input:
-        code=code("report.landing"),
+        code=code("report.landing:build_report"),
         manifests=expand("results/data/{dataset}/manifest.parquet", dataset=list(config["datasets"])),
         cards=expand("results/models/{model}/card.json", model=enabled_models()),
         stores=activation_stores(),
@@ -30,7 +30,7 @@ rule report:
 
 rule figure_datasets:
     input:
-        code=code("report.figures"),
+        code=code("report.figures:datasets_figure"),
         manifests=expand("results/data/{dataset}/manifest.parquet", dataset=list(config["datasets"])),
     output:
         report(
@@ -50,7 +50,7 @@ rule figure_datasets:
 
 rule figure_activations:
     input:
-        code=code("report.figures"),
+        code=code("report.figures:activation_figure"),
         store="results/activations/{model}/{dataset}/{layer}.zarr",
     output:
         report(

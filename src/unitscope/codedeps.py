@@ -42,9 +42,21 @@ def _imported_modules(path: Path) -> set[str]:
     return {name for name in found if name.split(".")[0] == PACKAGE}
 
 
+def _templates(files: set[Path]) -> set[Path]:
+    """The Jinja templates beside modules that render them (a `templates/` folder next to a module whose
+    source calls `render(` or `environment(`): editing a template re-runs the stages that word it."""
+    found = set()
+    for path in files:
+        folder = path.parent / "templates"
+        if folder.is_dir() and any(call in path.read_text() for call in ("render(", "environment(")):
+            found.update(folder.glob("*.j2"))
+    return found
+
+
 @cache
 def module_closure(module: str, package_dir: Path = PACKAGE_DIR) -> tuple[str, ...]:
-    """Sorted paths of `module` and every package module it imports, transitively."""
+    """Sorted paths of `module` and every package module it imports, transitively (plus the templates
+    those modules render)."""
     start = _module_file(module, package_dir)
     if start is None:
         raise ValueError(f"no module {module!r} under {package_dir}")
@@ -59,7 +71,7 @@ def module_closure(module: str, package_dir: Path = PACKAGE_DIR) -> tuple[str, .
             dependency = _module_file(name, package_dir)
             if dependency is not None and dependency not in seen:
                 stack.append(dependency)
-    return tuple(sorted(str(path) for path in seen))
+    return tuple(sorted(str(path) for path in seen | _templates(seen)))
 
 
 def _top_level(tree: ast.Module) -> tuple[dict[str, ast.AST], dict[str, str]]:
@@ -108,6 +120,8 @@ def entry_closure(entry: str, package_dir: Path = PACKAGE_DIR) -> tuple[str, ...
             elif used in imported:
                 needed.add(imported[used])
     files = {str(path)}
+    if any(call in ast.unparse(definitions[name]) for name in seen for call in ("render(", "environment(")):
+        files |= {str(template) for template in _templates({path})}
     for name in needed:
         for candidate in (name, name.rsplit(".", 1)[0]):
             if _module_file(candidate, package_dir) is not None:

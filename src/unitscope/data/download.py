@@ -107,33 +107,45 @@ def fetch(
         raise ValueError(f"fetch {url}: expected sha256 must be 64 hex characters, got {sha256!r}")
     if retries < 0:
         raise ValueError(f"fetch {url}: retries must be >= 0, got {retries}")
+    if _cached(url, dest, expected):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    _download_with_retries(url, part, dest.name, retries=retries, backoff=backoff, timeout=timeout)
+    actual = sha256_file(part)
+    if actual != expected:
+        part.unlink(missing_ok=True)
+        raise DownloadError(
+            f"download {url}: sha256 mismatch for {dest} (expected {expected}, got {actual}); the file was deleted"
+        )
+    os.replace(part, dest)
+    return dest
 
+
+def _cached(url: str, dest: Path, expected: str) -> bool:
+    """True if `dest` already holds the expected file; a wrong file there is deleted (and logged)."""
     if dest.is_file():
         actual = sha256_file(dest)
         if actual == expected:
             log.debug("cache hit: %s", dest)
-            return dest
+            return True
         log.warning(
-            "%s exists but its sha256 is %s, not %s; deleting it and downloading %s",
-            dest,
-            actual,
-            expected,
-            url,
+            "%s exists but its sha256 is %s, not %s; deleting it and downloading %s", dest, actual, expected, url
         )
         dest.unlink()
     elif dest.exists():
         raise DownloadError(f"download {url}: destination {dest} exists and is not a regular file")
+    return False
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    # A fresh opener per call so proxy settings are read from the environment now, not cached.
-    opener = urllib.request.build_opener()
 
+def _download_with_retries(url: str, part: Path, label: str, *, retries: int, backoff: float, timeout: float) -> None:
+    """Fill `part` with the body of `url`, retrying transient failures with exponential backoff."""
+    opener = urllib.request.build_opener()  # fresh per call: proxy settings are read from the environment now
     attempts = 1 + retries
     for attempt in range(1, attempts + 1):
         try:
-            _attempt(opener, url, part, dest.name, timeout)
-            break
+            _attempt(opener, url, part, label, timeout)
+            return
         except OSError as exc:
             if not _disk_full(exc):
                 raise
@@ -158,15 +170,6 @@ def fetch(
                 delay,
             )
             time.sleep(delay)
-
-    actual = sha256_file(part)
-    if actual != expected:
-        part.unlink(missing_ok=True)
-        raise DownloadError(
-            f"download {url}: sha256 mismatch for {dest} (expected {expected}, got {actual}); the file was deleted"
-        )
-    os.replace(part, dest)
-    return dest
 
 
 def _attempt(opener: urllib.request.OpenerDirector, url: str, part: Path, label: str, timeout: float) -> None:

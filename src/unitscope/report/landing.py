@@ -86,6 +86,32 @@ def collect_units(studies: list[dict]) -> list[dict]:
     return sorted(joined.values(), key=lambda u: (u["model"], u["layer"], u["channel"]))
 
 
+def run_summary(
+    datasets: list[dict], models: list[dict], extractions: list[dict], studies: list[dict], versions
+) -> dict:
+    """results/summary.json: the headline numbers of the run, each study's under its name."""
+    return {
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
+        "datasets": {d["name"]: {k: d[k] for k in ("category", "drawn", "included", "excluded")} for d in datasets},
+        "models": {
+            m["name"]: {
+                "parameters": m.get("parameters"),
+                "accuracy": (m.get("eval") or {}).get("top1"),
+                "accuracy_n": (m.get("eval") or {}).get("n"),
+            }
+            for m in models
+        },
+        "extraction": {
+            f"{e['model']}/{e['dataset']}/{e['layer']}": {
+                k: e[k] for k in ("n_images", "n_channels", "mean_activation", "dead_channels")
+            }
+            for e in extractions
+        },
+        **{study["study"]: study["summary"] for study in studies},
+        "package_versions": versions,
+    }
+
+
 def build_report(
     *,
     manifests: dict[str, str | os.PathLike],
@@ -106,37 +132,22 @@ def build_report(
     studies = [read_section(path) for path in sections]
     units = collect_units(studies)
     versions = extractions[0]["package_versions"] if extractions else {}
-    summary = {
-        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
-        "datasets": {d["name"]: {k: d[k] for k in ("category", "drawn", "included", "excluded")} for d in datasets},
-        "models": {
-            m["name"]: {
-                "parameters": m.get("parameters"),
-                "accuracy": (m.get("eval") or {}).get("top1"),
-                "accuracy_n": (m.get("eval") or {}).get("n"),
-            }
-            for m in models
-        },
-        "extraction": {
-            f"{e['model']}/{e['dataset']}/{e['layer']}": {
-                k: e[k] for k in ("n_images", "n_channels", "mean_activation", "dead_channels")
-            }
-            for e in extractions
-        },
-        **{study["study"]: study["summary"] for study in studies},
-        "package_versions": versions,
-    }
+    summary = run_summary(datasets, models, extractions, studies, versions)
     relative_figures = {key: os.path.relpath(path, html_path.parent) for key, path in figures.items()}
-    html = environment().get_template("report.html.j2").render(
-        summary=summary,
-        datasets=datasets,
-        models=models,
-        extractions=extractions,
-        studies=studies,
-        units=units,
-        figures=relative_figures,
-        config_yaml=yaml.safe_dump(config, sort_keys=False),
-        versions=versions,
+    html = (
+        environment()
+        .get_template("report.html.j2")
+        .render(
+            summary=summary,
+            datasets=datasets,
+            models=models,
+            extractions=extractions,
+            studies=studies,
+            units=units,
+            figures=relative_figures,
+            config_yaml=yaml.safe_dump(config, sort_keys=False),
+            versions=versions,
+        )
     )
     write_text_atomic(html_path, html)
     unit_template = environment().get_template("unit.html.j2")

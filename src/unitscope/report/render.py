@@ -3,7 +3,8 @@ computed in Python and formatted by the filters here, the same way everywhere.
 
 Templates are looked up in the calling study's own `templates/` folder first, then in
 `unitscope/report/templates/` (the landing page, unit pages and the shared macros in `_macros.html.j2`:
-`figure` and `table`). Autoescaping is on; an undefined name is an error, not an empty string.
+`figure` and `table`). `*.html.j2` templates are autoescaped, `*.txt.j2` ones (plain text such as a section's
+one-sentence conclusion, escaped where it is shown) are not; an undefined name is an error, not an empty string.
 """
 
 from __future__ import annotations
@@ -65,7 +66,9 @@ def environment(study_templates: str | None = None) -> jinja2.Environment:
     folders = [study_templates, str(TEMPLATES)] if study_templates else [str(TEMPLATES)]
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(folders),
-        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        # HTML templates (*.html.j2) are autoescaped; plain-text ones (*.txt.j2, e.g. a conclusion that the
+        # landing page escapes itself) are not, so nothing is escaped twice.
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2"), default=False),
         undefined=jinja2.StrictUndefined,
     )
     env.filters.update(FILTERS)
