@@ -37,13 +37,13 @@ def prepare(args) -> None:
     """Model and unit rows for the workload, saved to --work (so each timed mode's memory is its own)."""
     import torch
 
-    from unitscope.studies.actmax.analysis import select_units
     from unitscope.studies.actmax.colored_mnist import (
         build_colored_mnist,
         load_mnist_sources,
         load_trained_model,
         train_model,
     )
+    from unitscope.studies.actmax.units import select_units
 
     torch.set_num_threads(args.threads)
     data = build_colored_mnist(load_mnist_sources(REPO.parent / "shared" / "data" / "mnist"), rho=0.99, seed=0)
@@ -86,7 +86,8 @@ def workload(args):
 def run_mode(args) -> dict:
     import torch
 
-    from unitscope.studies.actmax.render import UnitSpecs, optimize_inputs
+    from unitscope.studies.actmax.render import optimize_inputs
+    from unitscope.studies.actmax.specs import UnitSpecs
 
     torch.set_num_threads(args.threads)
     model, rows = workload(args)

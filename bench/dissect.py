@@ -36,8 +36,8 @@ def prepare(args, folder: Path) -> dict:
     from unitscope.config import load_config
     from unitscope.data.concepts import mask_shape, open_concepts
     from unitscope.models.registry import build_model
+    from unitscope.studies.dissection.caches import cache_activations, cache_labels, dissection_transform
     from unitscope.studies.dissection.dissect import unit_thresholds
-    from unitscope.studies.dissection.stages import cache_activations, cache_labels, dissection_transform
 
     config = load_config(REPO / "config" / "config.yaml")
     torch.set_num_threads(args.threads)
@@ -77,7 +77,7 @@ def prepare(args, folder: Path) -> dict:
 def load(folder: Path, info: dict):
     import numpy as np
 
-    from unitscope.studies.dissection.stages import LabelCache
+    from unitscope.studies.dissection.caches import LabelCache
 
     combined = folder / "combined.npy"
     labels = LabelCache(
@@ -97,7 +97,7 @@ def run_mode(args, folder: Path, info: dict) -> dict:
     import torch
 
     from unitscope.studies.dissection.dissect import tally_direct
-    from unitscope.studies.dissection.stages import dissect_layer
+    from unitscope.studies.dissection.layer_dissection import dissect_layer
 
     torch.set_num_threads(args.threads)
     maps, thresholds, labels = load(folder, {**info, "layer": args.layer})
@@ -130,7 +130,7 @@ def same_subset(args, folder: Path, info: dict) -> bool:
 
     from unitscope.data.concepts import CamVidConcepts
     from unitscope.studies.dissection.dissect import concept_lookup, iou_from_counts
-    from unitscope.studies.dissection.stages import dissect_layer
+    from unitscope.studies.dissection.layer_dissection import dissect_layer
 
     maps, thresholds, labels = load(folder, {**info, "layer": args.layer})
     n = min(args.direct_n, info["images"])

@@ -24,7 +24,18 @@ HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE / "tests"))
 COPIED = ["Snakefile", "rules", "workflow", "src", "config/schema.yaml", "config/schemas", "envs", "profiles"]
 # Keys whose values name files or times: they may differ between two runs in two folders.
-VOLATILE = {"path", "paths", "log", "checkpoint_path", "created", "generated", "timestamp", "elapsed_s", "seconds"}
+VOLATILE = {
+    "path",
+    "paths",
+    "log",
+    "checkpoint_path",
+    "created",
+    "generated",
+    "timestamp",
+    "elapsed_s",
+    "seconds",
+    "train_seconds",
+}
 # Report prose (section.json's body_html and conclusion): rewording it is not a change of results.
 PROSE = {"body_html", "conclusion"}
 

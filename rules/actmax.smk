@@ -20,7 +20,7 @@ ACTMAX_REGISTRY_TABLES = [f"{ACTMAX}/registry/{model}/{layer}.parquet" for model
 
 rule actmax_dataset:
     input:
-        code=code("studies.actmax.colored_mnist"),
+        code=code("studies.actmax.stages:run_build_dataset"),
         mnist=[str(Path(data_dir()) / "mnist" / name) for name in ACTMAX_MNIST],
     output:
         f"{ACTMAX}/colored_mnist.npz",
@@ -39,7 +39,7 @@ rule actmax_dataset:
 
 rule actmax_train:
     input:
-        code=code("studies.actmax.colored_mnist"),
+        code=code("studies.actmax.stages:run_train"),
         data=f"{ACTMAX}/colored_mnist.npz",
     output:
         checkpoint=f"{ACTMAX}/model.pt",
@@ -58,7 +58,7 @@ rule actmax_train:
 
 rule actmax_units:
     input:
-        code=code("studies.actmax.stages"),
+        code=code("studies.actmax.stages:run_select_units"),
         data=f"{ACTMAX}/colored_mnist.npz",
         checkpoint=f"{ACTMAX}/model.pt",
         info=f"{ACTMAX}/model.json",
@@ -76,7 +76,7 @@ rule actmax_units:
 
 rule actmax_probe:
     input:
-        code=code("studies.actmax.stages"),
+        code=code("studies.actmax.stages:run_probe"),
         data=f"{ACTMAX}/colored_mnist.npz",
         checkpoint=f"{ACTMAX}/model.pt",
         info=f"{ACTMAX}/model.json",
@@ -96,7 +96,7 @@ rule actmax_probe:
 
 rule actmax_optimize:
     input:
-        code=code("studies.actmax.stages"),
+        code=code("studies.actmax.stages:run_optimize_layer"),
         checkpoint=f"{ACTMAX}/model.pt",
         info=f"{ACTMAX}/model.json",
         units=f"{ACTMAX}/units.json",
@@ -116,7 +116,7 @@ rule actmax_optimize:
 
 rule actmax_registry:
     input:
-        code=code("studies.actmax.registry"),
+        code=code("studies.actmax.stages:run_registry_target"),
         # the faces study's selection, for a target that visualises its channels (from_faces)
         faces_selection=lambda wildcards: (
             "results/faces/selection.parquet"
@@ -143,7 +143,7 @@ rule actmax_registry:
 
 rule actmax_analyze:
     input:
-        code=code("studies.actmax.stages"),
+        code=code("studies.actmax.stages:run_analysis"),
         data=f"{ACTMAX}/colored_mnist.npz",
         checkpoint=f"{ACTMAX}/model.pt",
         info=f"{ACTMAX}/model.json",
@@ -166,7 +166,7 @@ rule actmax_analyze:
 
 rule actmax_report:
     input:
-        code=code("studies.actmax.section"),
+        code=code("studies.actmax.stages:run_report"),
         evaluation=f"{ACTMAX}/evaluation.json",
         info=f"{ACTMAX}/model.json",
         units=f"{ACTMAX}/units.json",

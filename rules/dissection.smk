@@ -1,7 +1,7 @@
 # Study 'dissection' (issue 7): Network Dissection of units against concept masks (CamVid objects and colors,
 # or the Broden layout), detectors and distinct concepts per layer, and the rotation experiment.
-# Logic lives in src/unitscope/dissection*.py; params carry every setting that changes a stage's results
-# (batch size is read from the config in the scripts: it changes none).
+# Each rule's entry point is in src/unitscope/studies/dissection/stages.py; params carry every setting that
+# changes a stage's results (batch size is read from the config in the scripts: it changes none).
 import re
 from types import SimpleNamespace
 
@@ -21,12 +21,13 @@ if DISSECTION.get("enabled", False):
     DISSECTION_CONCEPTS = concept_inputs(config, data_dir())
     # The tallies of the first target name the images and concepts for the section and the depth figure.
     DISSECTION_FIRST = next(iter(DISSECTION_TARGETS))
+    # Per (model, layer): the figure of its top units.
     DISSECTION_UNIT_FIGURES = {
-        f"units:{model}/{layer}": f"{DISSECTION_FIGURES}/units/{model}/{layer}.png"
+        f"{model}/{layer}": f"{DISSECTION_FIGURES}/units/{model}/{layer}.png"
         for model, layers in DISSECTION_TARGETS.items()
         for layer in layers
     }
-    # Per (model, layer): a folder with one figure per unit the section singles out (dissection_report.study_units).
+    # Per (model, layer): a folder with one figure per unit the section singles out (units.study_units).
     DISSECTION_UNIT_IMAGES = {
         f"{model}/{layer}": f"{DISSECTION_FIGURES}/units/{model}/{layer}"
         for model, layers in DISSECTION_TARGETS.items()
@@ -42,7 +43,7 @@ if DISSECTION.get("enabled", False):
 
     rule dissection_dissect:
         input:
-            code=code("studies.dissection.stages"),
+            code=code("studies.dissection.stages:run_dissection"),
             checkpoint=model_checkpoint,
             concepts=lambda wc: DISSECTION_CONCEPTS,
         output:
@@ -67,7 +68,7 @@ if DISSECTION.get("enabled", False):
 
     rule dissection_figure_units:
         input:
-            code=code("studies.dissection.section"),
+            code=code("studies.dissection.stages:run_unit_figures"),
             units="results/dissection/{model}/units.parquet",
             tallies="results/dissection/{model}/tallies.npz",
         output:
@@ -100,7 +101,7 @@ if DISSECTION.get("enabled", False):
 
         rule dissection_rotation:
             input:
-                code=code("studies.dissection.stages"),
+                code=code("studies.dissection.stages:run_rotation"),
                 checkpoint=lambda wc: model_checkpoint(SimpleNamespace(model=DISSECTION_ROTATION_MODEL)),
                 concepts=lambda wc: DISSECTION_CONCEPTS,
             output:
@@ -126,7 +127,7 @@ if DISSECTION.get("enabled", False):
 
     rule dissection_section:
         input:
-            code=code("studies.dissection.section"),
+            code=code("studies.dissection.stages:run_section"),
             layers=[f"results/dissection/{model}/layers.parquet" for model in DISSECTION_TARGETS],
             units=[f"results/dissection/{model}/units.parquet" for model in DISSECTION_TARGETS],
             tallies=f"results/dissection/{DISSECTION_FIRST}/tallies.npz",

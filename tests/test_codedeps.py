@@ -35,15 +35,17 @@ def test_entry_closure_follows_only_what_the_function_uses(tmp_path):
     (package / "__init__.py").write_text("")
     (package / "heavy.py").write_text("x = 1\n")
     (package / "light.py").write_text("y = 2\n")
-    (package / "words.py").write_text("def render(name):\n    return name\n")
+    (package / "report").mkdir()
+    (package / "report" / "__init__.py").write_text("")
+    (package / "report" / "render.py").write_text("def render(name):\n    return name\n")
     (package / "templates" / "page.html.j2").write_text("{{ x }}\n")
     (package / "stages.py").write_text(
         "from unitscope.heavy import x\nfrom unitscope.light import y\n\n"
         "def _helper():\n    return y\n\n"
         "def run_light():\n    return _helper()\n\n"
-        "def run_heavy():\n    from unitscope.words import render\n    return x, render('page')\n"
+        "def run_heavy():\n    from unitscope.report.render import render\n    return x, render('page.html.j2')\n"
     )
     light = names(entry_closure("unitscope.stages:run_light", package))
     heavy = names(entry_closure("unitscope.stages:run_heavy", package))
     assert light == {"stages.py", "light.py"}  # through the file's own helper; heavy.py is not needed
-    assert heavy == {"stages.py", "heavy.py", "words.py", "page.html.j2"}  # a lazy import and the template it renders
+    assert heavy == {"stages.py", "heavy.py", "render.py", "page.html.j2"}  # a lazy import; the template it renders

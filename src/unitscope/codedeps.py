@@ -12,6 +12,7 @@ calls) refers to, then those modules' whole closures.
 from __future__ import annotations
 
 import ast
+import re
 from functools import cache
 from pathlib import Path
 
@@ -42,14 +43,41 @@ def _imported_modules(path: Path) -> set[str]:
     return {name for name in found if name.split(".")[0] == PACKAGE}
 
 
+SHARED_TEMPLATES = PACKAGE_DIR / "report" / "templates"
+TEMPLATE_NAME = re.compile(r"^[\w.-]+\.j2$")
+TEMPLATE_REFERENCE = re.compile(r"""{%-?\s*(?:include|import|from|extends)\s+["']([\w.-]+\.j2)["']""")
+
+
+def _template_names(tree: ast.AST) -> set[str]:
+    """Template file names written as string literals in `tree` (e.g. "faces.html.j2")."""
+    return {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and TEMPLATE_NAME.match(node.value)
+    }
+
+
+def _templates_named(names: set[str], folder: Path) -> set[Path]:
+    """Those templates, found in `folder` or the shared folder, and the templates they include or import."""
+    found: set[Path] = set()
+    stack = list(names)
+    while stack:
+        name = stack.pop()
+        for candidate in (folder / name, SHARED_TEMPLATES / name):
+            if candidate.is_file():
+                if candidate not in found:
+                    found.add(candidate)
+                    stack += TEMPLATE_REFERENCE.findall(candidate.read_text())
+                break
+    return found
+
+
 def _templates(files: set[Path]) -> set[Path]:
-    """The Jinja templates beside modules that render them (a `templates/` folder next to a module whose
-    source calls `render(` or `environment(`): editing a template re-runs the stages that word it."""
-    found = set()
+    """The Jinja templates the modules in `files` name (in their own `templates/` folder or the shared one), and
+    those they include or import: editing a template re-runs exactly the stages that render it."""
+    found: set[Path] = set()
     for path in files:
-        folder = path.parent / "templates"
-        if folder.is_dir() and any(call in path.read_text() for call in ("render(", "environment(")):
-            found.update(folder.glob("*.j2"))
+        found |= _templates_named(_template_names(ast.parse(path.read_text())), path.parent / "templates")
     return found
 
 
@@ -120,14 +148,19 @@ def entry_closure(entry: str, package_dir: Path = PACKAGE_DIR) -> tuple[str, ...
             elif used in imported:
                 needed.add(imported[used])
     files = {str(path)}
-    if any(call in ast.unparse(definitions[name]) for name in seen for call in ("render(", "environment(")):
-        files |= {str(template) for template in _templates({path})}
+    files |= {str(template) for template in _templates_of(definitions, seen, path)}
     for name in needed:
         for candidate in (name, name.rsplit(".", 1)[0]):
             if _module_file(candidate, package_dir) is not None:
                 files.update(module_closure(candidate, package_dir))
                 break
     return tuple(sorted(files))
+
+
+def _templates_of(definitions: dict[str, ast.AST], names: set[str], path: Path) -> set[Path]:
+    """The templates that the functions `names` of the module at `path` render (see `_templates`)."""
+    used = set().union(*(_template_names(definitions[name]) for name in names))
+    return _templates_named(used, path.parent / "templates")
 
 
 def _imported_modules_in(node: ast.AST) -> set[str]:

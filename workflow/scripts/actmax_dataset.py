@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 from unitscope.logs import log_to
-from unitscope.studies.actmax.colored_mnist import run_build_dataset
+from unitscope.studies.actmax.stages import run_build_dataset
 
 with log_to(snakemake.log[0]):
     run_build_dataset(

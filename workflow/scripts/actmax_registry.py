@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 from unitscope.logs import log_to
-from unitscope.studies.actmax.registry import run_registry_target
+from unitscope.studies.actmax.stages import run_registry_target
 
 with log_to(snakemake.log[0]):
     run_registry_target(

@@ -5,7 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 from unitscope.logs import log_to
-from unitscope.studies.actmax.section import FIGURES, run_report
+from unitscope.studies.actmax.figures import FIGURES
+from unitscope.studies.actmax.stages import run_report
 
 with log_to(snakemake.log[0]):
     run_report(

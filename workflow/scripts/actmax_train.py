@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 from unitscope.logs import log_to
-from unitscope.studies.actmax.colored_mnist import run_train
+from unitscope.studies.actmax.stages import run_train
 
 with log_to(snakemake.log[0]):
     run_train(

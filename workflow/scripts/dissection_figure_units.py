@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 from unitscope.logs import log_to
-from unitscope.studies.dissection.section import run_unit_figures
+from unitscope.studies.dissection.stages import run_unit_figures
 
 params = snakemake.params
 with log_to(snakemake.log[0]):

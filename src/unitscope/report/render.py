@@ -49,9 +49,9 @@ def p_value(x: float | None) -> str:
 
 def ci(bounds: Sequence[float] | None, percent: bool = False, digits: int | None = None) -> str:
     """An interval as '[low, high]' (percentages with percent=True); 'n/a' when missing."""
-    if not bounds or not all(_finite(b) for b in bounds):
+    if bounds is None or len(bounds) != 2 or not all(_finite(b) for b in bounds):
         return MISSING
-    low, high = bounds
+    low, high = (float(b) for b in bounds)
     if percent:
         return f"[{pct(low, 1 if digits is None else digits)}, {pct(high, 1 if digits is None else digits)}]"
     return f"[{fixed(low, 2 if digits is None else digits)}, {fixed(high, 2 if digits is None else digits)}]"

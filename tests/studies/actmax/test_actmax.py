@@ -13,29 +13,15 @@ import pytest
 import torch
 from torch import nn
 
-from unitscope.studies.actmax.analysis import (
-    color_shape_probe,
-    hue_histograms,
-    image_color_shape,
-    polysemanticity,
-    seed_similarities,
-    select_units,
-)
+from unitscope.studies.actmax.color_shape import color_shape_probe
 from unitscope.studies.actmax.colored_mnist import ColoredMnistCNN, colorize, load_mnist_sources
-from unitscope.studies.actmax.render import (
-    LOGITS,
-    ActmaxError,
-    UnitSpecs,
-    build_objective,
-    channel_mean,
-    fft_image_to_spectrum,
-    initial_images,
-    l2_penalty,
-    neuron,
-    optimize_inputs,
-    spectrum_to_image,
-    tv_penalty,
-)
+from unitscope.studies.actmax.image_metrics import hue_histograms, image_color_shape
+from unitscope.studies.actmax.objectives import LOGITS, build_objective, channel_mean, l2_penalty, neuron, tv_penalty
+from unitscope.studies.actmax.param import fft_image_to_spectrum, initial_images, spectrum_to_image
+from unitscope.studies.actmax.polysemanticity import polysemanticity, seed_similarities
+from unitscope.studies.actmax.render import optimize_inputs
+from unitscope.studies.actmax.specs import ActmaxError, UnitSpecs
+from unitscope.studies.actmax.units import select_units
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
@@ -502,8 +488,8 @@ def test_config_defaults_are_the_issue_defaults_and_bad_values_name_their_key(de
 
 
 def test_registry_stage_writes_runs_table_and_grids(data_dir, default_config, tmp_path):
-    from unitscope.studies.actmax.registry import run_registry_target
-    from unitscope.studies.actmax.stages import load_run
+    from unitscope.studies.actmax.runs import load_run
+    from unitscope.studies.actmax.stages import run_registry_target
 
     spec = {k: v for k, v in default_config["models"]["resnet20_cifar"].items() if k != "enabled"}
     target = {
@@ -538,9 +524,10 @@ def test_registry_stage_writes_runs_table_and_grids(data_dir, default_config, tm
     from unitscope.studies.actmax.section import registry_outputs
 
     paths = [("resnet20_cifar", "layer3", out / "layer3.npz", out / "layer3.parquet")]
-    html_text, summary, units = registry_outputs(paths, tmp_path / "figures")
+    registry = registry_outputs(paths, tmp_path / "figures")
+    summary, units = registry.summary, registry.units
     assert [(u["layer"], u["channel"]) for u in units] == [("layer3", 0), ("layer3", 9)]
-    assert summary[0]["runs"] == 8 and 'href="units/resnet20_cifar__layer3__9.html"' in html_text
+    assert summary[0]["runs"] == 8 and 'href="units/resnet20_cifar__layer3__9.html"' in registry.tables["channels"]
     with Image.open(tmp_path / "figures" / "resnet20_cifar__layer3__0.png") as grid:
         assert grid.size == (2 * 34, 12 + 2 * 34)  # rows: 2 objectives, columns: 2 seeds, 32 px + gaps
     assert units[0]["images"][0]["src"] == "figures/actmax/units/resnet20_cifar__layer3__0.png"

@@ -68,7 +68,7 @@ def test_snakemake_report_lists_actmax_figures(finished_run):
     snakemake(workdir, "--report", "results/report.zip", "report")
     import zipfile
 
-    from unitscope.studies.actmax.section import FIGURES
+    from unitscope.studies.actmax.figures import FIGURES
 
     names = {name.rsplit("/", 1)[-1] for name in zipfile.ZipFile(workdir / "results" / "report.zip").namelist()}
     assert {f"{figure}.png" for figure in FIGURES} <= names

@@ -10,26 +10,26 @@ import torch
 import torch.nn.functional as F
 
 from unitscope.data.concepts import Annotation, CamVidConcepts
+from unitscope.studies.dissection.caches import LabelCache, combine_layers
 from unitscope.studies.dissection.dissect import (
     ROUNDING_MARGIN,
     Bands,
     BilinearGrid,
-    FractionalRotation,
     bootstrap_layer,
     concept_lookup,
     label_batch,
     label_units,
     layer_numbers,
     layer_summary,
-    random_rotation,
-    rotate_maps,
     tally_batch,
     tally_direct,
     unit_thresholds,
     upsample,
 )
-from unitscope.studies.dissection.section import check_unit_images, study_units, unit_image_caption, unit_image_name
-from unitscope.studies.dissection.stages import LabelCache, combine_layers, dissect_layer
+from unitscope.studies.dissection.layer_dissection import dissect_layer
+from unitscope.studies.dissection.rotation import FractionalRotation, random_rotation, rotate_maps
+from unitscope.studies.dissection.section import unit_image_caption
+from unitscope.studies.dissection.units import check_unit_images, study_units, unit_image_name
 
 FIELDS = ("intersection", "unit_area", "label_area", "unit_pixels")
 
@@ -168,7 +168,7 @@ def resnet_maps(data_dir, camvid_frames):
     from unitscope.config import load_config
     from unitscope.hooks import ActivationRecorder
     from unitscope.models.registry import build_model
-    from unitscope.studies.dissection.stages import dissection_transform
+    from unitscope.studies.dissection.caches import dissection_transform
 
     config = load_config(__import__("conftest").REPO / "config" / "config.yaml")
     spec = config["models"]["resnet20_cifar"]

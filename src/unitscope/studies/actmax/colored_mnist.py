@@ -29,13 +29,13 @@ from torch import nn
 from tqdm import tqdm
 
 from unitscope.errors import UnitscopeError
-from unitscope.fsutil import atomic_path, write_text_atomic
-from unitscope.runtime import use_threads
+from unitscope.fsutil import atomic_path
 from unitscope.stats import wilson_interval
 
 __all__ = [
     "CLASS_COLORS",
     "EVAL_SETS",
+    "IMAGE_SHAPE",
     "ColoredMnist",
     "ColoredMnistCNN",
     "ColoredMnistError",
@@ -48,13 +48,12 @@ __all__ = [
     "load_trained_model",
     "predict",
     "read_idx",
-    "run_build_dataset",
-    "run_train",
     "save_colored_mnist",
     "train_model",
 ]
 
 NUM_CLASSES = 10
+IMAGE_SHAPE = (3, 28, 28)  # the coloured digits: [C, H, W]
 EVAL_SETS = ("biased", "unbiased", "conflicting")
 TEST_IMAGES = "t10k-images-idx3-ubyte.gz"
 TEST_LABELS = "t10k-labels-idx1-ubyte.gz"
@@ -410,46 +409,3 @@ def load_trained_model(checkpoint: str | os.PathLike, info_path: str | os.PathLi
     model.eval()
     model.requires_grad_(False)
     return model
-
-
-# ----------------------------------------------------------------------------------------------
-# stages
-
-
-def run_build_dataset(*, mnist_dir, out_path, rho: float, seed: int, target: str) -> ColoredMnist:
-    """Stage: the Colored-MNIST arrays (.npz); prints the colour-class agreement per split."""
-    data = build_colored_mnist(load_mnist_sources(mnist_dir), rho=rho, seed=seed, target=target)
-    save_colored_mnist(data, out_path)
-    for split in data.splits:
-        agreement = float((data.colors[split] == data.labels[split]).mean())
-        print(f"{split}: {len(data.labels[split])} images, colour = class colour for {agreement:.3f}", flush=True)
-    return data
-
-
-def run_train(
-    *, data_path, checkpoint_path, info_path, evaluation_path, training: dict, seed: int, threads: int = 1
-) -> dict:
-    """Stage: train the CNN, write its state_dict, its JSON description and the evaluation table (JSON)."""
-    use_threads(threads)
-    data = load_colored_mnist(data_path)
-    model, info = train_model(
-        data,
-        widths=tuple(training["widths"]),
-        epochs=training["epochs"],
-        lr=training["lr"],
-        batch_size=training["batch_size"],
-        train_images=training.get("train_images"),
-        seed=seed,
-    )
-    table = evaluate_model(model, data)
-    with atomic_path(checkpoint_path) as temp:
-        torch.save(model.state_dict(), temp)
-    write_text_atomic(info_path, json.dumps(info, indent=2) + "\n")
-    write_text_atomic(evaluation_path, json.dumps(table, indent=2) + "\n")
-    for row in table:
-        print(
-            f"{row['set']}: accuracy {row['accuracy']:.3f} (n={row['n']}); "
-            f"{row['errors_as_color_class']}/{row['errors']} errors name the colour's class",
-            flush=True,
-        )
-    return {"info": info, "evaluation": table}

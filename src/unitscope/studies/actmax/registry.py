@@ -1,26 +1,24 @@
-"""Optional stage: activation maximisation on a registry model (`unitscope.models.registry.build_model`), channel level.
+"""Activation maximisation on a registry model (`unitscope.models.registry.build_model`), channel level: which
+channels (listed, or the faces study's first selected ones) and how they are optimised.
 
 224-px ImageNet models use the FFT / decorrelated-colour parameterisation with random transforms (lucent's
 approach), since plain pixels give high-frequency noise there; small inputs use plain pixels. Kept apart from
-`actmax_study` so that the Colored-MNIST stages do not depend on the model registry's code.
+the Colored-MNIST modules so that their stages do not depend on the model registry's or the faces study's code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import torch
 
-from unitscope.fsutil import atomic_path
 from unitscope.hooks import ActivationRecorder
-from unitscope.models.registry import build_model
-from unitscope.runtime import use_threads
-from unitscope.studies.actmax.render import UnitSpecs, optimize_inputs
-from unitscope.studies.actmax.stages import save_run, save_unit_grids
+from unitscope.studies.actmax.render import optimize_inputs
+from unitscope.studies.actmax.specs import UnitSpecs
 from unitscope.studies.faces.selection import selected_channels
 
-__all__ = ["run_registry_target", "target_channels"]
+__all__ = ["optimize_registry_target", "target_channels"]
 
 
 def target_channels(target: Mapping, faces_selection=None) -> list[int]:
@@ -42,30 +40,10 @@ def target_channels(target: Mapping, faces_selection=None) -> list[int]:
     return list(dict.fromkeys(channels))
 
 
-def run_registry_target(
-    *,
-    model_name,
-    spec,
-    target: Mapping,
-    data_dir,
-    torch_home,
-    npz_path,
-    table_path,
-    images_dir,
-    faces_selection=None,
-    threads: int = 1,
-) -> pd.DataFrame:
-    """Stage: channel-level actmax on a registry model (unitscope.models.registry.build_model).
-
-    `target["unit_layer"]` (default: its layer) is the layer whose channels these are, when the optimised module
-    sits inside it (the faces layer features.18 for features.18.1); its channel count must match. The table
-    records it.
-    """
-    use_threads(threads)
-    channels = target_channels(target, faces_selection)
-    if not channels:
-        raise ValueError(f"actmax registry target {model_name} {target['layer']}: no channels to visualise")
-    model = build_model(model_name, spec, data_dir=data_dir, torch_home=torch_home)
+def optimize_registry_target(model, model_name: str, spec: Mapping, target: Mapping, channels: Sequence[int]):
+    """Optimise the target's channels (objectives x seeds, grey start) on the built `model`: FFT with transforms
+    for inputs of 64 px and more unless the target sets its parameterisation. Returns the result and the table's
+    extra columns (model, parameterization, unit_layer)."""
     size = int(spec["preprocessing"]["crop"])
     unit_layer = target.get("unit_layer") or target["layer"]
     if unit_layer != target["layer"]:
@@ -92,15 +70,7 @@ def run_registry_target(
         input_mean=spec["preprocessing"]["mean"],
         input_std=spec["preprocessing"]["std"],
     )
-    extra = {"model": model_name, "parameterization": parameterization, "unit_layer": unit_layer}
-    table = save_run(result, npz_path, table_path, extra=extra)
-    with atomic_path(images_dir) as temp:
-        temp.mkdir()
-        save_unit_grids(table, result.snapshots, result.snapshot_steps, temp)
-    print(
-        f"{model_name} {target['layer']}: {len(rows)} runs ({parameterization}) in {result.seconds:.1f} s", flush=True
-    )
-    return table
+    return result, {"model": model_name, "parameterization": parameterization, "unit_layer": unit_layer}
 
 
 def _check_same_channels(model: torch.nn.Module, layer: str, unit_layer: str, size: int) -> None:

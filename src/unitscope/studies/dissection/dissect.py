@@ -1,4 +1,4 @@
-"""Network Dissection (Bau et al., CVPR 2017): unit-concept IoU, detectors per layer, rotations.
+"""Network Dissection (Bau et al., CVPR 2017): unit-concept IoU, detectors per layer.
 
 For a layer with K units (channels) over a concept dataset:
 
@@ -26,21 +26,15 @@ tensors; there is no loop over units or concepts.
 
 Intervals: per-image counts are kept (when small enough) so that layer-level numbers get 95%
 bootstrap intervals over images (`bootstrap_layer`).
-
-Rotation (Bau et al. section 3.2): a random orthogonal Q (det +1), fractional powers Q^alpha via
-the real Schur form with every rotation angle scaled by alpha, applied to the channel axis of the
-activations before thresholding (thresholds recomputed for the rotated units).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import scipy.linalg
 import torch
 import torch.nn.functional as F
 
@@ -59,6 +53,7 @@ BAND_TARGET = 12  # outputs per band: tiles are about BAND_TARGET^2 pixels (prun
 MAX_COMBINATIONS = 1 << 16  # distinct per-pixel code tuples beyond which label layers are looked up one by one
 MAX_TALLY_BINS = 1 << 26  # bins of one bincount (images x units x labels)
 MAX_PER_IMAGE = 1 << 26  # per-image counts (images x units x concepts) kept for bootstrap intervals
+BOOTSTRAP_RESAMPLES = 200  # resamples of images behind each layer's 95% intervals
 
 
 class DissectionError(UnitscopeError, ValueError):
@@ -384,25 +379,7 @@ def tally_batch(
         raise DissectionError(f"maps {h}x{w} / masks {labels.shape} do not match the grid {grid.in_shape}")
     rows, cols = grid.rows, grid.cols
     thresholds = thresholds.float()
-    padded = F.pad(maps, (0, 1, 0, 1), mode="replicate")  # source a + 1 clamps to the last row/column
-    block_max = _block_max(padded)  # [B, K, h, w]: max of each 2 x 2 source block
-    block_abs = _block_max(padded.abs())
-    cell_active = (block_max > thresholds[None, :, None, None] - ROUNDING_MARGIN * block_abs).nonzero()
-    # the bands over an active source cell are candidate tiles: [n, 4] = image, unit, row band, column band
-    tiles = _expand_tiles(cell_active, _bands_of_source(rows.source, h), _bands_of_source(cols.source, w))
-    b, k, rb, cb = tiles.unbind(1)
-    corner = ((b * n_units + k) * (h + 1) + _pick(rows.source, rb)) * (w + 1) + _pick(cols.source, cb)
-    flat_maps = padded.reshape(-1)
-    corners = _pick(flat_maps, torch.stack([corner, corner + 1, corner + w + 1, corner + w + 2]))  # x00 x01 x10 x11
-    # Along each axis a pixel's value is linear in its interpolation weight, so the largest value in a
-    # tile is at one of its four corner pixels: tiles whose corner pixels stay below T_k are dropped.
-    cw0, cw1 = cols.end_w0.index_select(1, cb), cols.end_w1.index_select(1, cb)  # [2 (first/last column), n]
-    rw0, rw1 = rows.end_w0.index_select(1, rb), rows.end_w1.index_select(1, rb)
-    top, bottom = corners[0] * cw0 + corners[1] * cw1, corners[2] * cw0 + corners[3] * cw1
-    tile_max = (top[None] * rw0[:, None] + bottom[None] * rw1[:, None]).amax((0, 1))
-    margin = ROUNDING_MARGIN * torch.maximum(corners.abs().amax(0), _pick(thresholds, k).abs())
-    keep = (tile_max > _pick(thresholds, k) - 2 * margin).nonzero().squeeze(1)
-    tiles, corners, margin = tiles.index_select(0, keep), corners.index_select(1, keep), _pick(margin, keep)
+    tiles, corners, margin = _active_tiles(maps, thresholds, grid)
     bh, bw = rows.w0.shape[1], cols.w0.shape[1]
     tile_size, width = bh * bw, grid.out_shape[1]
     within = (torch.arange(bh)[:, None] * width + torch.arange(bw)[None, :]).reshape(-1)  # offsets in a tile
@@ -446,6 +423,33 @@ def tally_batch(
         for offset in layer_offsets:  # code 0 (no concept) lands in column 0, cleared in _finish
             keys.append(unit_key + _pick(label_maps, label_index + offset))
     return _finish(labels, n_units, n_codes, torch.cat(keys) if keys else torch.zeros(0, dtype=torch.int64), area)
+
+
+def _active_tiles(maps: torch.Tensor, thresholds: torch.Tensor, grid: BilinearGrid):
+    """The tiles that can hold mask pixels: (tiles [n, 4] = image, unit, row band, column band; their 2 x 2
+    source corners [4, n] = x00 x01 x10 x11; each tile's rounding margin [n])."""
+    n_units, h, w = maps.shape[1:]
+    rows, cols = grid.rows, grid.cols
+    padded = F.pad(maps, (0, 1, 0, 1), mode="replicate")  # source a + 1 clamps to the last row/column
+    block_max = _block_max(padded)  # [B, K, h, w]: max of each 2 x 2 source block
+    block_abs = _block_max(padded.abs())
+    cell_active = (block_max > thresholds[None, :, None, None] - ROUNDING_MARGIN * block_abs).nonzero()
+    # the bands over an active source cell are candidate tiles: [n, 4] = image, unit, row band, column band
+    tiles = _expand_tiles(cell_active, _bands_of_source(rows.source, h), _bands_of_source(cols.source, w))
+    b, k, rb, cb = tiles.unbind(1)
+    corner = ((b * n_units + k) * (h + 1) + _pick(rows.source, rb)) * (w + 1) + _pick(cols.source, cb)
+    flat_maps = padded.reshape(-1)
+    corners = _pick(flat_maps, torch.stack([corner, corner + 1, corner + w + 1, corner + w + 2]))  # x00 x01 x10 x11
+    # Along each axis a pixel's value is linear in its interpolation weight, so the largest value in a
+    # tile is at one of its four corner pixels: tiles whose corner pixels stay below T_k are dropped.
+    cw0, cw1 = cols.end_w0.index_select(1, cb), cols.end_w1.index_select(1, cb)  # [2 (first/last column), n]
+    rw0, rw1 = rows.end_w0.index_select(1, rb), rows.end_w1.index_select(1, rb)
+    top, bottom = corners[0] * cw0 + corners[1] * cw1, corners[2] * cw0 + corners[3] * cw1
+    tile_max = (top[None] * rw0[:, None] + bottom[None] * rw1[:, None]).amax((0, 1))
+    margin = ROUNDING_MARGIN * torch.maximum(corners.abs().amax(0), _pick(thresholds, k).abs())
+    keep = (tile_max > _pick(thresholds, k) - 2 * margin).nonzero().squeeze(1)
+    tiles, corners, margin = tiles.index_select(0, keep), corners.index_select(1, keep), _pick(margin, keep)
+    return tiles, corners, margin
 
 
 def _block_max(padded: torch.Tensor) -> torch.Tensor:
@@ -645,61 +649,3 @@ def bootstrap_layer(
         name: tuple(float(x) for x in np.percentile(np.concatenate(values), [2.5, 97.5]))
         for name, values in draws.items()
     }
-
-
-# ------------------------------------------------------------------------------------------------
-# rotations
-
-
-def random_rotation(n: int, rng: np.random.Generator) -> np.ndarray:
-    """A Haar-random orthogonal n x n matrix with determinant +1 (QR of a Gaussian, signs fixed)."""
-    q, r = np.linalg.qr(rng.standard_normal((n, n)))
-    q = q * np.sign(np.diag(r))[None, :]
-    if np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
-
-
-@dataclass(frozen=True)
-class FractionalRotation:
-    """Q = Z S Z^T (real Schur form: S block diagonal with 2 x 2 rotation blocks and +-1 entries);
-    Q^alpha = Z S(alpha) Z^T with every rotation angle multiplied by alpha. Eigenvalues -1 come in
-    pairs when det Q = +1; each pair is a rotation by pi in the plane of its two Schur vectors."""
-
-    basis: np.ndarray  # Z [n, n]
-    planes: np.ndarray  # [m, 2] indices (i, j) of each rotation plane in the Schur basis
-    angles: np.ndarray  # [m] radians, in (-pi, pi]
-
-    @classmethod
-    def of(cls, q: np.ndarray) -> FractionalRotation:
-        n = q.shape[0]
-        if not np.allclose(q @ q.T, np.eye(n), atol=1e-8) or np.linalg.det(q) < 0:
-            raise DissectionError("fractional rotation needs an orthogonal matrix with determinant +1")
-        s, z = scipy.linalg.schur(q, output="real")
-        planes, angles, minus_one = [], [], []
-        i = 0
-        while i < n:
-            if i + 1 < n and s[i + 1, i] != 0:  # LAPACK leaves exact zeros below 1 x 1 blocks
-                planes.append((i, i + 1))
-                angles.append(math.atan2((s[i + 1, i] - s[i, i + 1]) / 2, (s[i, i] + s[i + 1, i + 1]) / 2))
-                i += 2
-            else:
-                if s[i, i] < 0:
-                    minus_one.append(i)
-                i += 1
-        planes += list(zip(minus_one[0::2], minus_one[1::2], strict=True))
-        angles += [math.pi] * (len(minus_one) // 2)
-        return cls(z, np.array(planes, dtype=np.int64).reshape(-1, 2), np.array(angles))
-
-    def power(self, alpha: float) -> np.ndarray:
-        """Q^alpha (orthogonal, det +1; Q^0 = I, Q^1 = Q, Q^a Q^b = Q^(a+b))."""
-        s = np.eye(self.basis.shape[0])
-        cos, sin = np.cos(alpha * self.angles), np.sin(alpha * self.angles)
-        i, j = self.planes[:, 0], self.planes[:, 1]
-        s[i, i], s[j, j], s[j, i], s[i, j] = cos, cos, sin, -sin
-        return self.basis @ s @ self.basis.T
-
-
-def rotate_maps(maps: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-    """Apply a K x K matrix to the channel axis of [B, K, h, w] maps: unit i of the result is sum_j R_ij A_j."""
-    return torch.einsum("ij,bjhw->bihw", rotation.to(maps.dtype), maps)

@@ -1,0 +1,199 @@
+"""The dissection study's figures: detectors and concepts by depth, the rotation experiment, and each layer's
+top units with their top activating images (unit mask and best concept's mask outlined)."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from unitscope.data.concepts import ConceptDataset  # noqa: E402
+from unitscope.fsutil import atomic_path  # noqa: E402
+from unitscope.studies.dissection.units import chosen_units, study_units, unit_image_name  # noqa: E402
+
+CATEGORY_COLORS = {"object": "#4477aa", "color": "#ee6677", "part": "#228833", "material": "#ccbb44"}
+UNIT_EDGE, CONCEPT_EDGE = "#ffdd00", "#00e5ff"
+
+
+def _write_png(fig, path: str | os.PathLike) -> None:
+    fig.savefig(path, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    with atomic_path(path) as temp:
+        _write_png(fig, temp)
+
+
+def _category_color(category: str, index: int) -> str:
+    return CATEGORY_COLORS.get(category, plt.get_cmap("tab10")(index % 10))
+
+
+def _tensor(array: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+# ------------------------------------------------------------------------------------------------
+# units
+
+
+def draw_unit_images(axes, unit, tallies: dict[str, np.ndarray], concepts: ConceptDataset, *, layer: str) -> None:
+    """One unit's top activating images, one per axes: the unit's mask (its upsampled map > T_k) outlined in
+    yellow and its best concept's mask in cyan. Shared by the per-layer and the per-unit figures."""
+    from unitscope.studies.dissection.dissect import upsample  # torch: only the figures need it
+
+    shape = tuple(int(x) for x in tallies["mask_shape"])
+    top_images, top_maps = tallies[f"{layer}/top_images"], tallies[f"{layer}/top_maps"]
+    masks = upsample(_tensor(top_maps[unit.unit]), shape).numpy() > tallies[f"{layer}/thresholds"][unit.unit]
+    code = dict(zip(tallies["concept_names"], tallies["concept_codes"], strict=True)).get(unit.concept)
+    for col, ax in enumerate(axes):
+        index = int(top_images[unit.unit, col])
+        ax.imshow(np.asarray(concepts.image(index).resize(shape[::-1])))
+        if masks[col].any():
+            ax.contour(masks[col].astype(float), levels=[0.5], colors=[UNIT_EDGE], linewidths=1.2)
+        if code is not None:
+            concept_mask = (concepts.annotation(index, shape).pixels == code).any(0)
+            if concept_mask.any():
+                ax.contour(concept_mask.astype(float), levels=[0.5], colors=[CONCEPT_EDGE], linewidths=0.9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
+def top_units_figure(
+    units: pd.DataFrame,
+    tallies: dict[str, np.ndarray],
+    concepts: ConceptDataset,
+    *,
+    model: str,
+    layer: str,
+    n_units: int,
+    path: str | os.PathLike,
+) -> None:
+    """Rows: the layer's top units by IoU; columns: each unit's top activating images, with the unit's
+    mask (upsampled map > T_k, yellow) and its best concept's mask (cyan) outlined."""
+    of_layer = units[units["layer"] == layer]
+    shown = chosen_units(of_layer, n_units)
+    k = tallies[f"{layer}/top_images"].shape[1]
+    fig, axes = plt.subplots(len(shown), k, figsize=(max(2.6 * k, 6.5), 2.1 * len(shown) + 0.8), squeeze=False)
+    for row, unit in enumerate(shown.itertuples()):
+        draw_unit_images(axes[row], unit, tallies, concepts, layer=layer)
+        label = f"unit {unit.unit}\n{unit.concept or '-'} ({unit.category or '-'})\nIoU {unit.iou:.3f}"
+        axes[row, 0].set_ylabel(label, fontsize=7)
+    fig.suptitle(
+        f"{model} · {layer}: top {len(shown)} units by IoU, each with its {k} top activating images\n"
+        f"(of N = {len(tallies['image_ids'])}); yellow: unit mask (upsampled map > T), cyan: its best concept",
+        fontsize=8,
+    )
+    _save(fig, path)
+
+
+def unit_figure(
+    unit, tallies: dict[str, np.ndarray], concepts: ConceptDataset, *, model: str, layer: str, quantile: float
+):
+    """One unit: its top activating images in a row, unit mask (yellow) and best concept's mask (cyan) outlined."""
+    k = tallies[f"{layer}/top_images"].shape[1]
+    fig, axes = plt.subplots(1, k, figsize=(max(2.6 * k, 6.5), 2.9), squeeze=False)
+    draw_unit_images(axes[0], unit, tallies, concepts, layer=layer)
+    fig.suptitle(
+        f"{model} · {layer} · unit {unit.unit}: best concept {unit.concept or '-'} ({unit.category or '-'}), "
+        f"IoU {unit.iou:.3f}\nits {k} top activating images (of N = {len(tallies['image_ids'])}, highest peak "
+        f"first); yellow: unit mask (upsampled map > T, its top {quantile:g} quantile), cyan: concept mask",
+        fontsize=8,
+    )
+    return fig
+
+
+def write_unit_images(
+    units: pd.DataFrame,
+    tallies: dict[str, np.ndarray],
+    concepts: ConceptDataset,
+    *,
+    model: str,
+    layer: str,
+    quantile: float,
+    out_dir: str | os.PathLike,
+) -> list[str]:
+    """The directory of one layer's per-unit figures, one per unit of `study_units`, written whole; their names."""
+    shown = study_units(units[(units["model"] == model) & (units["layer"] == layer)])
+    names = []
+    with atomic_path(out_dir) as temp:
+        temp.mkdir()
+        for unit in shown.itertuples():
+            names.append(unit_image_name(model, layer, unit.unit))
+            fig = unit_figure(unit, tallies, concepts, model=model, layer=layer, quantile=quantile)
+            _write_png(fig, temp / names[-1])
+    return names
+
+
+# ------------------------------------------------------------------------------------------------
+# layers and rotations
+
+
+def depth_figure(layers: pd.DataFrame, categories: list[str], n_images: int, path: str | os.PathLike) -> None:
+    """Per model (columns): detectors (top) and distinct detected concepts (bottom) per layer, by category."""
+    models = list(dict.fromkeys(layers["model"]))
+    fig, axes = plt.subplots(2, len(models), figsize=(4.2 * len(models), 5.6), squeeze=False)
+    for col, model in enumerate(models):
+        table = layers[layers["model"] == model].sort_values("depth")
+        for row, (prefix, ylabel) in enumerate(
+            [("detectors", "detector units (IoU > threshold)"), ("unique_per_category", "distinct concepts detected")]
+        ):
+            _depth_bars(axes[row, col], table, categories, prefix, ylabel)
+            if row == 0:
+                axes[row, col].set_title(f"{model} (layers by depth; N = {n_images} images)", fontsize=9)
+                axes[row, col].legend(fontsize=7)
+    _save(fig, path)
+
+
+def _depth_bars(ax, table: pd.DataFrame, categories: list[str], prefix: str, ylabel: str) -> None:
+    """One model's layers (x) with their `<prefix>_<category>` counts stacked by category, totals on top."""
+    x = np.arange(len(table))
+    bottom = np.zeros(len(table))
+    for index, category in enumerate(categories):
+        values = table[f"{prefix}_{category}"].to_numpy(dtype=float)
+        ax.bar(x, values, bottom=bottom, color=_category_color(category, index), label=category)
+        bottom += values
+    for xi, total, units in zip(x, bottom, table["units"], strict=True):
+        text = f"{int(total)}/{units}" if prefix == "detectors" else f"{int(total)}"
+        ax.text(xi, total, text, ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, table["layer"], rotation=30, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.margins(y=0.15)
+
+
+def rotation_figure(rotation: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Unique concepts, detector units and mean best IoU against the rotation fraction alpha:
+    each seed's value (dots) and the mean over seeds with its min-max range."""
+    panels = [
+        ("unique_best", "distinct concepts (best label)"),
+        ("detectors", "detector units"),
+        ("mean_best_iou", "mean best IoU over units"),
+    ]
+    seeds = rotation["seed"].nunique()
+    model, layer = rotation["model"].iloc[0], rotation["layer"].iloc[0]
+    units = int(rotation["units"].iloc[0])
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
+    for ax, (column, label) in zip(axes, panels, strict=True):
+        grouped = rotation.groupby("alpha")[column]
+        alphas = np.array(sorted(rotation["alpha"].unique()))
+        mean, low, high = grouped.mean()[alphas], grouped.min()[alphas], grouped.max()[alphas]
+        ax.fill_between(alphas, low, high, color="#4477aa", alpha=0.25, label="min-max over seeds")
+        ax.plot(alphas, mean, color="#4477aa", marker="o", label=f"mean of {seeds} seeds")
+        ax.scatter(rotation["alpha"], rotation[column], s=8, color="#222222", zorder=3, label="one seed")
+        ax.set_xlabel("alpha")
+        ax.set_ylabel(label)
+        ax.set_title(label, fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(
+        f"{model} · {layer} ({units} units): dissection of the units Q^alpha A "
+        f"(alpha 0: original units, 1: fully rotated; {seeds} random rotations Q)",
+        fontsize=10,
+    )
+    _save(fig, path)

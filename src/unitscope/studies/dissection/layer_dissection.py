@@ -1,0 +1,154 @@
+"""One layer dissected over the cached maps and labels (see `caches`): its thresholds, the tally streamed
+over the images in batches, the unit table and the layer's summary (with bootstrap intervals over images),
+each unit's top activating images, and the arrays the tallies file keeps for the figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from unitscope.data.concepts import ConceptDataset
+from unitscope.studies.dissection.caches import LabelCache, batches
+from unitscope.studies.dissection.dissect import (
+    BOOTSTRAP_RESAMPLES,
+    MAX_TALLY_BINS,
+    BilinearGrid,
+    Tally,
+    bootstrap_layer,
+    concept_lookup,
+    label_units,
+    layer_summary,
+    tally_batch,
+    unit_thresholds,
+)
+
+
+def dissect_layer(
+    maps: np.ndarray, thresholds: np.ndarray, labels: LabelCache, n_codes: int, *, batch_size: int = 16
+) -> Tally:
+    """Stream over the images in batches and tally one layer against the labels."""
+    grid = BilinearGrid.build(tuple(maps.shape[2:]), labels.shape)
+    n_images, n_units = maps.shape[:2]
+    total = Tally.zeros(n_units, n_codes, labels.annotated.shape[1])
+    thresholds_t = torch.from_numpy(np.asarray(thresholds, dtype=np.float32))
+    bins = len(labels.combo_counts) if labels.combo_counts is not None else 0
+    combined = 0 < bins and batch_size * n_units * bins <= MAX_TALLY_BINS
+    for start, stop in batches(n_images, batch_size):
+        batch = torch.from_numpy(np.array(maps[start:stop], dtype=np.float32))
+        total.add(tally_batch(batch, thresholds_t, labels.batch(start, stop, combined=combined), n_codes, grid))
+    return total
+
+
+def top_images(maps: np.ndarray, k: int, *, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Per unit: the k images with the largest maximum activation [K, k], and those maxima."""
+    n_images, n_units = maps.shape[:2]
+    peak = np.concatenate(
+        [np.asarray(maps[s:e]).reshape(e - s, n_units, -1).max(axis=2) for s, e in batches(n_images, batch_size)]
+    )
+    order = np.argsort(-peak, axis=0, kind="stable")[: min(k, n_images)].T
+    return order, np.take_along_axis(peak.T, order, axis=1)
+
+
+def unit_table(
+    tally: Tally,
+    lookup: tuple[np.ndarray, np.ndarray],
+    categories: list[str],
+    iou_threshold: float,
+    thresholds: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """One row per unit: its labels (`label_units`), its threshold when given, and its mask pixels.
+    `lookup`: (code -> category index, code -> name), from `concept_lookup`."""
+    code_category, code_name = lookup
+    units = label_units(tally.iou(code_category), code_category, code_name, categories, iou_threshold)
+    if thresholds is not None:
+        units["threshold"] = thresholds
+    units["mask_pixels"] = tally.unit_pixels
+    return units
+
+
+def summarise_layer(
+    tally: Tally, concepts: ConceptDataset, thresholds: np.ndarray, iou_threshold: float, *, seed: int
+) -> tuple[pd.DataFrame, dict]:
+    """The unit table and the layer's summary (with bootstrap intervals when per-image counts exist)."""
+    lookup = concept_lookup(concepts)
+    units = unit_table(tally, lookup, concepts.categories, iou_threshold, thresholds)
+    summary = layer_summary(units, concepts.categories, iou_threshold)
+    summary["images"] = tally.images
+    if tally.per_image is not None:
+        intervals = bootstrap_layer(
+            tally.per_image,
+            lookup[0],
+            concepts.categories,
+            iou_threshold,
+            resamples=BOOTSTRAP_RESAMPLES,
+            seed=seed,
+        )
+        for name, (low, high) in intervals.items():
+            summary[f"{name}_ci_low"], summary[f"{name}_ci_high"] = low, high
+    return units, summary
+
+
+@dataclass
+class LayerDissection:
+    """One layer's results: its rows of units.parquet, its row of layers.parquet, its arrays of tallies.npz."""
+
+    units: pd.DataFrame
+    row: dict
+    arrays: dict[str, np.ndarray]
+
+
+def dissect_cached_layer(
+    maps: np.ndarray,
+    labels: LabelCache,
+    concepts: ConceptDataset,
+    *,
+    model_name: str,
+    layer: str,
+    depth: int,
+    quantile: float,
+    iou_threshold: float,
+    top_k: int,
+    seed: int,
+    batch_size: int = 16,
+) -> LayerDissection:
+    """Thresholds, tally, unit table and summary of one layer, and each unit's top-`top_k` images with their
+    maps (for the figures)."""
+    thresholds = unit_thresholds(maps, quantile)
+    tally = dissect_layer(maps, thresholds, labels, concepts.n_codes, batch_size=batch_size)
+    units, summary = summarise_layer(tally, concepts, thresholds, iou_threshold, seed=seed)
+    units.insert(0, "model", model_name)
+    units.insert(1, "layer", layer)
+    units.insert(2, "depth", depth)
+    row = {"model": model_name, "layer": layer, "depth": depth, "map_shape": list(maps.shape[2:]), **summary}
+    order, peaks = top_images(maps, top_k)
+    arrays = {
+        f"{layer}/intersection": tally.intersection,
+        f"{layer}/unit_area": tally.unit_area,
+        f"{layer}/label_area": tally.label_area,
+        f"{layer}/thresholds": thresholds,
+        f"{layer}/top_images": order,
+        f"{layer}/top_peaks": peaks,
+        f"{layer}/top_maps": maps[order, np.arange(order.shape[0])[:, None]],
+    }
+    print(
+        f"{model_name} {layer}: {summary['detectors']}/{summary['units']} detectors, "
+        f"{summary['unique_best']} unique concepts (best label), {summary['unique_per_category']} "
+        f"(per-category sum), mean best IoU {summary['mean_best_iou']:.4f}",
+        flush=True,
+    )
+    return LayerDissection(units, row, arrays)
+
+
+def concept_arrays(concepts: ConceptDataset, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """The tallies file's description of the images and concepts (shared by all its layers)."""
+    return {
+        "image_ids": np.asarray(concepts.image_ids),
+        "concept_codes": concepts.concepts["code"].to_numpy(),
+        "concept_names": concepts.concepts["name"].to_numpy().astype(str),
+        "concept_categories": concepts.concepts["category"].to_numpy().astype(str),
+        "categories": np.asarray(concepts.categories),
+        "mask_shape": np.asarray(shape),
+    }

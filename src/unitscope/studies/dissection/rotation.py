@@ -1,0 +1,137 @@
+"""The rotation experiment (Bau et al. section 3.2): a layer's units Q^alpha A dissected per alpha and seed.
+
+A random orthogonal Q (det +1), fractional powers Q^alpha via the real Schur form with every rotation angle
+scaled by alpha, applied to the channel axis of the activations before thresholding (thresholds recomputed
+for the rotated units). Q^0 is the identity for every seed, so alpha = 0 is dissected once and shared by the
+seeds. Seed s draws Q from numpy's generator seeded with (config seed, s).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import torch
+from tqdm import tqdm
+
+from unitscope.data.concepts import ConceptDataset
+from unitscope.studies.dissection.caches import LabelCache, batches
+from unitscope.studies.dissection.dissect import DissectionError, concept_lookup, layer_summary, unit_thresholds
+from unitscope.studies.dissection.layer_dissection import dissect_layer, unit_table
+
+
+def random_rotation(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A Haar-random orthogonal n x n matrix with determinant +1 (QR of a Gaussian, signs fixed)."""
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    q = q * np.sign(np.diag(r))[None, :]
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+@dataclass(frozen=True)
+class FractionalRotation:
+    """Q = Z S Z^T (real Schur form: S block diagonal with 2 x 2 rotation blocks and +-1 entries);
+    Q^alpha = Z S(alpha) Z^T with every rotation angle multiplied by alpha. Eigenvalues -1 come in
+    pairs when det Q = +1; each pair is a rotation by pi in the plane of its two Schur vectors."""
+
+    basis: np.ndarray  # Z [n, n]
+    planes: np.ndarray  # [m, 2] indices (i, j) of each rotation plane in the Schur basis
+    angles: np.ndarray  # [m] radians, in (-pi, pi]
+
+    @classmethod
+    def of(cls, q: np.ndarray) -> FractionalRotation:
+        n = q.shape[0]
+        if not np.allclose(q @ q.T, np.eye(n), atol=1e-8) or np.linalg.det(q) < 0:
+            raise DissectionError("fractional rotation needs an orthogonal matrix with determinant +1")
+        s, z = scipy.linalg.schur(q, output="real")
+        planes, angles, minus_one = [], [], []
+        i = 0
+        while i < n:
+            if i + 1 < n and s[i + 1, i] != 0:  # LAPACK leaves exact zeros below 1 x 1 blocks
+                planes.append((i, i + 1))
+                angles.append(math.atan2((s[i + 1, i] - s[i, i + 1]) / 2, (s[i, i] + s[i + 1, i + 1]) / 2))
+                i += 2
+            else:
+                if s[i, i] < 0:
+                    minus_one.append(i)
+                i += 1
+        planes += list(zip(minus_one[0::2], minus_one[1::2], strict=True))
+        angles += [math.pi] * (len(minus_one) // 2)
+        return cls(z, np.array(planes, dtype=np.int64).reshape(-1, 2), np.array(angles))
+
+    def power(self, alpha: float) -> np.ndarray:
+        """Q^alpha (orthogonal, det +1; Q^0 = I, Q^1 = Q, Q^a Q^b = Q^(a+b))."""
+        s = np.eye(self.basis.shape[0])
+        cos, sin = np.cos(alpha * self.angles), np.sin(alpha * self.angles)
+        i, j = self.planes[:, 0], self.planes[:, 1]
+        s[i, i], s[j, j], s[j, i], s[i, j] = cos, cos, sin, -sin
+        return self.basis @ s @ self.basis.T
+
+
+def rotate_maps(maps: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Apply a K x K matrix to the channel axis of [B, K, h, w] maps: unit i of the result is sum_j R_ij A_j."""
+    return torch.einsum("ij,bjhw->bihw", rotation.to(maps.dtype), maps)
+
+
+def rotated_cache(maps: np.ndarray, rotation: np.ndarray, path: Path, *, batch_size: int = 32) -> np.memmap:
+    """The maps with their unit axis multiplied by `rotation`, as a float32 memmap at `path`."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=maps.shape)
+    rotation_t = torch.from_numpy(np.asarray(rotation, dtype=np.float32))
+    for start, stop in batches(maps.shape[0], batch_size):
+        out[start:stop] = rotate_maps(torch.from_numpy(np.array(maps[start:stop])), rotation_t).numpy()
+    return out
+
+
+def rotated_summary(
+    maps: np.ndarray,
+    labels: LabelCache,
+    concepts: ConceptDataset,
+    lookup: tuple[np.ndarray, np.ndarray],
+    *,
+    quantile: float,
+    iou_threshold: float,
+    batch_size: int,
+) -> dict:
+    """The layer summary of one set of (rotated) units: thresholds recomputed, no intervals."""
+    thresholds = unit_thresholds(maps, quantile)
+    tally = dissect_layer(maps, thresholds, labels, concepts.n_codes, batch_size=batch_size)
+    units = unit_table(tally, lookup, concepts.categories, iou_threshold)
+    return layer_summary(units, concepts.categories, iou_threshold)
+
+
+def rotation_rows(
+    maps: np.ndarray,
+    labels: LabelCache,
+    concepts: ConceptDataset,
+    *,
+    alphas: list[float],
+    seeds: int,
+    quantile: float,
+    iou_threshold: float,
+    seed: int,
+    folder: Path,
+    batch_size: int = 16,
+) -> list[dict]:
+    """One summary per (seed, alpha), in that order, with "alpha" and "seed"; rotated maps go to `folder`."""
+    lookup = concept_lookup(concepts)
+    settings = {"quantile": quantile, "iou_threshold": iou_threshold, "batch_size": batch_size}
+    rows, unrotated = [], None
+    bar = tqdm(total=len(alphas) * seeds, desc="rotations", unit="dissection", mininterval=2)
+    for s in range(seeds):
+        rotation = FractionalRotation.of(random_rotation(maps.shape[1], np.random.default_rng([seed, s])))
+        for alpha in alphas:
+            if alpha == 0 and unrotated is not None:
+                summary = unrotated
+            else:
+                rotated = maps if alpha == 0 else rotated_cache(maps, rotation.power(alpha), folder / "rot.npy")
+                summary = rotated_summary(rotated, labels, concepts, lookup, **settings)
+                unrotated = summary if alpha == 0 else unrotated
+                del rotated
+            rows.append({"alpha": float(alpha), "seed": s, **summary})
+            bar.update(1)
+    bar.close()
+    return rows
