@@ -49,14 +49,9 @@ def main() -> None:
     from unitscope.data.manifest import ManifestDataset, build_manifest, source_layout
     from unitscope.models.registry import build_model, build_transform
     from unitscope.runtime import pick_device
-    from unitscope.studies.nefesi.stages import (
-        collect_top_n,
-        inference_copy,
-        per_channel_responses,
-        probe_layer,
-        selectivity_table,
-        tensor_batches,
-    )
+    from unitscope.studies.nefesi.indexes import selectivity_table
+    from unitscope.studies.nefesi.probes import per_channel_responses, probe_layer, tensor_batches
+    from unitscope.studies.nefesi.topn import collect_top_n, inference_copy
 
     torch.set_num_threads(args.threads)
     config = load_config(REPO / "config" / "config.yaml")

@@ -25,16 +25,8 @@ sys.path.insert(0, str(HERE / "tests"))
 COPIED = ["Snakefile", "rules", "workflow", "src", "config/schema.yaml", "config/schemas", "envs", "profiles"]
 # Keys whose values name files or times: they may differ between two runs in two folders.
 VOLATILE = {
-    "path",
-    "paths",
-    "log",
-    "checkpoint_path",
-    "created",
-    "generated",
-    "timestamp",
-    "elapsed_s",
-    "seconds",
-    "train_seconds",
+    *("path", "paths", "log", "checkpoint_path", "created", "generated", "timestamp"),
+    *("elapsed_s", "seconds", "train_seconds", "probe_seconds", "channels_per_second"),  # wall-clock measures
 }
 # Report prose (section.json's body_html and conclusion): rewording it is not a change of results.
 PROSE = {"body_html", "conclusion"}

@@ -1,20 +1,18 @@
 # Study 'nefesi': top-N exemplars, Neuron Features, four selectivity indexes per channel, image and hierarchical
-# decomposition (src/unitscope/nefesi*.py, receptive_field.py). Per target model: one top-N pass over its images
-# for all its layers; per layer: probes (transformed exemplar crops), index table, NFs; then figures and the section.
+# decomposition (src/unitscope/studies/nefesi/). Per target model: one top-N pass over its images for all its layers;
+# per layer: probes (transformed exemplar crops), index table, NFs; then figures and the section. Every rule's code
+# is its entry point in studies/nefesi/stages.py and what that uses.
 
 
-from unitscope.studies.nefesi.plan import NefesiConfigError, NefesiPlan  # noqa: E402 (no torch: parse time only)
+from unitscope.studies.nefesi.plan import NefesiPlan  # noqa: E402 (no torch: parse time only)
 
-try:
-    NEFESI = NefesiPlan(config)
-except NefesiConfigError as err:
-    raise WorkflowError(f"unitscope: {err}") from None
+NEFESI = plan(NefesiPlan, config)
 NEFESI_SETTINGS = NEFESI.settings
 
 
 rule nefesi_top_n:
     input:
-        code=code("studies.nefesi.stages"),
+        code=code("studies.nefesi.stages:run_top_n"),
         manifests=lambda wc: [manifest_path(d) for d in NEFESI.target(wc.model)["datasets"]],
         checkpoint=model_checkpoint,
     output:
@@ -43,7 +41,7 @@ rule nefesi_top_n:
 
 rule nefesi_layer:
     input:
-        code=code("studies.nefesi.stages"),
+        code=code("studies.nefesi.stages:run_layer"),
         exemplars="results/nefesi/{model}/exemplars.parquet",
         images="results/nefesi/{model}/images.parquet",
         checkpoint=model_checkpoint,
@@ -74,7 +72,7 @@ rule nefesi_layer:
 
 rule nefesi_layer_figures:
     input:
-        code=code("studies.nefesi.figures"),
+        code=code("studies.nefesi.stages:run_layer_figures"),
         table="results/nefesi/{model}/{layer}/indexes.parquet",
         nf="results/nefesi/{model}/{layer}/nf.npz",
         info="results/nefesi/{model}/{layer}/layer.json",
@@ -106,7 +104,7 @@ rule nefesi_layer_figures:
 
 rule nefesi_model_figures:
     input:
-        code=code("studies.nefesi.figures"),
+        code=code("studies.nefesi.stages:run_model_figures"),
         tables=lambda wc: NEFESI.layer_files(wc.model, "indexes.parquet"),
         nfs=lambda wc: NEFESI.layer_files(wc.model, "nf.npz"),
         hierarchies=lambda wc: NEFESI.layer_files(wc.model, "hierarchy.parquet"),
@@ -140,7 +138,7 @@ rule nefesi_model_figures:
 
 rule nefesi_decomposition:
     input:
-        code=code("studies.nefesi.figures"),
+        code=code("studies.nefesi.stages:run_decomposition"),
         images="results/nefesi/{model}/images.parquet",
         exemplars="results/nefesi/{model}/exemplars.parquet",
         nf=lambda wc: NEFESI.decomposition_layer_file(wc.model, "nf.npz"),
@@ -176,7 +174,7 @@ rule nefesi_decomposition:
 # <model>__<layer>__<channel>.png like the unit's page, which shows it.
 rule nefesi_section:
     input:
-        code=code("studies.nefesi.section", "studies.nefesi.figures"),
+        code=code("studies.nefesi.stages:run_section"),
         tables=NEFESI.all_files("indexes.parquet"),
         infos=NEFESI.all_files("layer.json"),
         nfs=NEFESI.all_files("nf.npz"),
@@ -187,11 +185,10 @@ rule nefesi_section:
         figures=NEFESI.figures(),
     output:
         section="results/nefesi/section.json",
-        units=directory("results/report/figures/nefesi/units"),
+        units=directory(NEFESI.UNITS),
     params:
-        targets=NEFESI.section_params(),
+        models=NEFESI.section_models(),  # the files it reads per model, and the model's preprocessing
         settings=NEFESI.section_settings(),
-        preprocessing={m: config["models"][m]["preprocessing"] for m in NEFESI.targets},
         unit_exemplars=config["nefesi"]["unit_exemplars"],  # top exemplar crops shown beside each unit's NF
     log:
         "logs/nefesi/section.log",

@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
 from unitscope.logs import log_to
 from unitscope.runtime import use_threads
-from unitscope.studies.nefesi.figures import run_decomposition
+from unitscope.studies.nefesi.stages import run_decomposition
 
 with log_to(snakemake.log[0]):
     use_threads(snakemake.threads)

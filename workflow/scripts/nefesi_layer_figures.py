@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 from unitscope.logs import log_to
-from unitscope.studies.nefesi.figures import run_layer_figures
+from unitscope.studies.nefesi.stages import run_layer_figures
 
 with log_to(snakemake.log[0]):
     run_layer_figures(

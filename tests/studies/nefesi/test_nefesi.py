@@ -14,25 +14,20 @@ from unitscope.data.manifest import ManifestDataset, build_manifest, folder_layo
 from unitscope.models.cifar_resnet import cifar_resnet20
 from unitscope.models.receptive_field import receptive_field
 from unitscope.models.registry import build_transform
-from unitscope.studies.nefesi.stages import (
+from unitscope.studies.nefesi.decomposition import decompose_image
+from unitscope.studies.nefesi.errors import NefesiError
+from unitscope.studies.nefesi.hierarchy import hierarchy_weights
+from unitscope.studies.nefesi.images import image_table, nf_rgb
+from unitscope.studies.nefesi.indexes import class_selectivity, selectivity_table
+from unitscope.studies.nefesi.probes import (
     LUMA,
-    NefesiError,
-    StreamingTopN,
     Transform,
     apply_transform,
-    class_selectivity,
-    collect_top_n,
-    decompose_image,
-    full_sort_top_n,
-    hierarchy_weights,
-    image_table,
-    inference_copy,
-    nf_rgb,
     per_channel_responses,
     probe_layer,
-    selectivity_table,
     tensor_batches,
 )
+from unitscope.studies.nefesi.topn import StreamingTopN, collect_top_n, full_sort_top_n, inference_copy
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CIFAR_SOURCE = {
@@ -327,9 +322,9 @@ def test_plan_checks_targets_with_one_line_errors(default_config):
 def test_unit_figure_crops_average_to_the_neuron_feature(cifar, tmp_path):
     from PIL import Image
 
-    from unitscope.studies.nefesi.figures import exemplar_crops, layer_field, model_inputs, run_unit_figures
-    from unitscope.studies.nefesi.section import merge_units
-    from unitscope.studies.nefesi.stages import exemplar_frame
+    from unitscope.studies.nefesi.images import exemplar_crops, layer_field, model_inputs
+    from unitscope.studies.nefesi.topn import exemplar_frame
+    from unitscope.studies.nefesi.units import draw_unit_figures, merge_units
 
     images, manifest_path = cifar
     generator = torch.Generator().manual_seed(3)
@@ -366,7 +361,7 @@ def test_unit_figure_crops_average_to_the_neuron_feature(cifar, tmp_path):
     exemplar_frame({"1": top}).to_parquet(exemplars_path)
     frame.to_parquet(images_path)
     np.savez_compressed(nf_path, nf=nf.astype(np.float16))
-    drawn = run_unit_figures(
+    drawn = draw_unit_figures(
         model_name="pixels",
         units=[("1", 1), ("1", 0)],
         exemplars_path=exemplars_path,

@@ -1,6 +1,7 @@
 """Figures of the nefesi study: Neuron Feature grids, index histograms, top channels per index, image and
 hierarchical decompositions, and one figure per singled-out unit (its NF beside its top exemplar crops). Every
-figure states the sample sizes it rests on."""
+figure states the sample sizes it rests on. Drawing only: the stages (`stages`) read the files and compute what
+is drawn."""
 
 from __future__ import annotations
 
@@ -261,124 +262,13 @@ def hierarchy_figure(tree: dict, nfs: dict[str, np.ndarray], title: str, path) -
 
 
 # ----------------------------------------------------------------------------------------------
-# stages (called by workflow/scripts/nefesi_*.py)
+# the study's figures, titled with what they rest on
 
 
-def _load_nf(path) -> np.ndarray:
-    with np.load(path) as data:
-        return data["nf"].astype(np.float32)
-
-
-def model_inputs(rows: pd.DataFrame, preprocessing: dict):
-    """The images of `rows` (rows of a target's image table) as the model saw them in the top-N pass: resized,
-    centre-cropped and normalised, [len(rows), 3, H, W]."""
-    import torch
-
-    from unitscope.data.manifest import ManifestDataset
-    from unitscope.models.registry import build_transform
-
-    dataset = ManifestDataset(rows, build_transform(preprocessing))
-    if not len(dataset):
-        crop = int(preprocessing["crop"])
-        return torch.zeros(0, 3, crop, crop)
-    return torch.stack([dataset[i][0] for i in range(len(dataset))])
-
-
-def layer_field(info: dict):
-    """The receptive field a layer's layer.json records."""
-    from unitscope.models.receptive_field import ReceptiveField
-
-    field = info["receptive_field"]
-    return ReceptiveField(tuple(field["size"]), tuple(field["stride"]), tuple(field["offset"]))
-
-
-def exemplar_crops(images, field, ys, xs, extent, mean, std) -> np.ndarray:
-    """The crops a Neuron Feature averages: unit (y, x)'s field, cut to the layer's visible `extent` (layer.json
-    nf_extent), from its model-input image (normalised [k, 3, H, W]), mean colour where the field leaves the image
-    (the same cut as nefesi_probes.probe_layer). sRGB [k, h, w, 3] in [0, 1], as the NFs in nf.npz."""
-    from unitscope.studies.nefesi.indexes import nf_rgb
-    from unitscope.studies.nefesi.probes import gather_crops
-
-    boxes = np.array([field.box(int(y), int(x)) for y, x in zip(ys, xs, strict=True)], dtype=np.int64).reshape(-1, 4)
-    (row0, row1), (col0, col1) = extent
-    crops = gather_crops(
-        images.float(),
-        np.arange(len(images)),
-        boxes[:, 0],
-        boxes[:, 1],
-        np.arange(row0, row1),
-        np.arange(col0, col1),
-    )
-    return nf_rgb(crops, mean, std)
-
-
-def unit_figure_name(model_name: str, layer: str, channel: int) -> str:
-    """File name of a unit's figure: its page's name (sections.unit_page_name) with .png."""
-    from unitscope.report.sections import unit_page_name
-
-    return unit_page_name(model_name, layer, channel).removesuffix(".html") + ".png"
-
-
-def run_unit_figures(
-    *,
-    model_name: str,
-    units: list[tuple[str, int]],
-    exemplars_path,
-    images_path,
-    nf_paths: dict,
-    infos: dict[str, dict],
-    preprocessing: dict,
-    count: int,
-    out_dir,
-) -> dict[tuple[str, int], dict]:
-    """For each (layer, channel) in `units`: its NF beside its top `count` exemplar crops, written to
-    out_dir/<model>__<layer>__<channel>.png. Returns per unit the file name, the exemplars its NF averages and the
-    number of crops shown."""
-    from pathlib import Path
-
-    exemplars = pd.read_parquet(exemplars_path)
-    images = pd.read_parquet(images_path).set_index("image", drop=False)
-    mean, std = preprocessing["mean"], preprocessing["std"]
-    drawn = {}
-    for layer in dict.fromkeys(layer for layer, _ in units):
-        info = infos[layer]
-        nf = _load_nf(nf_paths[layer])
-        field = layer_field(info)
-        rows = exemplars[(exemplars["layer"] == layer) & (exemplars["image"] >= 0)]
-        for channel in dict.fromkeys(channel for unit_layer, channel in units if unit_layer == layer):
-            own = rows[rows["channel"] == channel].sort_values("rank")
-            positive = own["activation"].clip(lower=0)
-            weights = positive / positive.sum() if positive.sum() > 0 else positive * 0
-            shown = own.head(count)
-            pictures = images.loc[shown["image"].to_numpy()]
-            crops = exemplar_crops(
-                model_inputs(pictures, preprocessing), field, shown["y"], shown["x"], info["nf_extent"], mean, std
-            )
-            labels = [
-                f"#{rank + 1} a={activation:.2f} w={weight:.2f}\n{str(name)[:18]}"
-                for rank, activation, weight, name in zip(
-                    shown["rank"], shown["activation"], weights.loc[shown.index], pictures["class"], strict=True
-                )
-            ]
-            size = info["receptive_field"]["size"]
-            title = (
-                f"{model_name} {layer} channel {channel}: NF = activation-weighted mean of its top {len(own)} crops "
-                f"(of {info['images']} images), field {size[0]}×{size[1]} px;\ntop {len(shown)} crops, "
-                "a = activation, w = weight in the NF, class of the image"
-            )
-            name = unit_figure_name(model_name, layer, channel)
-            unit_figure(nf[channel], crops, labels, title, Path(out_dir) / name)
-            drawn[(layer, int(channel))] = {"file": name, "exemplars": len(own), "shown": len(shown)}
-    return drawn
-
-
-def run_layer_figures(*, table_path, nf_path, info_path, order_by: str, top_channels: int, out_grid, out_top) -> None:
+def draw_layer_figures(
+    table: pd.DataFrame, nf: np.ndarray, info: dict, *, order_by: str, top_channels: int, out_grid, out_top
+) -> None:
     """NF grid of one layer (ordered by `order_by`) and its top channels for each index."""
-    import json
-
-    table = pd.read_parquet(table_path)
-    nf = _load_nf(nf_path)
-    info = json.loads(open(info_path).read())
     field = info["receptive_field"]["size"]
     base = (
         f"{info['model']} · {info['layer']}: {info['channels']} channels, NF = weighted mean of the top "
@@ -394,136 +284,46 @@ def run_layer_figures(*, table_path, nf_path, info_path, order_by: str, top_chan
     top_channels_figure(nf, table, f"{base}\nhighest {top_channels} channels per index", out_top, count=top_channels)
 
 
-def choose_hierarchy_channel(table: pd.DataFrame) -> int:
-    """The deep channel to decompose when none is configured: highest class index, then highest top activation."""
-    alive = table[~table["dead"]]
-    if alive.empty:
-        return int(table["channel"].iloc[0])
-    ranked = alive.sort_values(["class_index", "top_activation"], ascending=False, na_position="last", kind="stable")
-    return int(ranked["channel"].iloc[0])
+def draw_histograms(model_name: str, tables: dict[str, pd.DataFrame], path) -> None:
+    """The index histograms of a model's layers, titled with each layer's number of channels."""
+    n_text = ", ".join(f"{layer} {len(table)}" for layer, table in tables.items())
+    histograms_figure(tables, f"{model_name}: selectivity indexes per channel (channels: {n_text})", path)
 
 
-def run_model_figures(
-    *,
-    model_name: str,
-    layers: list[str],
-    table_paths: list,
-    nf_paths: list,
-    hierarchy_paths: list,
-    hierarchy_channel: int | None,
-    children: int,
-    out_histograms,
-    out_hierarchy,
-    out_tree,
-) -> dict:
-    """Index histograms of every layer and the hierarchical decomposition of one deep channel."""
-    import json
-
-    from unitscope.fsutil import write_text_atomic
-    from unitscope.studies.nefesi.stages import NefesiError, hierarchy_tree
-
-    tables = {layer: pd.read_parquet(path) for layer, path in zip(layers, table_paths, strict=True)}
-    nfs = {layer: _load_nf(path) for layer, path in zip(layers, nf_paths, strict=True)}
-    channels = {layer: len(table) for layer, table in tables.items()}
-    n_text = ", ".join(f"{layer} {count}" for layer, count in channels.items())
-    histograms_figure(tables, f"{model_name}: selectivity indexes per channel (channels: {n_text})", out_histograms)
-    deep = layers[-1]
-    if hierarchy_channel is None:
-        channel, chosen = choose_hierarchy_channel(tables[deep]), "highest class index"
-    else:
-        channel, chosen = int(hierarchy_channel), "configured"
-        if not 0 <= channel < channels[deep]:
-            raise NefesiError(
-                f"config key nefesi.targets ({model_name}).hierarchy_channel: {channel} is not a channel of {deep} "
-                f"(0..{channels[deep] - 1})"
-            )
-    weights = {}
-    for path in hierarchy_paths:
-        frame = pd.read_parquet(path)
-        if frame.empty:
-            continue
-        layer = frame["deep_layer"].iloc[0]
-        matrix = np.zeros((frame["deep_channel"].max() + 1, frame["shallow_channel"].max() + 1))
-        matrix[frame["deep_channel"], frame["shallow_channel"]] = frame["weight"]
-        weights[layer] = matrix
-    tree = hierarchy_tree(weights, layers, deep, channel, children)
+def draw_hierarchy(model_name: str, record: dict, children: int, nfs: dict[str, np.ndarray], path) -> None:
+    """The hierarchical decomposition `record` (hierarchy.json: layer, channel, chosen, tree)."""
     title = (
-        f"{model_name} {deep} channel {channel} ({chosen}) and the {children} channels of each shallower layer "
-        f"most active on its exemplars;\nedge = Σ w·(max over the unit's cone) / channel's top activation"
+        f"{model_name} {record['layer']} channel {record['channel']} ({record['chosen']}) and the {children} channels "
+        "of each shallower layer most active on its exemplars;\nedge = Σ w·(max over the unit's cone) / channel's "
+        "top activation"
     )
-    hierarchy_figure(tree, nfs, title, out_hierarchy)
-    record = {"model": model_name, "layer": deep, "channel": channel, "chosen": chosen, "tree": tree}
-    write_text_atomic(out_tree, json.dumps(record, indent=2) + "\n")
-    return record
+    hierarchy_figure(record["tree"], nfs, title, path)
 
 
-def run_decomposition(
-    *,
-    model_name: str,
-    spec: dict,
-    layer: str,
-    dataset: str,
-    index: int,
-    images_path,
-    exemplars_path,
-    nf_path,
-    info_path,
-    channels: int,
-    max_overlap: float,
-    data_dir,
-    torch_home,
-    out_figure,
-    out_record,
-) -> dict:
-    """Image decomposition of the `index`-th image of `dataset` in the target's image table at `layer`."""
-    import json
-
-    import torch
-
-    from unitscope.fsutil import write_text_atomic
-    from unitscope.hooks import ActivationRecorder
-    from unitscope.models.receptive_field import receptive_field
-    from unitscope.models.registry import build_model
-    from unitscope.studies.nefesi.stages import NefesiError, decompose_image, inference_copy, nf_rgb, read_top_n
-
-    images = pd.read_parquet(images_path)
-    rows = images[images["dataset"] == dataset]
-    if index >= len(rows):
-        raise NefesiError(f"{images_path}: dataset {dataset!r} has {len(rows)} images, no image number {index}")
-    row = rows.iloc[index].to_dict()
-    model = inference_copy(build_model(model_name, spec, data_dir=data_dir, torch_home=torch_home))  # as top-N
-    preprocessing = spec["preprocessing"]
-    image = model_inputs(rows.iloc[[index]], preprocessing)[0]
-    with (
-        torch.inference_mode(),
-        ActivationRecorder(model, [layer], keep_maps=True, maps_dtype=torch.float32, stop_early=True) as recorder,
-    ):
-        recorder(image.unsqueeze(0).contiguous(memory_format=torch.channels_last))
-    top = read_top_n(pd.read_parquet(exemplars_path), layer)
-    field = receptive_field(model, layer)
-    info = json.loads(open(info_path).read())
-    kept = decompose_image(
-        recorder.maps[layer][0],
-        field,
-        top.values[:, 0],
-        tuple(image.shape[-2:]),
-        count=channels,
-        max_overlap=max_overlap,
-    )
-    picture = nf_rgb(image.unsqueeze(0), preprocessing["mean"], preprocessing["std"])[0]
+def draw_decomposition(
+    picture: np.ndarray, kept: list[dict], nf: np.ndarray, field, extent, record: dict, *, max_overlap: float, path
+) -> None:
+    """The image decomposition `record` (its JSON record) of `picture` (sRGB [H, W, 3])."""
     title = (
-        f"{model_name} {layer}: {dataset} image {row['image_id']} (class {row['class']}); {len(kept)} units "
-        f"ranked by activation / channel's top, field overlap ≤ {max_overlap:.2f}"
+        f"{record['model']} {record['layer']}: {record['dataset']} image {record['image_id']} (class "
+        f"{record['class']}); {len(kept)} units ranked by activation / channel's top, field overlap ≤ "
+        f"{max_overlap:.2f}"
     )
-    decomposition_figure(picture, kept, _load_nf(nf_path), field, info["nf_extent"], title, out_figure)
-    record = {
-        "model": model_name,
-        "layer": layer,
-        "dataset": dataset,
-        "index": index,
-        "image_id": row["image_id"],
-        "class": row["class"],
-        "units": [{k: v for k, v in item.items() if k != "area"} for item in kept],
-    }
-    write_text_atomic(out_record, json.dumps(record, indent=2) + "\n")
-    return record
+    decomposition_figure(picture, kept, nf, field, extent, title, path)
+
+
+def unit_labels(shown: pd.DataFrame, weights: pd.Series, classes: pd.Series) -> list[str]:
+    """The label of each exemplar crop shown beside a unit's NF: rank, activation, weight in the NF, class."""
+    return [
+        f"#{rank + 1} a={activation:.2f} w={weight:.2f}\n{str(name)[:18]}"
+        for rank, activation, weight, name in zip(shown["rank"], shown["activation"], weights, classes, strict=True)
+    ]
+
+
+def unit_title(model_name: str, layer: str, channel: int, info: dict, exemplars: int, shown: int) -> str:
+    size = info["receptive_field"]["size"]
+    return (
+        f"{model_name} {layer} channel {channel}: NF = activation-weighted mean of its top {exemplars} crops "
+        f"(of {info['images']} images), field {size[0]}×{size[1]} px;\ntop {shown} crops, "
+        "a = activation, w = weight in the NF, class of the image"
+    )

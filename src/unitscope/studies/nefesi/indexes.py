@@ -1,5 +1,26 @@
-"""The nefesi indexes, Neuron-Feature descriptors (colour names, preferred angle) and decompositions, computed for
-all channels of a layer at once from its probes (see unitscope.studies.nefesi.stages for the definitions)."""
+"""The nefesi selectivity indexes and Neuron-Feature descriptors (colour names, preferred angle), computed for all
+channels of a layer at once from its probes (`probes`).
+
+With R(T)ₙ the response of a channel to its n-th exemplar crop under transform T and R(id)ₙ the untransformed one
+(= aₙ, its exemplar activation):
+
+* color:       CI = clip(1 − Σₙ R(gray)ₙ / Σₙ R(id)ₙ, 0, 1); gray = luminance Y = 0.299 R + 0.587 G + 0.114 B
+               copied to the three channels (in pixel space, before normalisation). Dominant colour names of
+               the NF: each NF pixel gets the nearest of 11 basic colour terms in CIELab; names covering at
+               least `color_name_share` of the NF's pixels are listed with their shares.
+* orientation: ratio(θ) = Σₙ R(rot θ)ₙ / Σₙ R(id)ₙ for θ = s, 2s, …, 360° − s (s = 15° by default);
+               OI = clip(1 − meanθ ratio(θ), 0, 1). Preferred angle: the dominant edge orientation of the
+               NF (structure tensor of its luminance; 0° = horizontal edge, counter-clockwise), with its
+               coherence in [0, 1].
+* symmetry:    ratio(φ) = Σₙ R(mirror φ)ₙ / Σₙ R(id)ₙ for mirror axes φ = 0° (top↔bottom), 45°, 90°
+               (left↔right), 135°; SI = clip(meanφ ratio(φ), 0, 1) (1: mirrored crops drive it as much).
+* class:       fₖ = Σ_{n: class(n)=k} wₙ (activation-weighted relative frequency of class k among the
+               exemplars); sorted decreasingly, M = the fewest classes whose fₖ sum to ≥ `class_coverage`;
+               CSI = (K − M) / (K − 1) with K = min(N, classes in the image set) — nefesi's (N − M)/(N − 1)
+               whenever the set has at least N classes (its ImageNet setting); with fewer classes M can never
+               reach N, so the largest possible M is used. Population code: the number of classes with
+               fₖ ≥ `population_threshold`, listed with their fₖ.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from unitscope.models.receptive_field import ReceptiveField
+from unitscope.studies.nefesi.images import nf_rgb
 from unitscope.studies.nefesi.probes import LUMA, LayerProbes
 from unitscope.studies.nefesi.topn import TopN
 
@@ -64,12 +85,6 @@ def nf_orientation(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return angle, coherence
 
 
-def nf_rgb(nf: torch.Tensor, mean, std) -> np.ndarray:
-    """Neuron Features from normalised space [C, 3, h, w] to displayable sRGB [C, h, w, 3] in [0, 1]."""
-    pixels = nf * torch.tensor(list(std)).view(1, 3, 1, 1) + torch.tensor(list(mean)).view(1, 3, 1, 1)
-    return pixels.clamp(0, 1).permute(0, 2, 3, 1).numpy()
-
-
 def class_selectivity(
     weights: torch.Tensor, classes: torch.Tensor, n_classes: int, *, coverage: float = 1.0, population: float = 0.1
 ) -> dict[str, np.ndarray]:
@@ -95,6 +110,59 @@ def class_selectivity(
     return {"freq": freq.numpy(), "M": m.numpy(), "K": k.numpy(), "index": index.numpy(), "population": pc.numpy()}
 
 
+def transform_ratios(top: TopN, probes: LayerProbes) -> tuple[np.ndarray, torch.Tensor]:
+    """ratio(T) = Σₙ R(T)ₙ / Σₙ R(id)ₙ per channel and transform [C, T] (NaN for a dead channel), and which
+    channels are dead (no positive exemplar activation or no positive untransformed response)."""
+    present = top.image >= 0
+    responses = torch.where(present.unsqueeze(-1), probes.responses, torch.zeros(()))
+    sums = responses.double().sum(dim=1)  # [C, T]
+    reference = sums[:, 0]
+    dead = ~(top.values.clamp(min=0).sum(dim=1) > 0) | ~(reference > 0)
+    ratio = torch.where(dead.unsqueeze(1), torch.nan, sums / reference.clamp(min=1e-30).unsqueeze(1)).numpy()
+    return ratio, dead
+
+
+def nf_descriptors(rgb: np.ndarray, color_name_share: float) -> dict[str, list | np.ndarray]:
+    """Per NF (sRGB [C, h, w, 3]): the colour names covering at least `color_name_share` of its pixels, its
+    dominant colour name, preferred angle and that angle's coherence."""
+    term_names = list(COLOR_TERMS)
+    shares = color_name_shares(rgb)
+    angle, coherence = nf_orientation(rgb)
+    return {
+        "color_names": [
+            ", ".join(f"{term_names[k]} {row[k]:.2f}" for k in np.argsort(-row) if row[k] >= color_name_share)
+            for row in shares
+        ],
+        "dominant_color": [term_names[int(np.argmax(row))] for row in shares],
+        "preferred_angle": angle,
+        "angle_coherence": coherence,
+    }
+
+
+def class_columns(
+    top: TopN, class_codes: np.ndarray, class_names: list[str], *, coverage: float, population: float
+) -> dict[str, list | np.ndarray]:
+    """The class index and population code columns of the index table (classes of the exemplars' images)."""
+    present = top.image >= 0
+    image_classes = torch.as_tensor(class_codes)[top.image.clamp(min=0)]
+    image_classes = torch.where(present, image_classes, torch.full_like(image_classes, -1))
+    classes = class_selectivity(
+        top.weights(), image_classes, len(class_names), coverage=coverage, population=population
+    )
+    return {
+        "class_index": classes["index"],
+        "class_M": classes["M"],
+        "class_K": classes["K"],
+        "top_class": [class_names[int(np.argmax(f))] if f.sum() > 0 else "" for f in classes["freq"]],
+        "top_class_share": classes["freq"].max(axis=1),
+        "population_code": classes["population"],
+        "population_classes": [
+            ", ".join(f"{class_names[k]} {f[k]:.2f}" for k in np.argsort(-f) if f[k] >= population - 1e-12)
+            for f in classes["freq"]
+        ],
+    }
+
+
 def selectivity_table(
     top: TopN,
     probes: LayerProbes,
@@ -108,56 +176,31 @@ def selectivity_table(
     color_name_share: float = 0.2,
 ) -> pd.DataFrame:
     """One row per channel: the four indexes and what they rest on (see the module docstring)."""
-    channels = top.channels
     present = top.image >= 0
-    responses = torch.where(present.unsqueeze(-1), probes.responses, torch.zeros(()))
-    sums = responses.double().sum(dim=1)  # [C, T]
-    reference = sums[:, 0]
-    dead = ~(top.values.clamp(min=0).sum(dim=1) > 0) | ~(reference > 0)
-    ratio = torch.where(dead.unsqueeze(1), torch.nan, sums / reference.clamp(min=1e-30).unsqueeze(1)).numpy()
+    ratio, dead = transform_ratios(top, probes)
     names = [t.name for t in probes.transforms]
-    col = {name: i for i, name in enumerate(names)}
+    gray = names.index("gray")
     rotations = [i for i, t in enumerate(probes.transforms) if t.kind == "rotate"]
     mirrors = [i for i, t in enumerate(probes.transforms) if t.kind == "mirror"]
-    rgb = nf_rgb(probes.nf, mean, std)
-    shares = color_name_shares(rgb)
-    angle, coherence = nf_orientation(rgb)
-    term_names = list(COLOR_TERMS)
-    image_classes = torch.as_tensor(class_codes)[top.image.clamp(min=0)]
-    image_classes = torch.where(present, image_classes, torch.full_like(image_classes, -1))
-    classes = class_selectivity(
-        top.weights(), image_classes, len(class_names), coverage=class_coverage, population=population_threshold
-    )
+    nf = nf_descriptors(nf_rgb(probes.nf, mean, std), color_name_share)
     with np.errstate(invalid="ignore"):
         rotation_mean = ratio[:, rotations].mean(axis=1)
         mirror_mean = ratio[:, mirrors].mean(axis=1)
     table = {
-        "channel": np.arange(channels),
+        "channel": np.arange(top.channels),
         "exemplars": present.sum(dim=1).numpy(),
         "top_activation": top.values[:, 0].numpy(),
         "mean_exemplar_activation": torch.where(present, top.values, torch.nan).nanmean(dim=1).numpy(),
         "dead": dead.numpy(),
-        "color_index": np.clip(1 - ratio[:, col["gray"]], 0, 1),
-        "gray_ratio": ratio[:, col["gray"]],
-        "color_names": [
-            ", ".join(f"{term_names[k]} {row[k]:.2f}" for k in np.argsort(-row) if row[k] >= color_name_share)
-            for row in shares
-        ],
-        "dominant_color": [term_names[int(np.argmax(row))] for row in shares],
+        "color_index": np.clip(1 - ratio[:, gray], 0, 1),
+        "gray_ratio": ratio[:, gray],
+        "color_names": nf["color_names"],
+        "dominant_color": nf["dominant_color"],
         "orientation_index": np.clip(1 - rotation_mean, 0, 1),
-        "preferred_angle": angle,
-        "angle_coherence": coherence,
+        "preferred_angle": nf["preferred_angle"],
+        "angle_coherence": nf["angle_coherence"],
         "symmetry_index": np.clip(mirror_mean, 0, 1),
-        "class_index": classes["index"],
-        "class_M": classes["M"],
-        "class_K": classes["K"],
-        "top_class": [class_names[int(np.argmax(f))] if f.sum() > 0 else "" for f in classes["freq"]],
-        "top_class_share": classes["freq"].max(axis=1),
-        "population_code": classes["population"],
-        "population_classes": [
-            ", ".join(f"{class_names[k]} {f[k]:.2f}" for k in np.argsort(-f) if f[k] >= population_threshold - 1e-12)
-            for f in classes["freq"]
-        ],
+        **class_columns(top, class_codes, class_names, coverage=class_coverage, population=population_threshold),
     }
     for i in rotations + mirrors:
         table[f"ratio_{names[i]}"] = ratio[:, i]
@@ -167,85 +210,33 @@ def selectivity_table(
     return frame
 
 
-def hierarchy_weights(children: torch.Tensor, top: TopN, shallow_top: TopN) -> np.ndarray:
-    """[C_deep, C_shallow]: Σₙ wₙ · (max of shallow channel k over the deep unit's cone on exemplar n) / (top
-    activation of k over the image set). 1 means k fires at its strongest under every exemplar of the deep one."""
-    weights = top.weights().double()  # [C, N]
-    values = torch.nan_to_num(children.double(), nan=0.0)  # [C, N, K]
-    combined = torch.einsum("cn,cnk->ck", weights, values)
-    peak = shallow_top.values[:, 0].double()
-    return torch.where(peak > 0, combined / peak.clamp(min=1e-30), torch.zeros(())).numpy()
-
-
-# ----------------------------------------------------------------------------------------------
-# image decomposition
-
-
-def decompose_image(
-    maps: torch.Tensor,
-    field: ReceptiveField,
-    peak: torch.Tensor,
-    image_size: tuple[int, int],
+def layer_index_table(
+    model_name: str,
+    layer: str,
+    top: TopN,
+    probes: LayerProbes,
+    image_classes: pd.Series,
     *,
-    count: int = 8,
-    max_overlap: float = 0.3,
-) -> list[dict]:
-    """The most relevant channels of one image at each position, greedily.
-
-    maps [C, H, W] of the image; peak [C] each channel's top activation over the image set. Units are ranked by
-    relative activation a / peak; a unit is kept when its field (clipped to the image) overlaps every kept
-    field by at most `max_overlap` (intersection over the smaller area), until `count` are kept.
-    """
-    channels, height, width = maps.shape
-    relative = torch.where(peak.view(-1, 1, 1) > 0, maps / peak.clamp(min=1e-30).view(-1, 1, 1), torch.zeros(()))
-    order = torch.argsort(relative.reshape(-1), descending=True, stable=True)
-    kept: list[dict] = []
-    limit_h, limit_w = image_size
-    for flat in order.tolist():
-        value = float(relative.reshape(-1)[flat])
-        if value <= 0 or len(kept) >= count:
-            break
-        channel, rest = divmod(flat, height * width)
-        y, x = divmod(rest, width)
-        top, left, bottom, right = field.box(y, x)
-        box = (max(top, 0), max(left, 0), min(bottom, limit_h), min(right, limit_w))
-        area = (box[2] - box[0]) * (box[3] - box[1])
-        if any(_overlap(box, other["box"], area, other["area"]) > max_overlap for other in kept):
-            continue
-        kept.append(
-            {
-                "channel": channel,
-                "y": y,
-                "x": x,
-                "box": box,
-                "area": area,
-                "relative": value,
-                "activation": float(maps[channel, y, x]),
-            }
-        )
-    return kept
-
-
-def _overlap(a, b, area_a, area_b) -> float:
-    height = min(a[2], b[2]) - max(a[0], b[0])
-    width = min(a[3], b[3]) - max(a[1], b[1])
-    if height <= 0 or width <= 0:
-        return 0.0
-    return height * width / max(min(area_a, area_b), 1)
-
-
-def hierarchy_tree(weights: dict[str, np.ndarray], layers: list[str], layer: str, channel: int, children: int):
-    """Tree {layer, channel, weight, children: [...]} from `layer`'s channel down through the shallower
-    `layers` (deep to shallow order given by `layers`, shallow first), `children` best per node."""
-    position = layers.index(layer)
-
-    def node(depth: int, chan: int, weight: float | None) -> dict:
-        name = layers[depth]
-        kids = []
-        if depth > 0 and name in weights:
-            row = weights[name][chan]
-            for k in np.argsort(-row, kind="stable")[:children]:
-                kids.append(node(depth - 1, int(k), float(row[k])))
-        return {"layer": name, "channel": chan, "weight": weight, "children": kids}
-
-    return node(position, channel, None)
+    mean,
+    std,
+    class_coverage: float,
+    population_threshold: float,
+    color_name_share: float,
+) -> pd.DataFrame:
+    """A layer's indexes.parquet: its selectivity table (classes: `image_classes`, the class of each image of the
+    target's image table), led by the model and layer."""
+    codes, names = pd.factorize(image_classes, sort=True)
+    table = selectivity_table(
+        top,
+        probes,
+        codes,
+        [str(n) for n in names],
+        mean=mean,
+        std=std,
+        class_coverage=class_coverage,
+        population_threshold=population_threshold,
+        color_name_share=color_name_share,
+    )
+    table.insert(0, "layer", layer)
+    table.insert(0, "model", model_name)
+    return table

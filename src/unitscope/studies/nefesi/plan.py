@@ -5,7 +5,11 @@ Imported by rules/nefesi.smk, so it must stay free of torch (dry runs and cluste
 
 from __future__ import annotations
 
+import os
+
 from unitscope.errors import UnitscopeError
+
+REPORT_DIR = "results/report"
 
 
 class NefesiConfigError(UnitscopeError, ValueError):
@@ -16,9 +20,11 @@ class NefesiPlan:
     """The enabled nefesi targets ({model: target}) and the paths of their stages."""
 
     FIGURES = "results/report/figures/nefesi/{model}"
+    UNITS = "results/report/figures/nefesi/units"
 
     def __init__(self, config: dict):
         self.settings = config.get("nefesi", {})
+        self.models = config["models"]
         self.targets: dict[str, dict] = {}
         if not self.settings.get("enabled", False):
             return
@@ -95,12 +101,39 @@ class NefesiPlan:
             files += [f"{folder}/histograms.png", f"{folder}/hierarchy.png", *self.decompositions(model)]
         return files
 
-    def section_params(self) -> dict:
+    def section_models(self) -> dict[str, dict]:
+        """Per target, the files the section reads (figures relative to results/report/, as the report shows them)
+        and the model's preprocessing (the unit figures cut their crops from the model's view of each image)."""
+        return {model: self._section_files(model, target) for model, target in self.targets.items()}
+
+    def _section_files(self, model: str, target: dict) -> dict:
+        layers = list(target["layers"])
+        folder = self.FIGURES.format(model=model)
+        records = self.decompositions(model, "record")
         return {
-            model: {"layers": t["layers"], "decompose_layer": t.get("decompose_layer"), "datasets": t["datasets"]}
-            for model, t in self.targets.items()
+            "layers": layers,
+            "tables": self.layer_files(model, "indexes.parquet"),
+            "infos": self.layer_files(model, "layer.json"),
+            "nfs": self.layer_files(model, "nf.npz"),
+            "tree": f"results/nefesi/{model}/hierarchy.json",
+            "exemplars": f"results/nefesi/{model}/exemplars.parquet",
+            "images": f"results/nefesi/{model}/images.parquet",
+            "decompositions": records,
+            "preprocessing": self.models[model]["preprocessing"],
+            "figures": {
+                "histograms": _shown(f"{folder}/histograms.png"),
+                "hierarchy": _shown(f"{folder}/hierarchy.png"),
+                "grids": {layer: _shown(f"{folder}/{layer}_nf.png") for layer in layers},
+                "tops": {layer: _shown(f"{folder}/{layer}_top.png") for layer in layers},
+                "decompositions": [_shown(path) for path in self.decompositions(model)],
+            },
         }
 
     def section_settings(self) -> dict:
         keys = ("top_n", "rotation_step", "class_coverage", "population_threshold", "color_selective_threshold")
         return {**{key: self.settings.get(key) for key in keys}, "order_by": self.settings.get("order_by")}
+
+
+def _shown(path: str) -> str:
+    """A figure's path as the report links it (relative to results/report/)."""
+    return os.path.relpath(path, REPORT_DIR)

@@ -1,6 +1,24 @@
 """Probes of the nefesi study: the exemplar crops of a layer's channels, transformed, through the model in large
-batches on stride-aligned windows around their receptive fields (see unitscope.studies.nefesi.stages for the
-definitions)."""
+batches on stride-aligned windows around their receptive fields; they also give the Neuron Features.
+
+* **Neuron Feature (NF)** of a channel: the activation-weighted mean of its exemplar crops (`images`),
+  NF = Σₙ wₙ · cropₙ with wₙ = aₙ / Σₘ aₘ (activations clipped at 0), cut to the part of the field that can hold
+  image pixels.
+
+How a channel's response to a transformed crop is measured (the same way as the exemplar activation): the
+crop region, i.e. the part of the unit's field inside the image, is replaced by its transform; the response
+is the channel's activation at the exemplar's location in that modified image. It is computed on a probe
+window around the field (stride-aligned, inside the image; `receptive_field.probe_window`) instead of the
+whole image, which gives the same number (identical computation; the untransformed probe reproduces the
+stored exemplar activation, and the stage fails if it does not). Rotations and mirrors turn the padded crop
+about the unit's field centre (for a unit whose field contains the whole image: the image about its centre);
+pixels whose source falls outside the crop take the mean colour. The transforms: identity, gray (luminance
+Y = 0.299 R + 0.587 G + 0.114 B copied to the three channels, in pixel space), rotations by s, 2s, …, 360° − s
+and mirrors about the axes 0°, 45°, 90°, 135°; `indexes` turns the responses into the selectivity indexes.
+
+All transforms of all exemplar crops of all channels of a layer go through the model in large batches:
+crops shared by several channels (same image and region) are probed once, and every probe returns all channels.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +37,9 @@ from tqdm import tqdm
 from unitscope.data.manifest import ManifestDataset
 from unitscope.hooks import ActivationRecorder
 from unitscope.models.receptive_field import ReceptiveField, probe_window, receptive_field, window_origin
-from unitscope.studies.nefesi.topn import NefesiError, TopN, channels_last
+from unitscope.studies.nefesi.errors import NefesiError
+from unitscope.studies.nefesi.images import gather_crops
+from unitscope.studies.nefesi.topn import TopN, channels_last
 
 SYMMETRY_AXES = (0, 45, 90, 135)
 LUMA = (0.299, 0.587, 0.114)
@@ -244,21 +264,6 @@ def per_channel_responses(
     return out
 
 
-def gather_crops(images, slots, tops, lefts, rows, cols) -> torch.Tensor:
-    """Crops [R, 3, len(rows), len(cols)] at (tops + rows, lefts + cols) of images[slots]; 0 outside."""
-    height, width = images.shape[-2:]
-    rr = torch.as_tensor(tops)[:, None] + torch.as_tensor(rows)[None, :]
-    cc = torch.as_tensor(lefts)[:, None] + torch.as_tensor(cols)[None, :]
-    inside = ((rr >= 0) & (rr < height))[:, :, None] & ((cc >= 0) & (cc < width))[:, None, :]
-    crops = images[
-        torch.as_tensor(slots)[:, None, None],
-        :,
-        rr.clamp(0, height - 1)[:, :, None],
-        cc.clamp(0, width - 1)[:, None, :],
-    ]  # [R, h, w, 3]
-    return (crops * inside.unsqueeze(-1)).permute(0, 3, 1, 2)
-
-
 def _masked_max(maps: torch.Tensor, boxes: np.ndarray) -> torch.Tensor:
     """maps [R, K, h, w], boxes [R, 4] (top, left, bottom, right) -> [R, K] max inside each box."""
     _, _, height, width = maps.shape
@@ -299,135 +304,281 @@ def probe_layer(
     shallower channel over the unit's cone (the shallower units it is computed from).
     """
     started = time.perf_counter()
-    device = torch.device(device)
-    mean_t = torch.tensor(list(mean), dtype=torch.float32)
-    std_t = torch.tensor(list(std), dtype=torch.float32)
     geometry = LayerGeometry.of(model, layer, image_size, top.map_size)
-    transform_list = transforms(rotation_step)
-    n_transforms = len(transform_list)
-    channels, n = top.channels, top.n
-    flat_image = top.image.reshape(-1).numpy()
-    flat_y, flat_x = top.y.reshape(-1).numpy(), top.x.reshape(-1).numpy()
-    origins, positions, regions = geometry.probe_layout(flat_y, flat_x)
-    exemplar_ids = np.flatnonzero(flat_image >= 0)  # fewer images than N leave empty slots
-    keys = np.concatenate([flat_image[:, None], origins, regions], axis=1)[exemplar_ids]
-    probe_keys, probe_of = np.unique(keys, axis=0, return_inverse=True)  # one probe per distinct crop
-    probe_of = probe_of.reshape(-1)
-    order = np.argsort(probe_of, kind="stable")
-    exemplar_ids, probe_of = exemplar_ids[order], probe_of[order]
-    starts = np.searchsorted(probe_of, np.arange(len(probe_keys) + 1))
-    window_h, window_w = geometry.window
-
+    prober = _LayerProber(layer, top, geometry, transforms(rotation_step), mean, std, torch.device(device))
+    if shallower is not None:
+        prober.follow(shallower, receptive_field(model, shallower))
     record = [layer] if shallower is None else [shallower, layer]
-    shallow_field = receptive_field(model, shallower) if shallower is not None else None
-    responses = torch.full((channels * n, n_transforms), float("nan"))
-    children = None
-    (row0, row1), (col0, col1) = geometry.visible_extent()
-    nf = torch.zeros(channels, 3, row1 - row0, col1 - col0)
-    weights = top.weights().reshape(-1)
-    field = geometry.field
-
-    unique_images = np.unique(probe_keys[:, 0])
-    forwards = 0
-    bar = tqdm(
-        total=len(probe_keys) * n_transforms, desc=f"probes {layer}", unit="probe", disable=not progress, mininterval=2
-    )
+    total = len(prober.probes.keys) * len(prober.transforms)
+    bar = tqdm(total=total, desc=f"probes {layer}", unit="probe", disable=not progress, mininterval=2)
     with (
         torch.inference_mode(),
         ActivationRecorder(model, record, keep_maps=True, maps_dtype=torch.float32, stop_early=True) as recorder,
     ):
-        for chunk_images, images in image_batches(unique_images, images_per_chunk):
-            images = images.float()
-            slot_of = np.full(int(unique_images.max()) + 1, -1, dtype=np.int64)
-            slot_of[chunk_images] = np.arange(len(chunk_images))
-            chunk_probes = np.flatnonzero(np.isin(probe_keys[:, 0], chunk_images))
-            u = len(chunk_probes)
-            ck = probe_keys[chunk_probes]
-            windows = gather_crops(
-                images, slot_of[ck[:, 0]], ck[:, 1], ck[:, 2], np.arange(window_h), np.arange(window_w)
-            )
-            region_t = torch.as_tensor(ck[:, 3:7])
-            centre_t = torch.as_tensor(ck[:, 7:9]).float() / 2
-            # readouts: the exemplars these probes answer for
-            counts = starts[chunk_probes + 1] - starts[chunk_probes]
-            read_ex = np.concatenate([exemplar_ids[starts[p] : starts[p + 1]] for p in chunk_probes])
-            read_local = np.repeat(np.arange(u), counts)
-            read_channel = torch.as_tensor(read_ex // n)
-            read_py = torch.as_tensor(positions[read_ex, 0])
-            read_px = torch.as_tensor(positions[read_ex, 1])
-            # Neuron Features: weighted crops of the field (visible extent), padded with 0 = mean colour
-            boxes = np.array(
-                [field.box(int(yy), int(xx)) for yy, xx in zip(flat_y[read_ex], flat_x[read_ex], strict=True)]
-            ).reshape(-1, 4)
-            crops = gather_crops(
-                images,
-                slot_of[flat_image[read_ex]],
-                boxes[:, 0],
-                boxes[:, 1],
-                np.arange(row0, row1),
-                np.arange(col0, col1),
-            )
-            nf.index_add_(0, read_channel, crops * weights[read_ex].view(-1, 1, 1, 1))
-            if shallower is not None:
-                cone = _cone_boxes(geometry, shallow_field, flat_y[read_ex], flat_x[read_ex], ck[read_local, 1:3])
-            item_probe = np.tile(np.arange(u), n_transforms)
-            item_transform = np.repeat(np.arange(n_transforms), u)
-            for batch_start in range(0, len(item_probe), batch_size):
-                b_probe = item_probe[batch_start : batch_start + batch_size]
-                b_transform = item_transform[batch_start : batch_start + batch_size]
-                inputs = torch.empty(len(b_probe), 3, window_h, window_w)
-                for t in np.unique(b_transform):
-                    rows = np.flatnonzero(b_transform == t)
-                    members = torch.as_tensor(b_probe[rows])
-                    inputs[torch.as_tensor(rows)] = apply_transform(
-                        windows[members], region_t[members], transform_list[t], mean_t, std_t, centre_t[members]
-                    )
-                recorder(channels_last(inputs.to(device)))
-                forwards += len(b_probe)
-                lookup = np.full((u, n_transforms), -1, dtype=np.int64)
-                lookup[b_probe, b_transform] = np.arange(len(b_probe))
-                item_of_read = lookup[read_local]  # [R, T]
-                hit_r, hit_t = np.nonzero(item_of_read >= 0)
-                if len(hit_r):
-                    item = torch.as_tensor(item_of_read[hit_r, hit_t])
-                    values = recorder.maps[layer][item, read_channel[hit_r], read_py[hit_r], read_px[hit_r]]
-                    responses[torch.as_tensor(read_ex[hit_r]), torch.as_tensor(hit_t)] = values.cpu()
-                if shallower is not None:
-                    identity_reads = np.flatnonzero(item_of_read[:, 0] >= 0)
-                    if len(identity_reads):
-                        shallow_maps = recorder.maps[shallower]
-                        if children is None:
-                            children = torch.full((channels * n, shallow_maps.shape[1]), float("nan"))
-                        window_map = tuple(shallow_maps.shape[-2:])
-                        box = cone[identity_reads].copy()
-                        box[:, 2] = np.minimum(box[:, 2], window_map[0])
-                        box[:, 3] = np.minimum(box[:, 3], window_map[1])
-                        picked = shallow_maps[torch.as_tensor(item_of_read[identity_reads, 0])].cpu()
-                        children[torch.as_tensor(read_ex[identity_reads])] = _masked_max(picked, box)
-                bar.update(len(b_probe))
+        for chunk_images, images in image_batches(np.unique(prober.probes.keys[:, 0]), images_per_chunk):
+            prober.run_chunk(recorder, chunk_images, images.float(), batch_size, bar)
     bar.close()
-    responses = responses.view(channels, n, n_transforms)
-    present = top.image >= 0
-    identity = responses[:, :, 0]
-    if present.any():
-        error = float((identity - top.values).abs()[present].max())
-        scale = float(top.values.abs()[present].max())
-        if not math.isfinite(error) or error > tolerance * max(scale, 1.0):
-            raise NefesiError(
-                f"layer {layer!r}: untransformed probe windows differ from the activations found in the top-N pass "
-                f"by up to {error:.3g} (largest activation {scale:.3g}); the layer is not computed locally"
+    return prober.result(started, tolerance)
+
+
+@dataclass
+class ProbeSet:
+    """The distinct probes of a layer's exemplars. Exemplar slots are flat indices c·N + n into the [C, N] top-N
+    arrays; a probe is one (image, window origin, crop region, transform centre) that one or more slots share."""
+
+    image: np.ndarray  # [C·N] image of each slot (−1: empty slot, fewer images than N)
+    y: np.ndarray  # [C·N] map row of each slot
+    x: np.ndarray  # [C·N] map column of each slot
+    positions: np.ndarray  # [C·N, 2] the unit's position in its probe window's map
+    keys: np.ndarray  # [P, 9] image, window origin (2), crop region in the window (4), twice the centre (2)
+    exemplars: np.ndarray  # the non-empty slots, grouped by probe
+    starts: np.ndarray  # [P + 1]: probe p answers for exemplars[starts[p]:starts[p + 1]]
+
+    @classmethod
+    def of(cls, top: TopN, geometry: LayerGeometry) -> ProbeSet:
+        image = top.image.reshape(-1).numpy()
+        y, x = top.y.reshape(-1).numpy(), top.x.reshape(-1).numpy()
+        origins, positions, regions = geometry.probe_layout(y, x)
+        exemplars = np.flatnonzero(image >= 0)  # fewer images than N leave empty slots
+        keys = np.concatenate([image[:, None], origins, regions], axis=1)[exemplars]
+        probe_keys, probe_of = np.unique(keys, axis=0, return_inverse=True)  # one probe per distinct crop
+        probe_of = probe_of.reshape(-1)
+        order = np.argsort(probe_of, kind="stable")
+        exemplars, probe_of = exemplars[order], probe_of[order]
+        starts = np.searchsorted(probe_of, np.arange(len(probe_keys) + 1))
+        return cls(image, y, x, positions, probe_keys, exemplars, starts)
+
+
+@dataclass
+class _Chunk:
+    """The probes of one chunk of images (their windows) and the exemplar slots they answer for (readouts)."""
+
+    windows: torch.Tensor  # [U, 3, P, Q] normalised probe windows
+    regions: torch.Tensor  # [U, 4] crop region in the window
+    centres: torch.Tensor  # [U, 2] transform centre in the window
+    read_ex: np.ndarray  # [R] exemplar slot of each readout
+    read_local: np.ndarray  # [R] its probe in this chunk
+    read_slot: np.ndarray  # [R] its image in the chunk's image batch
+    channel: torch.Tensor  # [R] its channel
+    py: torch.Tensor  # [R] its unit's position in the window's map
+    px: torch.Tensor
+    cone: np.ndarray | None  # [R, 4] its cone in the shallower layer's window map (with a shallower layer)
+
+
+class _LayerProber:
+    """The running state of `probe_layer`: responses, Neuron Features and cone maxima, filled chunk by chunk."""
+
+    def __init__(self, layer: str, top: TopN, geometry: LayerGeometry, transform_list, mean, std, device):
+        self.layer, self.top, self.geometry, self.transforms = layer, top, geometry, transform_list
+        self.mean = torch.tensor(list(mean), dtype=torch.float32)
+        self.std = torch.tensor(list(std), dtype=torch.float32)
+        self.device = device
+        self.probes = ProbeSet.of(top, geometry)
+        self.shallower: str | None = None
+        self.shallow_field: ReceptiveField | None = None
+        self.responses = torch.full((top.channels * top.n, len(transform_list)), float("nan"))
+        self.children: torch.Tensor | None = None
+        self.extent = geometry.visible_extent()
+        (row0, row1), (col0, col1) = self.extent
+        self.nf = torch.zeros(top.channels, 3, row1 - row0, col1 - col0)
+        self.weights = top.weights().reshape(-1)
+        self.forwards = 0
+
+    def follow(self, shallower: str, field: ReceptiveField) -> None:
+        """Also record, per exemplar, each channel of `shallower` (field `field`) at its maximum over the cone."""
+        self.shallower, self.shallow_field = shallower, field
+
+    def run_chunk(self, recorder, chunk_images: np.ndarray, images: torch.Tensor, batch_size: int, bar) -> None:
+        """Every probe of the images `chunk_images` (normalised `images`) under every transform."""
+        chunk = self._chunk(chunk_images, images)
+        self._add_to_nf(chunk, images)
+        count, n_transforms = len(chunk.windows), len(self.transforms)
+        item_probe = np.tile(np.arange(count), n_transforms)
+        item_transform = np.repeat(np.arange(n_transforms), count)
+        for start in range(0, len(item_probe), batch_size):
+            b_probe = item_probe[start : start + batch_size]
+            self._forward(recorder, chunk, b_probe, item_transform[start : start + batch_size])
+            bar.update(len(b_probe))
+
+    def _chunk(self, chunk_images: np.ndarray, images: torch.Tensor) -> _Chunk:
+        probes = self.probes
+        slot_of = np.full(int(probes.keys[:, 0].max()) + 1, -1, dtype=np.int64)
+        slot_of[chunk_images] = np.arange(len(chunk_images))
+        chunk_probes = np.flatnonzero(np.isin(probes.keys[:, 0], chunk_images))
+        keys = probes.keys[chunk_probes]
+        window_h, window_w = self.geometry.window
+        windows = gather_crops(
+            images, slot_of[keys[:, 0]], keys[:, 1], keys[:, 2], np.arange(window_h), np.arange(window_w)
+        )
+        counts = probes.starts[chunk_probes + 1] - probes.starts[chunk_probes]
+        read_ex = np.concatenate([probes.exemplars[probes.starts[p] : probes.starts[p + 1]] for p in chunk_probes])
+        read_local = np.repeat(np.arange(len(chunk_probes)), counts)
+        cone = None
+        if self.shallower is not None:
+            origins = keys[read_local, 1:3]
+            cone = _cone_boxes(self.geometry, self.shallow_field, probes.y[read_ex], probes.x[read_ex], origins)
+        return _Chunk(
+            windows,
+            torch.as_tensor(keys[:, 3:7]),
+            torch.as_tensor(keys[:, 7:9]).float() / 2,
+            read_ex,
+            read_local,
+            slot_of[probes.image[read_ex]],
+            torch.as_tensor(read_ex // self.top.n),
+            torch.as_tensor(probes.positions[read_ex, 0]),
+            torch.as_tensor(probes.positions[read_ex, 1]),
+            cone,
+        )
+
+    def _add_to_nf(self, chunk: _Chunk, images: torch.Tensor) -> None:
+        """Neuron Features: the weighted crops of the field (visible extent), padded with 0 = mean colour."""
+        ys, xs = self.probes.y[chunk.read_ex], self.probes.x[chunk.read_ex]
+        boxes = np.array([self.geometry.field.box(int(y), int(x)) for y, x in zip(ys, xs, strict=True)])
+        boxes = boxes.reshape(-1, 4)
+        (row0, row1), (col0, col1) = self.extent
+        crops = gather_crops(
+            images, chunk.read_slot, boxes[:, 0], boxes[:, 1], np.arange(row0, row1), np.arange(col0, col1)
+        )
+        self.nf.index_add_(0, chunk.channel, crops * self.weights[chunk.read_ex].view(-1, 1, 1, 1))
+
+    def _forward(self, recorder, chunk: _Chunk, b_probe: np.ndarray, b_transform: np.ndarray) -> None:
+        """One batch of (probe, transform) items through the model; read out the exemplars they answer for."""
+        window_h, window_w = self.geometry.window
+        inputs = torch.empty(len(b_probe), 3, window_h, window_w)
+        for t in np.unique(b_transform):
+            rows = np.flatnonzero(b_transform == t)
+            members = torch.as_tensor(b_probe[rows])
+            inputs[torch.as_tensor(rows)] = apply_transform(
+                chunk.windows[members],
+                chunk.regions[members],
+                self.transforms[t],
+                self.mean,
+                self.std,
+                chunk.centres[members],
             )
-    if children is not None:
-        children = children.view(channels, n, -1)
-    return LayerProbes(
-        transform_list,
-        responses,
-        nf,
-        ((row0, row1), (col0, col1)),
-        children,
-        len(probe_keys),
-        forwards,
-        time.perf_counter() - started,
+        recorder(channels_last(inputs.to(self.device)))
+        self.forwards += len(b_probe)
+        lookup = np.full((len(chunk.windows), len(self.transforms)), -1, dtype=np.int64)
+        lookup[b_probe, b_transform] = np.arange(len(b_probe))
+        item_of_read = lookup[chunk.read_local]  # [R, T]: the batch item of each readout and transform, or -1
+        self._read_responses(recorder, chunk, item_of_read)
+        if self.shallower is not None:
+            self._read_children(recorder, chunk, item_of_read)
+
+    def _read_responses(self, recorder, chunk: _Chunk, item_of_read: np.ndarray) -> None:
+        hit_r, hit_t = np.nonzero(item_of_read >= 0)
+        if len(hit_r):
+            item = torch.as_tensor(item_of_read[hit_r, hit_t])
+            values = recorder.maps[self.layer][item, chunk.channel[hit_r], chunk.py[hit_r], chunk.px[hit_r]]
+            self.responses[torch.as_tensor(chunk.read_ex[hit_r]), torch.as_tensor(hit_t)] = values.cpu()
+
+    def _read_children(self, recorder, chunk: _Chunk, item_of_read: np.ndarray) -> None:
+        """Per exemplar probed untransformed in this batch: each shallower channel's maximum over its cone."""
+        identity_reads = np.flatnonzero(item_of_read[:, 0] >= 0)
+        if not len(identity_reads):
+            return
+        shallow_maps = recorder.maps[self.shallower]
+        if self.children is None:
+            self.children = torch.full((self.top.channels * self.top.n, shallow_maps.shape[1]), float("nan"))
+        window_map = tuple(shallow_maps.shape[-2:])
+        box = chunk.cone[identity_reads].copy()
+        box[:, 2] = np.minimum(box[:, 2], window_map[0])
+        box[:, 3] = np.minimum(box[:, 3], window_map[1])
+        picked = shallow_maps[torch.as_tensor(item_of_read[identity_reads, 0])].cpu()
+        self.children[torch.as_tensor(chunk.read_ex[identity_reads])] = _masked_max(picked, box)
+
+    def result(self, started: float, tolerance: float) -> LayerProbes:
+        top = self.top
+        responses = self.responses.view(top.channels, top.n, len(self.transforms))
+        _check_identity(self.layer, top, responses, tolerance)
+        children = None if self.children is None else self.children.view(top.channels, top.n, -1)
+        return LayerProbes(
+            self.transforms,
+            responses,
+            self.nf,
+            self.extent,
+            children,
+            len(self.probes.keys),
+            self.forwards,
+            time.perf_counter() - started,
+        )
+
+
+def _check_identity(layer: str, top: TopN, responses: torch.Tensor, tolerance: float) -> None:
+    """The untransformed probes must reproduce the exemplar activations of the top-N pass."""
+    present = top.image >= 0
+    if not present.any():
+        return
+    error = float((responses[:, :, 0] - top.values).abs()[present].max())
+    scale = float(top.values.abs()[present].max())
+    if not math.isfinite(error) or error > tolerance * max(scale, 1.0):
+        raise NefesiError(
+            f"layer {layer!r}: untransformed probe windows differ from the activations found in the top-N pass "
+            f"by up to {error:.3g} (largest activation {scale:.3g}); the layer is not computed locally"
+        )
+
+
+def identity_error(probes: LayerProbes, top: TopN) -> float:
+    """The largest difference between the untransformed probes and the exemplar activations (0 without any)."""
+    present = top.image >= 0
+    if not present.any():
+        return 0.0
+    return float((probes.responses[:, :, 0] - top.values).abs()[present].max())
+
+
+def whole_image_exemplars(geometry: LayerGeometry, top: TopN) -> int:
+    """Exemplars whose field contains the whole image (their crop is the image, turned about its centre)."""
+    height, width = geometry.image_size
+    count = 0
+    for y, x in zip(top.y[top.image >= 0].tolist(), top.x[top.image >= 0].tolist(), strict=True):
+        box_top, box_left, box_bottom, box_right = geometry.field.box(y, x)
+        count += box_top <= 0 and box_left <= 0 and box_bottom >= height and box_right >= width
+    return int(count)
+
+
+def layer_record(
+    model_name: str,
+    layer: str,
+    top: TopN,
+    probes: LayerProbes,
+    geometry: LayerGeometry,
+    images: int,
+    classes: int,
+    shallower: str | None,
+) -> dict:
+    """What layer.json records about a layer's probes, with the number of images and classes of the image set
+    and the shallower layer its hierarchy weights refer to."""
+    return {
+        "model": model_name,
+        "layer": layer,
+        "channels": top.channels,
+        "top_n": top.n,
+        "images": images,
+        "classes": classes,
+        "map_size": list(top.map_size),
+        "receptive_field": geometry.field.as_dict(),
+        "probe_window": list(geometry.window),
+        "nf_extent": [list(probes.nf_extent[0]), list(probes.nf_extent[1])],
+        "transforms": [t.name for t in probes.transforms],
+        "probes": probes.probes,
+        "forwards": probes.forwards,
+        "exemplar_crops": int((top.image >= 0).sum()),
+        "whole_image_exemplars": whole_image_exemplars(geometry, top),
+        "image_size": list(geometry.image_size),
+        "seconds": round(probes.seconds, 2),
+        "identity_max_abs_error": identity_error(probes, top),
+        "shallower": shallower,
+    }
+
+
+def probe_report(info: dict, probes: LayerProbes, channels: int) -> str:
+    """One line for the log: the probe counts, their time and the identity error of a layer."""
+    window = info["probe_window"]
+    return (
+        f"{info['layer']}: {probes.probes} probes × {len(probes.transforms)} transforms = {probes.forwards} windows "
+        f"of {window[0]}×{window[1]} px for {info['exemplar_crops']} exemplar crops in "
+        f"{probes.seconds:.1f} s ({channels / max(probes.seconds, 1e-9):.2f} channels/s); identity error "
+        f"{info['identity_max_abs_error']:.2g}"
     )
 
 

@@ -1,196 +1,33 @@
-"""nefesi-style neuron analysis: top-N exemplars, Neuron Features and four selectivity indexes per channel.
-
-Following nefesi (Rafegas, Vanrell et al., CVC), every channel ("neuron") of a layer is described by
-
-* its **top-N exemplars**: the N (image, location) pairs with the highest activation over the image set, each
-  image counted once, at its maximum location. One streaming pass over the images keeps a running [C, N] list
-  per layer (values, image, location) merged batch by batch; no activation map is kept beyond its batch.
-* its **Neuron Feature (NF)**: the activation-weighted mean of the exemplar crops,
-  NF = Σₙ wₙ · cropₙ with wₙ = aₙ / Σₘ aₘ (activations clipped at 0). A crop is the unit's receptive field
-  (see `unitscope.models.receptive_field`) cut from the preprocessed (model-input) image; where the field leaves the
-  image the crop is padded with the dataset mean colour (0 after normalisation).
-* four **selectivity indexes** from re-running the model on transformed exemplar crops.
-
-How a channel's response to a transformed crop is measured (the same way as the exemplar activation): the
-crop region, i.e. the part of the unit's field inside the image, is replaced by its transform; the response
-is the channel's activation at the exemplar's location in that modified image. It is computed on a probe
-window around the field (stride-aligned, inside the image; `receptive_field.probe_window`) instead of the
-whole image, which gives the same number (identical computation; the untransformed probe reproduces the
-stored exemplar activation, and the stage fails if it does not). Rotations and mirrors turn the padded crop
-about the unit's field centre (for a unit whose field contains the whole image: the image about its centre);
-pixels whose source falls outside the crop take the mean colour. With R(T)ₙ the response to the n-th exemplar
-crop under transform T and R(id)ₙ the untransformed one (= aₙ):
-
-* color:       CI = clip(1 − Σₙ R(gray)ₙ / Σₙ R(id)ₙ, 0, 1); gray = luminance Y = 0.299 R + 0.587 G + 0.114 B
-               copied to the three channels (in pixel space, before normalisation). Dominant colour names of
-               the NF: each NF pixel gets the nearest of 11 basic colour terms in CIELab; names covering at
-               least `color_name_share` of the NF's pixels are listed with their shares.
-* orientation: ratio(θ) = Σₙ R(rot θ)ₙ / Σₙ R(id)ₙ for θ = s, 2s, …, 360° − s (s = 15° by default);
-               OI = clip(1 − meanθ ratio(θ), 0, 1). Preferred angle: the dominant edge orientation of the
-               NF (structure tensor of its luminance; 0° = horizontal edge, counter-clockwise), with its
-               coherence in [0, 1].
-* symmetry:    ratio(φ) = Σₙ R(mirror φ)ₙ / Σₙ R(id)ₙ for mirror axes φ = 0° (top↔bottom), 45°, 90°
-               (left↔right), 135°; SI = clip(meanφ ratio(φ), 0, 1) (1: mirrored crops drive it as much).
-* class:       fₖ = Σ_{n: class(n)=k} wₙ (activation-weighted relative frequency of class k among the
-               exemplars); sorted decreasingly, M = the fewest classes whose fₖ sum to ≥ `class_coverage`;
-               CSI = (K − M) / (K − 1) with K = min(N, classes in the image set) — nefesi's (N − M)/(N − 1)
-               whenever the set has at least N classes (its ImageNet setting); with fewer classes M can never
-               reach N, so the largest possible M is used. Population code: the number of classes with
-               fₖ ≥ `population_threshold`, listed with their fₖ.
-
-All transforms of all exemplar crops of all channels of a layer go through the model in large batches:
-crops shared by several channels (same image and region) are probed once, and every probe returns all channels.
-
-Modules: `nefesi_topn` (streaming top-N), `nefesi_probes` (transforms, probe windows, batched probes),
-`nefesi_indexes` (indexes, NF descriptors, decompositions), `nefesi_figures`, `nefesi_section` (report),
-`nefesi_plan` (what the rules need at parse time). This module holds the stages and re-exports the public API.
-"""
+"""The nefesi study's stages: one `run_*` function per rule of rules/nefesi.smk, called by its workflow script
+(workflow/scripts/nefesi_*.py). Each reads its inputs, calls the modules that compute (`topn`, `probes`,
+`indexes`, `hierarchy`, `decomposition`, `units`, `section`) and draw (`figures`), and writes its outputs."""
 
 from __future__ import annotations
 
-import json
-import os
-
-import numpy as np
 import pandas as pd
 
-from unitscope.data.manifest import ManifestDataset, read_manifest
-from unitscope.fsutil import atomic_path, write_text_atomic
+from unitscope.data.manifest import ManifestDataset
+from unitscope.fsutil import atomic_path
 from unitscope.models.receptive_field import receptive_field
 from unitscope.models.registry import build_model, build_transform, resolve_layer
+from unitscope.report.sections import write_section
 from unitscope.runtime import make_loader, pick_device
-from unitscope.studies.nefesi.indexes import (
-    COLOR_TERMS,
-    class_selectivity,
-    color_name_shares,
-    decompose_image,
+from unitscope.studies.nefesi import section
+from unitscope.studies.nefesi.decomposition import decompose_image, decomposition_record, image_maps
+from unitscope.studies.nefesi.figures import draw_decomposition, draw_hierarchy, draw_histograms, draw_layer_figures
+from unitscope.studies.nefesi.hierarchy import (
+    hierarchy_frame,
+    hierarchy_matrices,
+    hierarchy_root,
     hierarchy_tree,
     hierarchy_weights,
-    nf_orientation,
-    nf_rgb,
-    selectivity_table,
 )
-from unitscope.studies.nefesi.probes import (
-    LUMA,
-    SYMMETRY_AXES,
-    LayerGeometry,
-    LayerProbes,
-    Transform,
-    apply_transform,
-    crop_geometry,
-    manifest_batches,
-    per_channel_responses,
-    probe_layer,
-    tensor_batches,
-    transforms,
-)
-from unitscope.studies.nefesi.topn import (
-    NefesiError,
-    StreamingTopN,
-    TopN,
-    collect_top_n,
-    exemplar_frame,
-    full_sort_top_n,
-    inference_copy,
-    read_top_n,
-)
-
-INDEXES = ("color", "orientation", "symmetry", "class")
-__all__ = [
-    "COLOR_TERMS",
-    "INDEXES",
-    "LUMA",
-    "SYMMETRY_AXES",
-    "LayerGeometry",
-    "LayerProbes",
-    "NefesiError",
-    "StreamingTopN",
-    "TopN",
-    "Transform",
-    "apply_transform",
-    "class_selectivity",
-    "collect_top_n",
-    "color_name_shares",
-    "crop_geometry",
-    "decompose_image",
-    "exemplar_frame",
-    "full_sort_top_n",
-    "hierarchy_tree",
-    "hierarchy_weights",
-    "image_table",
-    "inference_copy",
-    "manifest_batches",
-    "nf_orientation",
-    "nf_rgb",
-    "per_channel_responses",
-    "probe_layer",
-    "read_top_n",
-    "run_layer",
-    "run_top_n",
-    "selectivity_table",
-    "tensor_batches",
-    "transforms",
-]
-
-# ----------------------------------------------------------------------------------------------
-# stages (called by workflow/scripts/nefesi_*.py)
-
-
-def image_table(
-    manifests: dict[str, str | os.PathLike],
-    *,
-    max_images: int | None = None,
-    class_by: str = "label",
-    label_names: dict[str, list[str]] | None = None,
-) -> pd.DataFrame:
-    """The images a target analyses: the included rows of each manifest (the first `max_images` of each, a
-    seeded sample since manifests are seeded draws), with a class per image."""
-    frames = []
-    for dataset, path in manifests.items():
-        manifest = read_manifest(path)
-        if max_images is not None:
-            manifest = manifest.head(max_images)
-        if manifest.empty:
-            raise NefesiError(f"manifest {path} (dataset {dataset}) has no included images")
-        frame = manifest[["image_id", "path", "category", "label"]].copy()
-        frame.insert(0, "dataset", dataset)
-        names = (label_names or {}).get(dataset)
-        labels = frame["label"].astype(str)
-        if names:
-            try:
-                labels = labels.map(lambda value, names=names: names[int(value)])
-            except (ValueError, IndexError):
-                raise NefesiError(
-                    f"config key nefesi.label_names.{dataset}: labels of {path} are not indices into its "
-                    f"{len(names)} names"
-                ) from None
-        if class_by == "label":
-            frame["class"] = labels if len(manifests) == 1 else dataset + ":" + labels
-        elif class_by == "category":
-            frame["class"] = frame["category"].astype(str)
-        elif class_by == "dataset":
-            frame["class"] = dataset
-        else:
-            raise NefesiError(f"class_by must be label, category or dataset, got {class_by!r}")
-        frames.append(frame)
-    table = pd.concat(frames, ignore_index=True)
-    table.insert(0, "image", np.arange(len(table)))
-    return table
-
-
-def _whole_image_exemplars(geometry: LayerGeometry, top: TopN) -> int:
-    """Exemplars whose field contains the whole image (their crop is the image, turned about its centre)."""
-    height, width = geometry.image_size
-    count = 0
-    for y, x in zip(top.y[top.image >= 0].tolist(), top.x[top.image >= 0].tolist(), strict=True):
-        box_top, box_left, box_bottom, box_right = geometry.field.box(y, x)
-        count += box_top <= 0 and box_left <= 0 and box_bottom >= height and box_right >= width
-    return int(count)
-
-
-def _parquet(frame: pd.DataFrame, path) -> None:
-    with atomic_path(path) as temp:
-        frame.to_parquet(temp, index=False)
+from unitscope.studies.nefesi.images import dataset_image, image_table, model_inputs, nf_rgb
+from unitscope.studies.nefesi.indexes import layer_index_table
+from unitscope.studies.nefesi.probes import LayerGeometry, layer_record, manifest_batches, probe_layer, probe_report
+from unitscope.studies.nefesi.storage import read_json, read_nf, write_json, write_nf, write_parquet
+from unitscope.studies.nefesi.topn import collect_top_n, exemplar_frame, inference_copy, read_top_n
+from unitscope.studies.nefesi.units import draw_unit_figures, merge_units, top_units
 
 
 def run_top_n(
@@ -211,7 +48,7 @@ def run_top_n(
     num_workers: int = 0,
     device: str = "auto",
 ) -> None:
-    """Stage 1: one pass over the target's images; top-N exemplars of every channel of every layer."""
+    """One pass over the target's images: the top-N exemplars of every channel of every layer."""
     torch_device = pick_device(device)
     model = inference_copy(build_model(model_name, spec, data_dir=data_dir, torch_home=torch_home)).to(torch_device)
     for layer in layers:
@@ -229,8 +66,8 @@ def run_top_n(
         flush=True,
     )
     tops = collect_top_n(model, loader, layers, top_n, device=torch_device, total=len(images))
-    _parquet(images, out_images)
-    _parquet(exemplar_frame(tops), out_exemplars)
+    write_parquet(images, out_images)
+    write_parquet(exemplar_frame(tops), out_exemplars)
 
 
 def run_layer(
@@ -255,14 +92,13 @@ def run_layer(
     num_workers: int = 0,
     device: str = "auto",
 ) -> pd.DataFrame:
-    """Stage 2: probes, Neuron Features, the index table and the hierarchy weights of one layer."""
+    """Probes, Neuron Features, the index table and the hierarchy weights of one layer."""
     torch_device = pick_device(device)
     model = inference_copy(build_model(model_name, spec, data_dir=data_dir, torch_home=torch_home)).to(torch_device)
-    exemplars = pd.read_parquet(exemplars_path)
-    images = pd.read_parquet(images_path)
+    exemplars, images = pd.read_parquet(exemplars_path), pd.read_parquet(images_path)
     top = read_top_n(exemplars, layer)
     preprocessing = spec["preprocessing"]
-    crop = int(preprocessing["crop"])
+    mean, std, crop = preprocessing["mean"], preprocessing["std"], int(preprocessing["crop"])
     batches = manifest_batches(images, build_transform(preprocessing), num_workers=num_workers)
     print(f"{model_name} {layer}: {top.channels} channels, top-{top.n}, map {top.map_size}", flush=True)
     probes = probe_layer(
@@ -271,83 +107,147 @@ def run_layer(
         top,
         batches,
         image_size=(crop, crop),
-        mean=preprocessing["mean"],
-        std=preprocessing["std"],
+        mean=mean,
+        std=std,
         rotation_step=rotation_step,
         shallower=shallower,
         batch_size=batch_size,
         device=torch_device,
     )
-    codes, names = pd.factorize(images["class"], sort=True)
-    table = selectivity_table(
+    table = layer_index_table(
+        model_name,
+        layer,
         top,
         probes,
-        codes,
-        [str(n) for n in names],
-        mean=preprocessing["mean"],
-        std=preprocessing["std"],
+        images["class"],
+        mean=mean,
+        std=std,
         class_coverage=class_coverage,
         population_threshold=population_threshold,
         color_name_share=color_name_share,
     )
-    table.insert(0, "layer", layer)
-    table.insert(0, "model", model_name)
+    weights = None if shallower is None else hierarchy_weights(probes.children, top, read_top_n(exemplars, shallower))
     geometry = LayerGeometry.of(model, layer, (crop, crop), top.map_size)
-    if shallower is not None:
-        weights = hierarchy_weights(probes.children, top, read_top_n(exemplars, shallower))
-        hierarchy = pd.DataFrame(
-            {
-                "deep_layer": layer,
-                "deep_channel": np.repeat(np.arange(weights.shape[0]), weights.shape[1]),
-                "shallow_layer": shallower,
-                "shallow_channel": np.tile(np.arange(weights.shape[1]), weights.shape[0]),
-                "weight": weights.reshape(-1),
-            }
-        )
-    else:
-        hierarchy = pd.DataFrame(
-            {
-                "deep_layer": pd.Series(dtype=str),
-                "deep_channel": pd.Series(dtype=np.int64),
-                "shallow_layer": pd.Series(dtype=str),
-                "shallow_channel": pd.Series(dtype=np.int64),
-                "weight": pd.Series(dtype=np.float64),
-            }
-        )
-    rgb = nf_rgb(probes.nf, preprocessing["mean"], preprocessing["std"])
-    info = {
-        "model": model_name,
-        "layer": layer,
-        "channels": top.channels,
-        "top_n": top.n,
-        "images": len(images),
-        "classes": len(names),
-        "map_size": list(top.map_size),
-        "receptive_field": geometry.field.as_dict(),
-        "probe_window": list(geometry.window),
-        "nf_extent": [list(probes.nf_extent[0]), list(probes.nf_extent[1])],
-        "transforms": [t.name for t in probes.transforms],
-        "probes": probes.probes,
-        "forwards": probes.forwards,
-        "exemplar_crops": int((top.image >= 0).sum()),
-        "whole_image_exemplars": _whole_image_exemplars(geometry, top),
-        "image_size": [crop, crop],
-        "seconds": round(probes.seconds, 2),
-        "identity_max_abs_error": float((probes.responses[:, :, 0] - top.values).abs()[top.image >= 0].max())
-        if (top.image >= 0).any()
-        else 0.0,
-        "shallower": shallower,
-    }
-    _parquet(table, out_table)
-    _parquet(hierarchy, out_hierarchy)
-    with atomic_path(out_nf) as temp, open(temp, "wb") as handle:
-        np.savez_compressed(handle, nf=rgb.astype(np.float16))
-    write_text_atomic(out_info, json.dumps(info, indent=2) + "\n")
-    print(
-        f"{layer}: {probes.probes} probes × {len(probes.transforms)} transforms = {probes.forwards} windows "
-        f"of {geometry.window[0]}×{geometry.window[1]} px for {info['exemplar_crops']} exemplar crops in "
-        f"{probes.seconds:.1f} s ({top.channels / max(probes.seconds, 1e-9):.2f} channels/s); identity error "
-        f"{info['identity_max_abs_error']:.2g}",
-        flush=True,
-    )
+    info = layer_record(model_name, layer, top, probes, geometry, len(images), images["class"].nunique(), shallower)
+    write_parquet(table, out_table)
+    write_parquet(hierarchy_frame(layer, shallower, weights), out_hierarchy)
+    write_nf(nf_rgb(probes.nf, mean, std), out_nf)
+    write_json(info, out_info)
+    print(probe_report(info, probes, top.channels), flush=True)
     return table
+
+
+def run_layer_figures(*, table_path, nf_path, info_path, order_by: str, top_channels: int, out_grid, out_top) -> None:
+    """NF grid of one layer (ordered by `order_by`) and its top channels for each index."""
+    draw_layer_figures(
+        pd.read_parquet(table_path),
+        read_nf(nf_path),
+        read_json(info_path),
+        order_by=order_by,
+        top_channels=top_channels,
+        out_grid=out_grid,
+        out_top=out_top,
+    )
+
+
+def run_model_figures(
+    *,
+    model_name: str,
+    layers: list[str],
+    table_paths: list,
+    nf_paths: list,
+    hierarchy_paths: list,
+    hierarchy_channel: int | None,
+    children: int,
+    out_histograms,
+    out_hierarchy,
+    out_tree,
+) -> dict:
+    """Index histograms of every layer and the hierarchical decomposition of one deep channel."""
+    tables = {layer: pd.read_parquet(path) for layer, path in zip(layers, table_paths, strict=True)}
+    nfs = {layer: read_nf(path) for layer, path in zip(layers, nf_paths, strict=True)}
+    draw_histograms(model_name, tables, out_histograms)
+    deep = layers[-1]
+    channel, chosen = hierarchy_root(model_name, deep, tables[deep], hierarchy_channel)
+    weights = hierarchy_matrices([pd.read_parquet(path) for path in hierarchy_paths])
+    tree = hierarchy_tree(weights, layers, deep, channel, children)
+    record = {"model": model_name, "layer": deep, "channel": channel, "chosen": chosen, "tree": tree}
+    draw_hierarchy(model_name, record, children, nfs, out_hierarchy)
+    write_json(record, out_tree)
+    return record
+
+
+def run_decomposition(
+    *,
+    model_name: str,
+    spec: dict,
+    layer: str,
+    dataset: str,
+    index: int,
+    images_path,
+    exemplars_path,
+    nf_path,
+    info_path,
+    channels: int,
+    max_overlap: float,
+    data_dir,
+    torch_home,
+    out_figure,
+    out_record,
+) -> dict:
+    """Image decomposition of the `index`-th image of `dataset` in the target's image table at `layer`."""
+    rows = dataset_image(pd.read_parquet(images_path), dataset, index, images_path)
+    model = inference_copy(build_model(model_name, spec, data_dir=data_dir, torch_home=torch_home))  # as top-N
+    preprocessing = spec["preprocessing"]
+    image = model_inputs(rows, preprocessing)[0]
+    maps = image_maps(model, layer, image)
+    top = read_top_n(pd.read_parquet(exemplars_path), layer)
+    field = receptive_field(model, layer)
+    info = read_json(info_path)
+    kept = decompose_image(
+        maps, field, top.values[:, 0], tuple(image.shape[-2:]), count=channels, max_overlap=max_overlap
+    )
+    record = decomposition_record(model_name, layer, rows.iloc[0].to_dict(), index, kept)
+    picture = nf_rgb(image.unsqueeze(0), preprocessing["mean"], preprocessing["std"])[0]
+    draw_decomposition(
+        picture, kept, read_nf(nf_path), field, info["nf_extent"], record, max_overlap=max_overlap, path=out_figure
+    )
+    write_json(record, out_record)
+    return record
+
+
+def run_section(*, models: dict[str, dict], settings: dict, out_section, out_units, unit_exemplars: int = 8) -> dict:
+    """The report section (section.json) and one figure per singled-out unit (its NF beside its top
+    `unit_exemplars` crops) in the folder `out_units` (written whole, then renamed into place). models: {name:
+    its files, plan.NefesiPlan.section_models}."""
+    contexts, units, summary = [], [], {"settings": settings, "layers": {}}
+    with atomic_path(out_units) as folder:
+        folder.mkdir()
+        for model, entry in models.items():
+            results = section.ModelResults.read(model, entry, settings["color_selective_threshold"])
+            summary["layers"].update({f"{model}/{layer}": results.summaries[layer] for layer in results.layers})
+            tops = [top for layer in results.layers for top in top_units(model, layer, results.tables[layer])]
+            model_units = merge_units([unit for _, unit in tops])
+            drawn = draw_unit_figures(
+                model_name=model,
+                units=[(unit["layer"], unit["channel"]) for unit in model_units],
+                exemplars_path=entry["exemplars"],
+                images_path=entry["images"],
+                nf_paths=dict(zip(results.layers, entry["nfs"], strict=True)),
+                infos=results.infos,
+                preprocessing=entry["preprocessing"],
+                count=unit_exemplars,
+                out_dir=folder,
+            )
+            section.attach_unit_images(model_units, drawn, results.infos, section.units_src(out_units))
+            units.extend(model_units)
+            contexts.append(section.model_context(results, entry["figures"], tops, settings))
+    return write_section(
+        out_section,
+        study="nefesi",
+        title=section.TITLE,
+        conclusion=section.conclusion(contexts),
+        body_html=section.section_body(contexts, settings),
+        summary=summary,
+        units=units,
+    )

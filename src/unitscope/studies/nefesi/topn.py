@@ -1,4 +1,12 @@
-"""Top-N exemplars of every channel of a layer, found in one streaming pass (see unitscope.studies.nefesi.stages)."""
+"""Top-N exemplars of every channel of a layer, found in one streaming pass.
+
+Following nefesi (Rafegas, Vanrell et al., CVC), every channel ("neuron") of a layer is described first by its
+**top-N exemplars**: the N (image, location) pairs with the highest activation over the image set, each image
+counted once, at its maximum location. One streaming pass over the images keeps a running [C, N] list per layer
+(values, image, location) merged batch by batch; no activation map is kept beyond its batch. The exemplars'
+weights wₙ = aₙ / Σₘ aₘ (activations clipped at 0) make the Neuron Feature and the class index (see
+`probes` and `indexes`).
+"""
 
 from __future__ import annotations
 
@@ -12,13 +20,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from unitscope.errors import UnitscopeError
 from unitscope.hooks import ActivationRecorder
-
-
-class NefesiError(UnitscopeError, ValueError):
-    """Bad input or a result that cannot be trusted; the message is one line."""
-
+from unitscope.studies.nefesi.errors import NefesiError
 
 # ----------------------------------------------------------------------------------------------
 # a faster copy of the model for the many forward passes

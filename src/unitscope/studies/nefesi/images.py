@@ -1,0 +1,133 @@
+"""The images a nefesi target analyses and the model's view of them: the image table (one class per image), the
+preprocessed model inputs, the crops cut from them (exemplar crops, probe windows) and their display colours.
+
+A crop is a unit's receptive field (see `unitscope.models.receptive_field`) cut from the preprocessed
+(model-input) image; where the field leaves the image the crop is padded with the dataset mean colour (0 after
+normalisation).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import torch
+
+from unitscope.data.manifest import ManifestDataset, read_manifest
+from unitscope.models.receptive_field import ReceptiveField
+from unitscope.models.registry import build_transform
+from unitscope.studies.nefesi.errors import NefesiError
+
+CLASS_BY = ("label", "category", "dataset")
+
+
+def image_table(
+    manifests: dict[str, str | os.PathLike],
+    *,
+    max_images: int | None = None,
+    class_by: str = "label",
+    label_names: dict[str, list[str]] | None = None,
+) -> pd.DataFrame:
+    """The images a target analyses: the included rows of each manifest (the first `max_images` of each, a
+    seeded sample since manifests are seeded draws), with a class per image."""
+    frames = []
+    for dataset, path in manifests.items():
+        manifest = read_manifest(path)
+        if max_images is not None:
+            manifest = manifest.head(max_images)
+        if manifest.empty:
+            raise NefesiError(f"manifest {path} (dataset {dataset}) has no included images")
+        frame = manifest[["image_id", "path", "category", "label"]].copy()
+        frame.insert(0, "dataset", dataset)
+        labels = _label_names(frame["label"].astype(str), (label_names or {}).get(dataset), dataset, path)
+        frame["class"] = _image_classes(frame, labels, dataset, class_by, single=len(manifests) == 1)
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)
+    table.insert(0, "image", np.arange(len(table)))
+    return table
+
+
+def _label_names(labels: pd.Series, names: list[str] | None, dataset: str, path) -> pd.Series:
+    """Labels as class names when the config lists them (labels are then indices into the names)."""
+    if not names:
+        return labels
+    try:
+        return labels.map(lambda value, names=names: names[int(value)])
+    except (ValueError, IndexError):
+        raise NefesiError(
+            f"config key nefesi.label_names.{dataset}: labels of {path} are not indices into its {len(names)} names"
+        ) from None
+
+
+def _image_classes(frame: pd.DataFrame, labels: pd.Series, dataset: str, class_by: str, *, single: bool):
+    if class_by == "label":
+        return labels if single else dataset + ":" + labels
+    if class_by == "category":
+        return frame["category"].astype(str)
+    if class_by == "dataset":
+        return dataset
+    raise NefesiError(f"class_by must be {', '.join(CLASS_BY[:-1])} or {CLASS_BY[-1]}, got {class_by!r}")
+
+
+def dataset_image(images: pd.DataFrame, dataset: str, index: int, source) -> pd.DataFrame:
+    """The `index`-th image of `dataset` in a target's image table (`source`: its file, for the message), as a
+    one-row frame."""
+    rows = images[images["dataset"] == dataset]
+    if index >= len(rows):
+        raise NefesiError(f"{source}: dataset {dataset!r} has {len(rows)} images, no image number {index}")
+    return rows.iloc[[index]]
+
+
+def model_inputs(rows: pd.DataFrame, preprocessing: dict) -> torch.Tensor:
+    """The images of `rows` (rows of a target's image table) as the model saw them in the top-N pass: resized,
+    centre-cropped and normalised, [len(rows), 3, H, W]."""
+    dataset = ManifestDataset(rows, build_transform(preprocessing))
+    if not len(dataset):
+        crop = int(preprocessing["crop"])
+        return torch.zeros(0, 3, crop, crop)
+    return torch.stack([dataset[i][0] for i in range(len(dataset))])
+
+
+def nf_rgb(nf: torch.Tensor, mean, std) -> np.ndarray:
+    """Neuron Features (or images) from normalised space [C, 3, h, w] to displayable sRGB [C, h, w, 3] in [0, 1]."""
+    pixels = nf * torch.tensor(list(std)).view(1, 3, 1, 1) + torch.tensor(list(mean)).view(1, 3, 1, 1)
+    return pixels.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def gather_crops(images, slots, tops, lefts, rows, cols) -> torch.Tensor:
+    """Crops [R, 3, len(rows), len(cols)] at (tops + rows, lefts + cols) of images[slots]; 0 outside."""
+    height, width = images.shape[-2:]
+    rr = torch.as_tensor(tops)[:, None] + torch.as_tensor(rows)[None, :]
+    cc = torch.as_tensor(lefts)[:, None] + torch.as_tensor(cols)[None, :]
+    inside = ((rr >= 0) & (rr < height))[:, :, None] & ((cc >= 0) & (cc < width))[:, None, :]
+    crops = images[
+        torch.as_tensor(slots)[:, None, None],
+        :,
+        rr.clamp(0, height - 1)[:, :, None],
+        cc.clamp(0, width - 1)[:, None, :],
+    ]  # [R, h, w, 3]
+    return (crops * inside.unsqueeze(-1)).permute(0, 3, 1, 2)
+
+
+def layer_field(info: dict) -> ReceptiveField:
+    """The receptive field a layer's layer.json records."""
+    field = info["receptive_field"]
+    return ReceptiveField(tuple(field["size"]), tuple(field["stride"]), tuple(field["offset"]))
+
+
+def exemplar_crops(images, field, ys, xs, extent, mean, std) -> np.ndarray:
+    """The crops a Neuron Feature averages: unit (y, x)'s field, cut to the layer's visible `extent` (layer.json
+    nf_extent), from its model-input image (normalised [k, 3, H, W]), mean colour where the field leaves the image
+    (the same cut as probes.probe_layer). sRGB [k, h, w, 3] in [0, 1], as the NFs in nf.npz."""
+    boxes = np.array([field.box(int(y), int(x)) for y, x in zip(ys, xs, strict=True)], dtype=np.int64).reshape(-1, 4)
+    (row0, row1), (col0, col1) = extent
+    crops = gather_crops(
+        images.float(),
+        np.arange(len(images)),
+        boxes[:, 0],
+        boxes[:, 1],
+        np.arange(row0, row1),
+        np.arange(col0, col1),
+    )
+    return nf_rgb(crops, mean, std)
