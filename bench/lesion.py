@@ -58,18 +58,12 @@ def main() -> None:
     from unitscope.extract import extract_to_zarr, open_store
     from unitscope.models.registry import build_model, build_transform
     from unitscope.runtime import make_loader, pick_device
-    from unitscope.studies.faces.interventions import (
-        Readout,
-        ablation_fill,
-        build_conditions,
-        build_tail,
-        condition_outputs,
-        hooked_condition,
-        kl_readouts,
-        layer_maps,
-        layer_readouts,
-    )
-    from unitscope.studies.faces.selection import derived_rng, random_sets, top_percentile
+    from unitscope.studies.faces.controls import random_sets
+    from unitscope.studies.faces.inputs import derived_rng
+    from unitscope.studies.faces.interventions import ablation_fill, build_conditions
+    from unitscope.studies.faces.readouts import Readout, kl_readouts, layer_readouts
+    from unitscope.studies.faces.selection import top_percentile
+    from unitscope.studies.faces.tail import build_tail, condition_outputs, hooked_condition, layer_maps
 
     torch.set_num_threads(args.threads)
     config = load_config(REPO / "config" / "config.yaml")

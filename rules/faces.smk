@@ -1,6 +1,7 @@
 # Study 'faces': face-selective channels of one layer (selection, PCA, interventions with random and
 # activation-matched controls, probes per layer, category comparison, heatmaps) and its report section.
-# Logic lives in src/unitscope/faces*.py; params carry every setting that changes a stage's results.
+# Entry points: src/unitscope/studies/faces/stages.py (one per rule, whose code inputs are only what it uses);
+# params carry every setting that changes a stage's results.
 from types import SimpleNamespace
 
 from unitscope.studies.faces.plan import FacesConfigError, check_datasets, intervention_layer, probe_layers  # noqa: E402
@@ -26,7 +27,7 @@ if FACES["enabled"]:
 
     rule faces_selection:
         input:
-            code=code("studies.faces.stages"),
+            code=code("studies.faces.stages:run_selection"),
             stores=FACES_STORES[FACES_LAYER],
         output:
             table="results/faces/selection.parquet",
@@ -50,7 +51,7 @@ if FACES["enabled"]:
 
     rule faces_pca:
         input:
-            code=code("studies.faces.stages"),
+            code=code("studies.faces.stages:run_pca"),
             store=FACES_STORES[FACES_LAYER][0],
         output:
             table="results/faces/pca.parquet",
@@ -69,7 +70,7 @@ if FACES["enabled"]:
 
     rule faces_interventions:
         input:
-            code=code("studies.faces.interventions"),
+            code=code("studies.faces.stages:run_interventions"),
             stores=FACES_STORES[FACES_LAYER],
             manifests=[manifest_path(dataset) for dataset in FACES_SETS],
             selection="results/faces/selection.parquet",
@@ -99,7 +100,7 @@ if FACES["enabled"]:
 
     rule faces_interventions_figure:
         input:
-            code=code("studies.faces.stages"),
+            code=code("studies.faces.stages:run_interventions_figure"),
             conditions="results/faces/conditions.parquet",
             controls="results/faces/controls.parquet",
             pca="results/faces/condition_pca.parquet",
@@ -118,7 +119,7 @@ if FACES["enabled"]:
 
     rule faces_probes:
         input:
-            code=code("studies.faces.stages"),
+            code=code("studies.faces.stages:run_probes"),
             stores=[store for layer in FACES_PROBE_LAYERS for store in FACES_STORES[layer]],
         output:
             table="results/faces/probes.parquet",
@@ -142,7 +143,7 @@ if FACES["enabled"]:
 
     rule faces_categories:
         input:
-            code=code("studies.faces.stages"),
+            code=code("studies.faces.stages:run_categories"),
             stores=FACES_STORES[FACES_LAYER],
             selection="results/faces/selection.parquet",
         output:
@@ -168,7 +169,7 @@ if FACES["enabled"]:
 
     rule faces_heatmaps:
         input:
-            code=code("studies.faces.heatmaps"),
+            code=code("studies.faces.stages:run_heatmaps"),
             manifests=[manifest_path(dataset) for dataset in FACES_SETS],
             selection="results/faces/selection.parquet",
             checkpoint=lambda wildcards: model_checkpoint(FACES_MODEL),
@@ -198,7 +199,7 @@ if FACES["enabled"]:
 
     rule faces_section:
         input:
-            code=code("studies.faces.section"),
+            code=code("studies.faces.stages:run_section"),
             selection="results/faces/selection.parquet",
             pca="results/faces/pca.parquet",
             conditions="results/faces/conditions.parquet",

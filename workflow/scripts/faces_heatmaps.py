@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
 from unitscope.logs import log_to
 from unitscope.runtime import use_threads
-from unitscope.studies.faces.heatmaps import run_heatmaps
+from unitscope.studies.faces.stages import run_heatmaps
 
 with log_to(snakemake.log[0]):
     use_threads(snakemake.threads)

@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
 from unitscope.logs import log_to
 from unitscope.runtime import use_threads
-from unitscope.studies.faces.interventions import run_interventions
+from unitscope.studies.faces.stages import run_interventions
 
 settings = snakemake.config["extraction"]  # run-only settings (device, batch size), deliberately not params
 interventions, probe = snakemake.params.interventions, snakemake.params.probe

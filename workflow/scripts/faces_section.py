@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 from unitscope.logs import log_to
-from unitscope.studies.faces.section import run_section
+from unitscope.studies.faces.stages import run_section
 
 with log_to(snakemake.log[0]):
     run_section(

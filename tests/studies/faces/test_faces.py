@@ -18,29 +18,15 @@ from unitscope.extract import run_extraction
 from unitscope.hooks import ActivationRecorder
 from unitscope.models.registry import build_model, build_transform
 from unitscope.stats import empirical_p
-from unitscope.studies.faces.interventions import (
-    Readout,
-    ablation_fill,
-    build_conditions,
-    build_tail,
-    condition_outputs,
-    control_table,
-    hooked_condition,
-    layer_readouts,
-    run_interventions,
-)
+from unitscope.studies.faces.controls import control_table, matched_sets, random_sets
+from unitscope.studies.faces.inputs import CategoryMeans, FacesError
+from unitscope.studies.faces.interventions import ablation_fill, build_conditions
 from unitscope.studies.faces.plan import FacesConfigError, intervention_layer, probe_layers
 from unitscope.studies.faces.probe import fit_logistic
-from unitscope.studies.faces.selection import (
-    CategoryMeans,
-    FacesError,
-    matched_sets,
-    random_sets,
-    selected_channels,
-    selection_table,
-    top_percentile,
-)
-from unitscope.studies.faces.stages import run_selection
+from unitscope.studies.faces.readouts import Readout, layer_readouts
+from unitscope.studies.faces.selection import selected_channels, selection_table, top_percentile
+from unitscope.studies.faces.stages import run_interventions, run_selection
+from unitscope.studies.faces.tail import build_tail, condition_outputs, hooked_condition
 
 IMAGENET_PRE = {"resize": 232, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 CIFAR_PRE = {**IMAGENET_PRE, "resize": 32, "crop": 32}
@@ -495,8 +481,8 @@ def test_verdict_sentences_follow_the_numbers(cifar_means):
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, manifests, data_dir):
+    from unitscope.studies.faces.inputs import load_category_means
     from unitscope.studies.faces.probe import stratified_folds
-    from unitscope.studies.faces.selection import load_category_means
 
     with pytest.raises(FacesError, match=r"faces.probe.folds: 5 folds need at least 5 images per class; have 3 faces"):
         stratified_folds(np.array([1, 1, 1, 0, 0, 0, 0, 0]), 5, 0)

@@ -119,47 +119,11 @@ def interventions_figure(
     n_faces, n_nonfaces = int(intact["n_faces"]), int(intact["n_nonfaces"])
     for row, metric in enumerate(metrics):
         for col, mode in enumerate(("lesion", "keep_only")):
-            ax = axes[row, col]
-            in_mode = conditions[conditions["mode"].isin([mode, "none"])]
-            values = in_mode[metric].to_numpy(dtype=float)
-            values = values[np.isfinite(values)]
-            low, high = (values.min(), values.max()) if len(values) else (0.0, 1.0)
-            pad = 0.05 * (high - low) if high > low else 0.01 * max(abs(high), 1.0)
-            bins = np.linspace(low - pad, high + pad, 31)  # shared by both controls, covering every marker
-            for family, colour in NULL_COLOURS.items():
-                null = conditions.loc[(conditions["family"] == family) & (conditions["mode"] == mode), metric].dropna()
-                if len(null):
-                    ax.hist(null, bins=bins, color=colour, alpha=0.7, label=f"{family} (n = {len(null)})")
-            chosen = conditions.loc[(conditions["family"] == "selected") & (conditions["mode"] == mode), metric]
-            if len(chosen) and np.isfinite(chosen.iloc[0]):
-                ax.axvline(chosen.iloc[0], color="#cc3311", lw=2, label="selected")
-            if np.isfinite(intact[metric]):
-                ax.axvline(intact[metric], color="k", ls="--", lw=1, label="intact")
-            rows = controls[(controls["metric"] == metric) & (controls["mode"] == mode)]
-            p_text = ", ".join(f"p({r.control}) = {r.p_value:.3g}" for r in rows.itertuples())
-            ax.set_title(f"{mode.replace('_', '-')}: {p_text}", fontsize=8)
-            ax.set_xlabel(METRIC_LABELS[metric], fontsize=8)
-            ax.set_ylabel("draws", fontsize=8)
-            ax.tick_params(labelsize=7)
+            _null_panel(axes[row, col], conditions, controls, intact, metric, mode)
             if row == 0:
-                ax.legend(fontsize=6)
+                axes[row, col].legend(fontsize=6)
     if curves is not None:
-        left, right = axes[-1]
-        for name, colour in (("intact", "k"), ("lesion", "#cc3311"), ("keep_only", "#4477aa")):
-            curve = curves[curves["condition"] == name]
-            left.plot(curve["component"], curve["cumulative"], color=colour, lw=1.2, label=name.replace("_", "-"))
-            shown = curve[curve["explained_variance_ratio"] > 1e-6]  # drop the numerically null tail
-            right.plot(shown["component"], shown["explained_variance_ratio"], color=colour, lw=1.2)
-        left.set_xscale("log")
-        left.set_xlabel("principal components (faces' activations)", fontsize=8)
-        left.set_ylabel("cumulative explained variance", fontsize=8)
-        left.legend(fontsize=6)
-        right.set_xscale("log")
-        right.set_yscale("log")
-        right.set_xlabel("principal component", fontsize=8)
-        right.set_ylabel("explained variance ratio", fontsize=8)
-        for ax in (left, right):
-            ax.tick_params(labelsize=7)
+        _pca_panels(*axes[-1], curves)
     set_size = int(conditions.loc[conditions["family"] == "selected", "set_size"].iloc[0])
     fig.suptitle(
         f"{intact['model']} {intact['layer']}: {set_size} selected channels ({intact['ablation']} ablation); "
@@ -168,6 +132,50 @@ def interventions_figure(
     )
     fig.tight_layout()
     save(fig, path)
+
+
+def _null_panel(ax, conditions: pd.DataFrame, controls: pd.DataFrame, intact: pd.Series, metric: str, mode: str):
+    """One metric and mode: histograms of the control draws, the selected set (red) and intact (dashed)."""
+    in_mode = conditions[conditions["mode"].isin([mode, "none"])]
+    values = in_mode[metric].to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    low, high = (values.min(), values.max()) if len(values) else (0.0, 1.0)
+    pad = 0.05 * (high - low) if high > low else 0.01 * max(abs(high), 1.0)
+    bins = np.linspace(low - pad, high + pad, 31)  # shared by both controls, covering every marker
+    for family, colour in NULL_COLOURS.items():
+        null = conditions.loc[(conditions["family"] == family) & (conditions["mode"] == mode), metric].dropna()
+        if len(null):
+            ax.hist(null, bins=bins, color=colour, alpha=0.7, label=f"{family} (n = {len(null)})")
+    chosen = conditions.loc[(conditions["family"] == "selected") & (conditions["mode"] == mode), metric]
+    if len(chosen) and np.isfinite(chosen.iloc[0]):
+        ax.axvline(chosen.iloc[0], color="#cc3311", lw=2, label="selected")
+    if np.isfinite(intact[metric]):
+        ax.axvline(intact[metric], color="k", ls="--", lw=1, label="intact")
+    rows = controls[(controls["metric"] == metric) & (controls["mode"] == mode)]
+    p_text = ", ".join(f"p({r.control}) = {r.p_value:.3g}" for r in rows.itertuples())
+    ax.set_title(f"{mode.replace('_', '-')}: {p_text}", fontsize=8)
+    ax.set_xlabel(METRIC_LABELS[metric], fontsize=8)
+    ax.set_ylabel("draws", fontsize=8)
+    ax.tick_params(labelsize=7)
+
+
+def _pca_panels(left, right, curves: pd.DataFrame) -> None:
+    """The faces' cumulative (left) and per-component (right) explained variance per condition."""
+    for name, colour in (("intact", "k"), ("lesion", "#cc3311"), ("keep_only", "#4477aa")):
+        curve = curves[curves["condition"] == name]
+        left.plot(curve["component"], curve["cumulative"], color=colour, lw=1.2, label=name.replace("_", "-"))
+        shown = curve[curve["explained_variance_ratio"] > 1e-6]  # drop the numerically null tail
+        right.plot(shown["component"], shown["explained_variance_ratio"], color=colour, lw=1.2)
+    left.set_xscale("log")
+    left.set_xlabel("principal components (faces' activations)", fontsize=8)
+    left.set_ylabel("cumulative explained variance", fontsize=8)
+    left.legend(fontsize=6)
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("principal component", fontsize=8)
+    right.set_ylabel("explained variance ratio", fontsize=8)
+    for ax in (left, right):
+        ax.tick_params(labelsize=7)
 
 
 def probes_figure(table: pd.DataFrame, path) -> None:

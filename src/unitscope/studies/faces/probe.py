@@ -17,12 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from tqdm import tqdm
 
-from unitscope.studies.faces.selection import FacesError
+from unitscope.stats import wilson_interval
+from unitscope.studies.faces.inputs import CategoryMeans, FacesError, derived_rng
 
 
 @dataclass
@@ -60,12 +62,36 @@ def fit_logistic(
     iteration lowers the objective by less than 10 machine epsilons (relative), as scipy's L-BFGS does.
     """
     dtype = X.dtype
-    n, d = X.shape[-2], X.shape[-1]
+    d = X.shape[-1]
     K = X.shape[0] if X.dim() == 3 else (feature_mask.shape[0] if feature_mask is not None else (n_problems or 1))
     mask = torch.ones(K, d, dtype=dtype) if feature_mask is None else feature_mask.to(dtype)
+    ftol = 10 * torch.finfo(dtype).eps
+    objective = _objective(X, y, mask, C)
+    P = torch.zeros(K, d + 1, dtype=dtype) if init is None else init.to(dtype).clone()
+    P[:, :d] *= mask
+    f, g = objective(P)
+    memory = _History(history)
+    converged = g.abs().amax(1) < tol
+    iteration = 0
+    for iteration in range(1, max_iter + 1):  # noqa: B007 - reported
+        if bool(converged.all()):
+            break
+        direction, slope = memory.direction(g, converged)
+        P_new, f_new, g_new, stuck = _backtrack(objective, P, f, g, direction, slope, converged)
+        memory.add(P_new - P, g_new - g)
+        # scipy's L-BFGS test too: a relative decrease at the dtype's precision floor ends the column
+        flat = (f - f_new) <= ftol * torch.maximum(torch.maximum(f.abs(), f_new.abs()), torch.ones_like(f))
+        P, f, g = P_new, f_new, g_new
+        converged = converged | stuck | flat | (g.abs().amax(1) < tol)
+    return LogisticFit(weights=P[:, :d] * mask, intercept=P[:, d], n_iter=iteration, converged=converged)
+
+
+def _objective(X: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, C: float):
+    """P [K, d + 1] -> (mean objective [K], gradient [K, d + 1]); masked weights get no gradient."""
+    dtype = X.dtype
+    n, d = X.shape[-2], X.shape[-1]
     sign = (2 * y.to(dtype) - 1)[:, None]  # [n, 1]
     lam = 1.0 / (C * n)
-    ftol = 10 * torch.finfo(dtype).eps
     forward, backward = _design_products(X)
 
     def objective(P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,16 +102,30 @@ def fit_logistic(
         grad = torch.cat([backward(R) * mask + lam * W, R.sum(0)[:, None]], dim=1)
         return loss, grad
 
-    P = torch.zeros(K, d + 1, dtype=dtype) if init is None else init.to(dtype).clone()
-    P[:, :d] *= mask
-    f, g = objective(P)
-    S, Y, rho = [], [], []
-    converged = g.abs().amax(1) < tol
-    iteration = 0
-    for iteration in range(1, max_iter + 1):  # noqa: B007 - reported
-        if bool(converged.all()):
-            break
-        # two-loop recursion, per column
+    return objective
+
+
+class _History:
+    """The last `size` L-BFGS steps and gradient changes of every column, and the direction they give."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.S: list[torch.Tensor] = []
+        self.Y: list[torch.Tensor] = []
+        self.rho: list[torch.Tensor] = []
+
+    def add(self, s: torch.Tensor, yv: torch.Tensor) -> None:
+        sy = (s * yv).sum(1)
+        self.S.append(s)
+        self.Y.append(yv)
+        self.rho.append(torch.where(sy > 1e-20, 1.0 / sy.clamp_min(1e-20), torch.zeros_like(sy)))
+        if len(self.S) > self.size:
+            self.S.pop(0), self.Y.pop(0), self.rho.pop(0)
+
+    def direction(self, g: torch.Tensor, converged: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(search direction, its slope g . direction) per column: the two-loop recursion, or steepest
+        descent where that is not a descent direction; zero for converged columns."""
+        S, Y, rho = self.S, self.Y, self.rho
         q = g.clone()
         alphas = []
         for s, yv, r in zip(reversed(S), reversed(Y), reversed(rho), strict=True):
@@ -108,32 +148,25 @@ def fit_logistic(
             direction[uphill] = -g[uphill]
             slope = (g * direction).sum(1)
         direction[converged] = 0
-        # backtracking (Armijo) line search, per column
-        step = torch.ones(K, dtype=dtype)
-        accepted = converged.clone()
-        f_new, g_new, P_new = f.clone(), g.clone(), P.clone()
-        for _ in range(40):
-            trial = P + step[:, None] * direction
-            f_trial, g_trial = objective(trial)
-            ok = ~accepted & (f_trial <= f + 1e-4 * step * slope)
-            f_new[ok], g_new[ok], P_new[ok] = f_trial[ok], g_trial[ok], trial[ok]
-            accepted |= ok
-            if bool(accepted.all()):
-                break
-            step = torch.where(accepted, step, step * 0.5)
-        stuck = ~accepted  # no decrease found: at the precision floor, stop these columns
-        s, yv = P_new - P, g_new - g
-        sy = (s * yv).sum(1)
-        S.append(s)
-        Y.append(yv)
-        rho.append(torch.where(sy > 1e-20, 1.0 / sy.clamp_min(1e-20), torch.zeros_like(sy)))
-        if len(S) > history:
-            S.pop(0), Y.pop(0), rho.pop(0)
-        # scipy's L-BFGS test too: a relative decrease at the dtype's precision floor ends the column
-        flat = (f - f_new) <= ftol * torch.maximum(torch.maximum(f.abs(), f_new.abs()), torch.ones_like(f))
-        P, f, g = P_new, f_new, g_new
-        converged = converged | stuck | flat | (g.abs().amax(1) < tol)
-    return LogisticFit(weights=P[:, :d] * mask, intercept=P[:, d], n_iter=iteration, converged=converged)
+        return direction, slope
+
+
+def _backtrack(objective, P, f, g, direction, slope, converged):
+    """Backtracking (Armijo) line search per column: (P, f, g) after the accepted steps, and the columns for
+    which no decrease was found (at the precision floor: they stop)."""
+    step = torch.ones(P.shape[0], dtype=P.dtype)
+    accepted = converged.clone()
+    f_new, g_new, P_new = f.clone(), g.clone(), P.clone()
+    for _ in range(40):
+        trial = P + step[:, None] * direction
+        f_trial, g_trial = objective(trial)
+        ok = ~accepted & (f_trial <= f + 1e-4 * step * slope)
+        f_new[ok], g_new[ok], P_new[ok] = f_trial[ok], g_trial[ok], trial[ok]
+        accepted |= ok
+        if bool(accepted.all()):
+            break
+        step = torch.where(accepted, step, step * 0.5)
+    return P_new, f_new, g_new, ~accepted
 
 
 def standardize_stats(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,3 +238,45 @@ def cv_correct(
 def _decision(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     forward, _ = _design_products(X)
     return forward(W) + b
+
+
+def layer_probe(
+    data: CategoryMeans, *, layer: str, depth: int, folds: int, C: float, seed: int
+) -> tuple[dict, pd.DataFrame]:
+    """Cross-validated face-vs-non-face accuracy on one layer's channel means (95% Wilson interval), and the
+    coefficients (standardised units) of the probe fit on every image, per channel."""
+    y = data.is_face.astype(int)
+    split = stratified_folds(y, folds, int(derived_rng(seed, "faces/folds").integers(2**31)))
+    X = torch.as_tensor(data.means, dtype=torch.float64)
+    correct, _ = cv_correct(X, y, split, C=C)
+    fold_accuracy = correct[0] / np.array([len(test) for _, test in split])
+    n_correct = int(correct.sum())
+    low, high = wilson_interval(n_correct, len(y))
+    mean, std = standardize_stats(X)
+    full = fit_logistic((X - mean) / std, torch.as_tensor(y), C=C)
+    row = {
+        "layer": layer,
+        "depth": depth,
+        "n_channels": data.n_channels,
+        "n_images": len(y),
+        "n_faces": int(y.sum()),
+        "accuracy": n_correct / len(y),
+        "ci_low": low,
+        "ci_high": high,
+        "fold_accuracy_sd": float(np.std(fold_accuracy, ddof=1)),
+        "fold_accuracies": fold_accuracy.tolist(),
+        "chance": float(max(y.mean(), 1 - y.mean())),
+        "converged": bool(full.converged.all()),
+    }
+    coefficients = pd.DataFrame(
+        {
+            "layer": layer,
+            "channel": np.arange(data.n_channels),
+            "coefficient": full.weights[0].numpy(),
+            "intercept": float(full.intercept[0]),
+            "feature_mean": mean[0].numpy(),
+            "feature_std": std[0].numpy(),
+        }
+    )
+    print(f"probe {layer}: {n_correct}/{len(y)} correct ({n_correct / len(y):.3f}), {folds}-fold CV", flush=True)
+    return row, coefficients

@@ -1,4 +1,5 @@
-"""The faces study's report section: sentences built from its tables, never canned.
+"""The faces study's report section: numbers and tables computed from its tables, worded by the templates
+`templates/faces_conclusion.txt.j2` (the conclusion) and `templates/faces.html.j2` (the body).
 
 Verdicts are stated against explicit rules, with the numbers in the sentence. Each has an absolute
 part (is the change larger than the sampling uncertainty of the intact accuracy, its 95% Wilson
@@ -13,61 +14,32 @@ interval?) and a control part (one-sided empirical p < alpha against every contr
 
 from __future__ import annotations
 
-import html
-import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from markupsafe import Markup
 
-from unitscope.report.sections import html_table, unit_hrefs, write_section
+from unitscope.report.render import ci, fixed, num, p_value, pct, render
+from unitscope.report.sections import html_table, unit_hrefs
 from unitscope.stats import wilson_interval
-from unitscope.studies.faces.selection import jaccard, selected_channels
+from unitscope.studies.faces.pca import components_for
+from unitscope.studies.faces.selection import rule_agreement, selected_channels
 
 TITLE = "Face-selective units"
+STUDY_DIR = Path(__file__).parent
 RULE_NAMES = {"top_percentile": "top-percentile", "contrast": "contrast"}
+CONTROLS = ("random", "matched")
+READOUTS = ("fixed_accuracy", "retrained_accuracy", "kl_faces", "kl_nonfaces", "kl_face_ratio")
+NAMED = ("intact", "lesion", "keep_only")
 
 
-def _pct(x: float) -> str:
-    return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.1f}%"
-
-
-def _num(x: float, digits: int = 3) -> str:
-    return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}g}"
-
-
-def _p(x: float) -> str:
-    if x is None or not np.isfinite(x):
-        return "n/a"
-    return f"{x:.3f}" if x >= 0.001 else (f"{x:.1e}" if x > 0 else "<1e-300")
-
-
-def _figure(src: str, caption: str) -> str:
-    return (
-        f'<figure><img src="{html.escape(src)}" alt="{html.escape(caption[:80])}">'
-        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-    )
+# ---------------------------------------------------------------------------------------------- verdicts
 
 
 def _control(controls: pd.DataFrame, mode: str, control: str, metric: str) -> dict | None:
     rows = controls[(controls["mode"] == mode) & (controls["control"] == control) & (controls["metric"] == metric)]
     return rows.iloc[0].to_dict() if len(rows) else None
-
-
-def _null_phrase(row: dict | None, fmt, what: str) -> str:
-    if row is None:
-        return f"no {what} control could be drawn"
-    return (
-        f"{row['n_distinct']} {what} sets gave {fmt(row['null_mean'])} "
-        f"[95% {fmt(row['null_low'])}, {fmt(row['null_high'])}] (p = {_p(row['p_value'])})"
-    )
-
-
-def _compact(row: dict | None, fmt, what: str) -> str:
-    """'random: 0.02 [95% 0.01, 0.04], p = 0.010' (the control's mean and interval, the selected set's p)."""
-    if row is None:
-        return f"{what}: none drawn"
-    interval = f"[95% {fmt(row['null_low'])}, {fmt(row['null_high'])}]"
-    return f"{what}: {fmt(row['null_mean'])} {interval}, p = {_p(row['p_value'])}"
 
 
 def _beats(rows: list[dict | None], alpha: float) -> bool:
@@ -86,9 +58,9 @@ def verdicts(conditions: pd.DataFrame, controls: pd.DataFrame, alpha: float) -> 
     n_test = int(conditions["fixed_n_test"].iloc[0]) if "fixed_n_test" in conditions else n_images
     fixed_low, fixed_high = _wilson_of(float(by_name.loc["intact", "fixed_accuracy"]), n_test)
     retrained_low, retrained_high = _wilson_of(float(by_name.loc["intact", "retrained_accuracy"]), n_images)
-    necessary_rows = [_control(controls, "lesion", c, "fixed_accuracy") for c in ("random", "matched")]
-    sufficient_rows = [_control(controls, "keep_only", c, "retrained_accuracy") for c in ("random", "matched")]
-    specific_rows = [_control(controls, "lesion", c, "kl_face_ratio") for c in ("random", "matched")]
+    necessary_rows = [_control(controls, "lesion", c, "fixed_accuracy") for c in CONTROLS]
+    sufficient_rows = [_control(controls, "keep_only", c, "retrained_accuracy") for c in CONTROLS]
+    specific_rows = [_control(controls, "lesion", c, "kl_face_ratio") for c in CONTROLS]
     necessary_absolute = bool(by_name.loc["lesion", "fixed_accuracy"] < fixed_low)
     necessary_vs_controls = _beats(necessary_rows, alpha)
     sufficient_absolute = bool(by_name.loc["keep_only", "retrained_accuracy"] >= retrained_low)
@@ -108,92 +80,246 @@ def verdicts(conditions: pd.DataFrame, controls: pd.DataFrame, alpha: float) -> 
     }
 
 
-def _interval(bounds) -> str:
-    return f"[{_pct(bounds[0])}, {_pct(bounds[1])}]"
+# ---------------------------------------------------------------------------------------------- conclusion
 
 
-def _necessity_phrase(judged: dict) -> str:
-    interval, alpha = _interval(judged["intact_fixed_ci"]), judged["alpha"]
-    if judged["necessary"]:
-        return f"necessary: below the intact 95% interval {interval} and below every control (p < {alpha:g})"
-    if judged["necessary_vs_controls"]:
-        return (
-            f"a larger drop than the controls' (p < {alpha:g}) but within the intact 95% interval {interval}: "
-            "not necessary for telling faces from non-faces"
-        )
-    if judged["necessary_absolute"]:
-        return f"below the intact 95% interval {interval}, but not more than the controls at p < {alpha:g}"
-    return f"not necessary (within the intact 95% interval {interval}, not below the controls at p < {alpha:g})"
+def _named_readouts(conditions: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """{intact, lesion, keep_only: {readout: value}}."""
+    by_name = conditions.set_index("condition")
+    return {name: {metric: float(by_name.loc[name, metric]) for metric in READOUTS} for name in NAMED}
 
 
-def _sufficiency_phrase(judged: dict) -> str:
-    interval, alpha = _interval(judged["intact_retrained_ci"]), judged["alpha"]
-    if judged["sufficient"]:
-        return f"sufficient: within the intact 95% interval {interval} and above every control (p < {alpha:g})"
-    if judged["sufficient_absolute"]:
-        return (
-            f"sufficient in absolute terms (within the intact 95% interval {interval}) but not more than the "
-            f"controls at p < {alpha:g}"
-        )
-    if judged["sufficient_vs_controls"]:
-        return f"above the controls (p < {alpha:g}) but below the intact 95% interval {interval}: not sufficient"
-    return f"not sufficient (below the intact 95% interval {interval}, not above the controls at p < {alpha:g})"
+def conclusion_context(
+    selection: pd.DataFrame, conditions: pd.DataFrame, controls: pd.DataFrame, settings: dict
+) -> dict:
+    """What the conclusion states: counts, the named conditions' readouts, the verdicts and their controls."""
+    first = conditions.iloc[0]
+    alpha = settings["alpha"]
+    judged = verdicts(conditions, controls, alpha)
+    kl = {metric: [(c, _control(controls, "lesion", c, metric)) for c in CONTROLS] for metric in READOUTS[2:4]}
+    kl["kl_face_ratio"] = list(zip(CONTROLS, judged["rows"]["specific"], strict=True))
+    floors = sorted({(row["control"], int(row["n_distinct"])) for row in controls.to_dict("records")})
+    return {
+        "model": first["model"],
+        "layer": first["layer"],
+        "n_channels": len(selection),
+        "n_faces": int(first["n_faces"]),
+        "n_nonfaces": int(first["n_nonfaces"]),
+        "percentile": settings["percentile"],
+        "fdr": settings["fdr"],
+        "alpha": alpha,
+        "agreement": rule_agreement(selection),
+        "size": int(conditions.set_index("condition").loc["lesion", "set_size"]),
+        "rule_name": RULE_NAMES[settings["rule"]],
+        "ablation": first["ablation"],
+        "fixed_n_test": int(first["fixed_n_test"]),
+        "readouts": _named_readouts(conditions),
+        "judged": judged,
+        "kl": kl,
+        "limited": [{"control": c, "n": n, "floor": 1 / (n + 1)} for c, n in floors if 1 / (n + 1) >= alpha],
+    }
 
 
 def conclusion_text(selection: pd.DataFrame, conditions: pd.DataFrame, controls: pd.DataFrame, settings: dict) -> str:
-    by_name = conditions.set_index("condition")
-    first = conditions.iloc[0]
-    rule, alpha = settings["rule"], settings["alpha"]
-    top, contrast = selected_channels(selection, "top_percentile"), selected_channels(selection, "contrast")
-    size = int(by_name.loc["lesion", "set_size"])
-    judged = verdicts(conditions, controls, alpha)
-    rows = judged["rows"]
-    intact_fixed, lesion_fixed = by_name.loc["intact", "fixed_accuracy"], by_name.loc["lesion", "fixed_accuracy"]
-    kl_rows = {
-        (control, metric): _control(controls, "lesion", control, metric)
-        for control in ("random", "matched")
-        for metric in ("kl_faces", "kl_nonfaces")
+    """The conclusion as plain text (the template's output is escaped; the landing page escapes it again)."""
+    text = render("faces_conclusion.txt.j2", STUDY_DIR, **conclusion_context(selection, conditions, controls, settings))
+    return Markup(text).unescape()
+
+
+# ---------------------------------------------------------------------------------------------- body
+
+
+def _components(pca: pd.DataFrame, level: float) -> int:
+    return components_for(pca["cumulative"].to_numpy(), level)
+
+
+def _unit_links(first: pd.Series, channels) -> list[str | None]:
+    return unit_hrefs([first["model"]] * len(channels), [first["layer"]] * len(channels), channels)
+
+
+def _selection_context(selection: pd.DataFrame, first: pd.Series, settings: dict) -> dict:
+    nonface_sets = [c.removeprefix("q_") for c in selection.columns if c.startswith("q_")]
+    agreement = rule_agreement(selection)
+    chosen = selected_channels(selection, settings["rule"])
+    overview = pd.DataFrame(
+        [
+            [f"top {settings['percentile']:g}% by mean face activation", agreement["top_percentile"]],
+            [
+                f"contrast: Welch t faces > each of {', '.join(nonface_sets)}, BH q < {settings['fdr']:g}",
+                agreement["contrast"],
+            ],
+            ["in both", agreement["overlap"]],
+            ["Jaccard index", num(agreement["jaccard"], 3)],
+        ],
+        columns=["selection rule", "channels"],
+    )
+    head = selection.set_index("channel").loc[chosen[:10]].reset_index()
+    columns = {
+        "channel": head["channel"],
+        "face rank": head["face_rank"],
+        "face mean": head["face_mean"].map(lambda v: fixed(v, 3)),
+        **{f"{s} mean": head[f"{s}_mean"].map(lambda v: fixed(v, 3)) for s in nonface_sets},
+        "d' (vs non-faces)": head["d_nonface"].map(fixed),
+        **{f"q ({s})": head[f"q_{s}"].map(p_value) for s in nonface_sets},
+        "selectivity index": head["selectivity_index"].map(fixed),
     }
-    sentences = [
-        f"At {first['model']} {first['layer']} ({len(selection)} channels; {int(first['n_faces'])} faces, "
-        f"{int(first['n_nonfaces'])} non-faces), the top-{settings['percentile']:g}% rule picked {len(top)} channels "
-        f"and the contrast rule (faces above every non-face set, BH q < {settings['fdr']:g}) {len(contrast)}; "
-        f"they share {len(set(top) & set(contrast))} (Jaccard {_num(jaccard(top, contrast), 2)}).",
-        f"{'Lesioning' if size else 'With no channel selected, lesioning'} the {size} {RULE_NAMES[rule]} channels "
-        f"({first['ablation']} ablation) "
-        + (
-            f"left the fixed-readout accuracy at {_pct(intact_fixed)}"
-            if _pct(intact_fixed) == _pct(lesion_fixed)
-            else f"moved the fixed-readout accuracy from {_pct(intact_fixed)} to {_pct(lesion_fixed)}"
-        )
-        + f" (N = {int(first['fixed_n_test'])} held-out images); {_null_phrase(rows['necessary'][0], _pct, 'random')}, "
-        f"{_null_phrase(rows['necessary'][1], _pct, 'activation-matched')}: {_necessity_phrase(judged)}.",
-        f"A probe retrained after the lesion reached {_pct(by_name.loc['lesion', 'retrained_accuracy'])} "
-        f"(intact {_pct(by_name.loc['intact', 'retrained_accuracy'])}).",
-        f"Keeping only them, a retrained probe reached {_pct(by_name.loc['keep_only', 'retrained_accuracy'])}; "
-        f"{_null_phrase(rows['sufficient'][0], _pct, 'random keep-only')}, "
-        f"{_null_phrase(rows['sufficient'][1], _pct, 'matched keep-only')}: {_sufficiency_phrase(judged)}.",
-        f"The lesion changed the model's output distribution by a mean KL of "
-        f"{_num(by_name.loc['lesion', 'kl_faces'])} nats on faces ("
-        + "; ".join(_compact(kl_rows[(c, "kl_faces")], _num, f"{c} lesions") for c in ("random", "matched"))
-        + f") and {_num(by_name.loc['lesion', 'kl_nonfaces'])} on non-faces ("
-        + "; ".join(_compact(kl_rows[(c, "kl_nonfaces")], _num, f"{c} lesions") for c in ("random", "matched"))
-        + f"), a faces / non-faces ratio of {_num(by_name.loc['lesion', 'kl_face_ratio'])} ("
-        + "; ".join(
-            _compact(row, _num, f"{c} lesions") for row, c in zip(rows["specific"], ("random", "matched"), strict=True)
-        )
-        + ("): face-specific." if judged["specific"] else f"): not shown to be face-specific at p < {alpha:g}."),
-    ]
-    floors = sorted({(row["control"], int(row["n_distinct"])) for row in controls.to_dict("records")})
-    limited = [(control, n) for control, n in floors if 1 / (n + 1) >= alpha]
-    if limited:
-        sentences.append(
-            "With "
-            + " and ".join(f"{n} distinct {control} draws" for control, n in limited)
-            + f", no p-value can fall below {', '.join(_p(1 / (n + 1)) for _, n in limited)}, so a verdict against "
-            f"{'that control' if len(limited) == 1 else 'those controls'} cannot be positive at p < {alpha:g}."
-        )
-    return " ".join(sentences)
+    return {
+        "nonface_sets": nonface_sets,
+        "overview": html_table(overview),
+        "head": html_table(pd.DataFrame(columns), links={"channel": _unit_links(first, head["channel"])}),
+        "n_head": len(head),
+        "n_chosen": len(chosen),
+        "rule_name": RULE_NAMES[settings["rule"]],
+    }
+
+
+def _pca_context(pca: pd.DataFrame, levels: list[float]) -> dict:
+    return {
+        "pc1": pca["explained_variance_ratio"].iloc[0],
+        "n_images": int(pca["n_images"].iloc[0]),
+        "n_channels": int(pca["n_channels"].iloc[0]),
+        "levels": [{"level": level, "n": _components(pca, level)} for level in levels],
+    }
+
+
+def _condition_rows(conditions: pd.DataFrame, levels: list[float]) -> tuple[pd.DataFrame, list[str]]:
+    """The intact and selected-set conditions' readouts (formatted), and the headline metrics shown."""
+    named = conditions[conditions["family"].isin(["intact", "selected"])]
+    metric_columns = {
+        "fixed_accuracy": "fixed readout",
+        "retrained_accuracy": "retrained probe (CV)",
+        "downstream_fixed_accuracy": "downstream fixed",
+        "downstream_retrained_accuracy": "downstream retrained",
+        "kl_faces": "KL faces",
+        "kl_nonfaces": "KL non-faces",
+        "pca_pc1": "PC1 share",
+        f"pca_n{round(100 * levels[-1])}": f"PCs for {pct(levels[-1])}",
+    }
+    metric_columns = {k: v for k, v in metric_columns.items() if k in named and named[k].notna().any()}
+    shown = pd.DataFrame({"condition": named["condition"], "channels ablated": named["n_ablated"]})
+    for key, label in metric_columns.items():
+        shown[label] = named[key].map(pct if "accuracy" in key or key == "pca_pc1" else num)
+    headline = [m for m in metric_columns if "accuracy" in m or m.startswith("kl_")] + ["kl_face_ratio"]
+    return shown, headline
+
+
+def _control_rows(controls: pd.DataFrame, headline: list[str]) -> pd.DataFrame:
+    """The selected set against each control's null, per mode and headline metric (formatted)."""
+    rows = controls[controls["metric"].isin(headline)]
+    formats = [pct if "accuracy" in r.metric else num for r in rows.itertuples()]
+    pairs = list(zip(formats, rows.itertuples(), strict=True))
+    return pd.DataFrame(
+        {
+            "mode": rows["mode"],
+            "control": rows["control"],
+            "metric": rows["metric"],
+            "selected": [fmt(r.selected) for fmt, r in pairs],
+            "control mean [95%]": [f"{fmt(r.null_mean)} [{fmt(r.null_low)}, {fmt(r.null_high)}]" for fmt, r in pairs],
+            "distinct draws": rows["n_distinct"],
+            "stronger if": rows["direction"],
+            "p": rows["p_value"].map(p_value),
+        }
+    )
+
+
+def _matching(conditions: pd.DataFrame) -> dict | None:
+    """Mean activation of the matched draws' channels (mean, range) against the selected set's and the random
+    draws' (mean); None when no matched control could be drawn."""
+    activation = conditions.set_index("family")["set_mean_activation"]
+    if "matched" not in activation.index:
+        return None
+    matched = activation.loc[["matched"]]
+    return {
+        "mean": matched.mean(),
+        "min": matched.min(),
+        "max": matched.max(),
+        "selected": float(conditions.set_index("condition").loc["lesion", "set_mean_activation"]),
+        "random": activation.loc[activation.index == "random"].mean(),
+    }
+
+
+def _interventions_context(conditions: pd.DataFrame, controls: pd.DataFrame, levels: list[float]) -> dict:
+    first = conditions.iloc[0]
+    shown, headline = _condition_rows(conditions, levels)
+    return {
+        "n_images": int(first["n_faces"] + first["n_nonfaces"]),
+        "fixed_n_test": int(first["fixed_n_test"]),
+        "downstream": first["downstream"],
+        "matching": _matching(conditions),
+        "conditions": html_table(shown),
+        "controls": html_table(_control_rows(controls, headline)),
+        "single": _single_context(conditions),
+    }
+
+
+def _single_context(conditions: pd.DataFrame, shown: int = 10) -> dict | None:
+    """Each selected channel lesioned alone: KL statistics and the `shown` largest effects, or None."""
+    single = single_lesions(conditions)
+    if single.empty:
+        return None
+    head = single.sort_values("kl_faces", ascending=False).head(shown)
+    table = pd.DataFrame(
+        {
+            "channel": head.index,
+            "KL faces (nats)": head["kl_faces"].map(lambda v: fixed(v, 4)),
+            "KL non-faces (nats)": head["kl_nonfaces"].map(lambda v: fixed(v, 4)),
+            "faces / non-faces": head["kl_face_ratio"].map(lambda v: num(v, 2)),
+            "fixed-readout accuracy": head["fixed_accuracy"].map(pct),
+        }
+    )
+    kl_faces = single["kl_faces"].astype(float)
+    return {
+        "n": len(single),
+        "median": kl_faces.median(),
+        "min": kl_faces.min(),
+        "max": kl_faces.max(),
+        "sum": kl_faces.sum(),
+        "set_kl": float(conditions.loc[conditions["condition"] == "lesion", "kl_faces"].iloc[0]),
+        "n_head": len(head),
+        "table": html_table(table, links={"channel": _unit_links(conditions.iloc[0], head.index)}),
+    }
+
+
+def _probes_context(probes: pd.DataFrame) -> dict:
+    rows = pd.DataFrame(
+        {
+            "layer": probes["layer"],
+            "channels": probes["n_channels"],
+            "CV accuracy [95%]": [
+                f"{pct(r.accuracy)} {ci([r.ci_low, r.ci_high], percent=True)}" for r in probes.itertuples()
+            ],
+            "fold SD": probes["fold_accuracy_sd"].map(lambda v: f"{100 * v:.1f} pts"),
+        }
+    )
+    return {"n_images": int(probes["n_images"].iloc[0]), "chance": probes["chance"].iloc[0], "table": html_table(rows)}
+
+
+def _categories_context(categories: pd.DataFrame, selectivity: pd.DataFrame) -> dict:
+    chosen = categories[categories["channel_set"] == "selected"]
+    rows = pd.DataFrame(
+        {
+            "dataset": chosen["dataset"],
+            "images": chosen["n_images"],
+            "mean of selected channels [95% bootstrap]": [
+                f"{num(r.mean)} [{num(r.ci_low)}, {num(r.ci_high)}]" for r in chosen.itertuples()
+            ],
+        }
+    )
+    return {
+        "median_selected": selectivity.loc[selectivity["selected"], "selectivity_index"].median(),
+        "median_all": selectivity["selectivity_index"].median(),
+        "table": html_table(rows),
+    }
+
+
+def _heatmaps_context(heatmaps: pd.DataFrame) -> dict:
+    return {
+        "by_set": list(heatmaps.groupby("dataset", sort=False)["mean"].mean().items()),
+        "n_images": heatmaps["image_id"].nunique(),
+        "n_channels": heatmaps["channel"].nunique(),
+        "map_height": int(heatmaps["map_height"].iloc[0]),
+        "map_width": int(heatmaps["map_width"].iloc[0]),
+    }
 
 
 def body_html(
@@ -208,220 +334,33 @@ def body_html(
     heatmaps: pd.DataFrame,
     settings: dict,
 ) -> str:
+    """The section's body: `templates/faces.html.j2` on the numbers and tables of every stage."""
     first = conditions.iloc[0]
-    face_dataset = settings["face_dataset"]
-    nonface_sets = [c.removeprefix("q_") for c in selection.columns if c.startswith("q_")]
-    top, contrast = selected_channels(selection, "top_percentile"), selected_channels(selection, "contrast")
-    chosen = selected_channels(selection, settings["rule"])
-    parts = [
-        f"<p>Which channels of {html.escape(first['model'])} <code>{html.escape(first['layer'])}</code> respond most "
-        f"to faces, and are they necessary, sufficient and specific for telling faces ({int(first['n_faces'])} images "
-        f"of <i>{html.escape(face_dataset)}</i>) from non-faces ({int(first['n_nonfaces'])} images of "
-        f"{', '.join(f'<i>{html.escape(s)}</i>' for s in nonface_sets)})? "
-        f"{html.escape(conclusion_text(selection, conditions, controls, settings))}</p>"
-    ]
-    # selection
-    overview = pd.DataFrame(
-        [
-            [f"top {settings['percentile']:g}% by mean face activation", len(top)],
-            [f"contrast: Welch t faces > each of {', '.join(nonface_sets)}, BH q < {settings['fdr']:g}", len(contrast)],
-            ["in both", len(set(top) & set(contrast))],
-            ["Jaccard index", _num(jaccard(top, contrast), 3)],
-        ],
-        columns=["selection rule", "channels"],
+    return render(
+        "faces.html.j2",
+        STUDY_DIR,
+        model=first["model"],
+        layer=first["layer"],
+        ablation=first["ablation"],
+        n_channels=len(selection),
+        n_faces=int(first["n_faces"]),
+        n_nonfaces=int(first["n_nonfaces"]),
+        face_dataset=settings["face_dataset"],
+        conclusion=conclusion_text(selection, conditions, controls, settings),
+        selection=_selection_context(selection, first, settings),
+        pca=_pca_context(pca, settings["pca_levels"]),
+        interventions=_interventions_context(conditions, controls, settings["pca_levels"]),
+        probes=_probes_context(probes),
+        categories=_categories_context(categories, selectivity),
+        heatmaps=_heatmaps_context(heatmaps),
     )
-    head = selection.set_index("channel").loc[chosen[:10]].reset_index()
-    columns = {
-        "channel": head["channel"],
-        "face rank": head["face_rank"],
-        "face mean": head["face_mean"].map(lambda v: f"{v:.3f}"),
-        **{f"{s} mean": head[f"{s}_mean"].map(lambda v: f"{v:.3f}") for s in nonface_sets},
-        "d' (vs non-faces)": head["d_nonface"].map(lambda v: f"{v:.2f}"),
-        **{f"q ({s})": head[f"q_{s}"].map(_p) for s in nonface_sets},
-        "selectivity index": head["selectivity_index"].map(lambda v: f"{v:.2f}"),
-    }
-    parts += [
-        "<h3>Selection</h3>",
-        html_table(overview),
-        f"<p>First {len(head)} of the {len(chosen)} channels the interventions use "
-        f"({RULE_NAMES[settings['rule']]} rule):</p>",
-        html_table(
-            pd.DataFrame(columns),
-            links={"channel": unit_hrefs([first["model"]] * len(head), [first["layer"]] * len(head), head["channel"])},
-        ),
-        _figure(
-            "figures/faces/selection.png",
-            f"Left: the {len(selection)} channels by mean face activation (N = {int(first['n_faces'])} faces), "
-            "top-percentile ones in red, with their mean over the non-face sets. Right: smallest d' against the "
-            "largest BH q of the one-sided Welch tests, coloured by which rule selects the channel.",
-        ),
-    ]
-    # PCA
-    levels = settings["pca_levels"]
-    needed = [int(pca.loc[pca["cumulative"] >= level - 1e-12, "component"].iloc[0]) for level in levels]
-    parts += [
-        "<h3>PCA of the faces' activations</h3>",
-        f"<p>PC1 explains {_pct(pca['explained_variance_ratio'].iloc[0])} of the variance of the "
-        f"{int(pca['n_images'].iloc[0])} faces' {int(pca['n_channels'].iloc[0])}-channel means; "
-        + "; ".join(f"{_pct(level)} needs {n} components" for level, n in zip(levels, needed, strict=True))
-        + ".</p>",
-        _figure(
-            "figures/faces/pca.png",
-            f"Cumulative explained variance of PCA on the faces' [N, C] means (N = {int(pca['n_images'].iloc[0])}).",
-        ),
-    ]
-    # interventions
-    named = conditions[conditions["family"].isin(["intact", "selected"])]
-    metric_columns = {
-        "fixed_accuracy": "fixed readout",
-        "retrained_accuracy": "retrained probe (CV)",
-        "downstream_fixed_accuracy": "downstream fixed",
-        "downstream_retrained_accuracy": "downstream retrained",
-        "kl_faces": "KL faces",
-        "kl_nonfaces": "KL non-faces",
-        "pca_pc1": "PC1 share",
-        f"pca_n{round(100 * levels[-1])}": f"PCs for {_pct(levels[-1])}",
-    }
-    metric_columns = {k: v for k, v in metric_columns.items() if k in named and named[k].notna().any()}
-    shown = pd.DataFrame({"condition": named["condition"], "channels ablated": named["n_ablated"]})
-    for key, label in metric_columns.items():
-        fmt = _pct if "accuracy" in key or key == "pca_pc1" else _num
-        shown[label] = named[key].map(fmt)
-    headline = [m for m in metric_columns if "accuracy" in m or m.startswith("kl_")] + ["kl_face_ratio"]
-    control_rows = controls[controls["metric"].isin(headline)].copy()
-    formats = [_pct if "accuracy" in r.metric else _num for r in control_rows.itertuples()]
-    control_rows = pd.DataFrame(
-        {
-            "mode": control_rows["mode"],
-            "control": control_rows["control"],
-            "metric": control_rows["metric"],
-            "selected": [fmt(r.selected) for fmt, r in zip(formats, control_rows.itertuples(), strict=True)],
-            "control mean [95%]": [
-                f"{fmt(r.null_mean)} [{fmt(r.null_low)}, {fmt(r.null_high)}]"
-                for fmt, r in zip(formats, control_rows.itertuples(), strict=True)
-            ],
-            "distinct draws": control_rows["n_distinct"],
-            "stronger if": control_rows["direction"],
-            "p": control_rows["p_value"].map(_p),
-        }
-    )
-    matched = conditions[conditions["family"] == "matched"]
-    selected_activation = float(conditions.loc[conditions["condition"] == "lesion", "set_mean_activation"].iloc[0])
-    matching = (
-        f"Matched draws' mean activation {_num(matched['set_mean_activation'].mean())} "
-        f"(range {_num(matched['set_mean_activation'].min())}–{_num(matched['set_mean_activation'].max())}) versus "
-        f"{_num(selected_activation)} for the selected set and "
-        f"{_num(conditions.loc[conditions['family'] == 'random', 'set_mean_activation'].mean())} for random draws."
-        if len(matched)
-        else "No activation-matched control could be drawn (more selected than unselected channels)."
-    )
-    downstream = first["downstream"] or (
-        "none: the layer feeds the global pool directly, so the pooled features are the layer's own means"
-    )
-    parts += [
-        "<h3>Interventions</h3>",
-        f"<p>Ablation: {html.escape(first['ablation'])}. Readouts: a logistic probe retrained on each condition "
-        f"(stratified CV on all {int(first['n_faces'] + first['n_nonfaces'])} images), a probe fit on intact "
-        f"activations of a training split and scored on the condition's held-out split (N = "
-        f"{int(first['fixed_n_test'])}), the output KL divergence, and PCA of the faces' activations. Downstream "
-        f"layer: {html.escape(downstream)}. {matching}</p>",
-        html_table(shown),
-        html_table(control_rows),
-        _figure(
-            "figures/faces/interventions.png",
-            "Per readout (rows) and mode (columns): the distribution over random and activation-matched control "
-            "draws, the selected set (red) and the intact network (dashed); p is the one-sided empirical p-value "
-            "of the selected set against each control (over distinct draws). Last row: the faces' cumulative and "
-            "per-component explained variance under intact, lesion and keep-only "
-            "(results/faces/condition_pca.parquet).",
-        ),
-    ]
-    parts += _single_lesion_html(conditions)
-    # probes
-    probe_rows = pd.DataFrame(
-        {
-            "layer": probes["layer"],
-            "channels": probes["n_channels"],
-            "CV accuracy [95%]": [
-                f"{_pct(r.accuracy)} [{_pct(r.ci_low)}, {_pct(r.ci_high)}]" for r in probes.itertuples()
-            ],
-            "fold SD": probes["fold_accuracy_sd"].map(lambda v: f"{100 * v:.1f} pts"),
-        }
-    )
-    parts += [
-        "<h3>Probes per layer</h3>",
-        f"<p>Face-vs-non-face logistic probes on each layer's channel means ({int(probes['n_images'].iloc[0])} images, "
-        f"majority class {_pct(probes['chance'].iloc[0])}); coefficients are in "
-        "results/faces/probe_coefficients.parquet.</p>",
-        html_table(probe_rows),
-        _figure("figures/faces/probes.png", "Cross-validated accuracy per layer with 95% Wilson intervals and folds."),
-    ]
-    # categories
-    chosen_rows = categories[categories["channel_set"] == "selected"]
-    category_rows = pd.DataFrame(
-        {
-            "dataset": chosen_rows["dataset"],
-            "images": chosen_rows["n_images"],
-            "mean of selected channels [95% bootstrap]": [
-                f"{_num(r.mean)} [{_num(r.ci_low)}, {_num(r.ci_high)}]" for r in chosen_rows.itertuples()
-            ],
-        }
-    )
-    picked = selectivity[selectivity["selected"]]
-    parts += [
-        "<h3>Category comparison</h3>",
-        f"<p>Face-selectivity index of the selected channels: median {_num(picked['selectivity_index'].median(), 2)} "
-        f"(all channels: {_num(selectivity['selectivity_index'].median(), 2)}).</p>",
-        html_table(category_rows),
-        _figure(
-            "figures/faces/categories.png",
-            "Mean activation of the selected channels (and of all channels) per image set with 95% bootstrap "
-            "intervals over images; right: per-channel face-selectivity index.",
-        ),
-    ]
-    # heatmaps
-    by_set = heatmaps.groupby("dataset", sort=False)["mean"].mean()
-    parts += [
-        "<h3>Where the top channels fire</h3>",
-        "<p>Mean activation of the shown channels over the example images: "
-        + ", ".join(f"{html.escape(str(k))} {_num(v)}" for k, v in by_set.items())
-        + f" ({heatmaps['image_id'].nunique()} images, seeded draw).</p>",
-        _figure(
-            "figures/faces/heatmaps.png",
-            f"Maps of the first {heatmaps['channel'].nunique()} selected channels "
-            f"({int(heatmaps['map_height'].iloc[0])}x{int(heatmaps['map_width'].iloc[0])}, bilinearly upsampled) "
-            "over example images of each set.",
-        ),
-    ]
-    return "\n".join(parts)
 
 
-def _single_lesion_html(conditions: pd.DataFrame, shown: int = 10) -> list[str]:
-    single = single_lesions(conditions)
-    if single.empty:
-        return []
-    first = conditions.iloc[0]
-    set_kl = float(conditions.loc[conditions["condition"] == "lesion", "kl_faces"].iloc[0])
-    ranked = single.sort_values("kl_faces", ascending=False)
-    head = ranked.head(shown)
-    table = pd.DataFrame(
-        {
-            "channel": head.index,
-            "KL faces (nats)": head["kl_faces"].map(lambda v: f"{v:.4f}"),
-            "KL non-faces (nats)": head["kl_nonfaces"].map(lambda v: f"{v:.4f}"),
-            "faces / non-faces": head["kl_face_ratio"].map(lambda v: _num(v, 2)),
-            "fixed-readout accuracy": head["fixed_accuracy"].map(_pct),
-        }
-    )
-    links = unit_hrefs([first["model"]] * len(head), [first["layer"]] * len(head), head.index)
-    return [
-        f"<p>Each of the {len(single)} selected channels lesioned alone ({html.escape(first['ablation'])} "
-        f"ablation): output KL on faces median {_num(float(single['kl_faces'].median()), 4)} nats (range "
-        f"{_num(float(single['kl_faces'].min()), 4)}–{_num(float(single['kl_faces'].max()), 4)}); the sum over "
-        f"channels, {_num(float(single['kl_faces'].sum()), 4)}, against {_num(set_kl, 4)} for the whole set "
-        f"lesioned together. The {len(head)} largest (each channel's page lists its own):</p>",
-        html_table(table, links={"channel": links}),
-    ]
+# ---------------------------------------------------------------------------------------------- summary, units
+
+
+def _clean(value):
+    return None if value is None or (isinstance(value, float) and not np.isfinite(value)) else value
 
 
 def summary(
@@ -433,15 +372,11 @@ def summary(
     categories: pd.DataFrame,
     settings: dict,
 ) -> dict:
+    """The study's headline numbers for results/summary.json."""
     first = conditions.iloc[0]
-    by_name = conditions.set_index("condition")
-    top, contrast = selected_channels(selection, "top_percentile"), selected_channels(selection, "contrast")
+    agreement = rule_agreement(selection)
     judged = verdicts(conditions, controls, settings["alpha"])
-    readouts = [c for c in ("fixed_accuracy", "retrained_accuracy", "kl_faces", "kl_nonfaces", "kl_face_ratio")]
-
-    def clean(value):
-        return None if value is None or (isinstance(value, float) and not np.isfinite(value)) else value
-
+    named = _named_readouts(conditions)
     return {
         "model": first["model"],
         "layer": first["layer"],
@@ -450,27 +385,19 @@ def summary(
         "n_nonfaces": int(first["n_nonfaces"]),
         "selection": {
             "used": settings["rule"],
-            "top_percentile": len(top),
-            "contrast": len(contrast),
-            "overlap": len(set(top) & set(contrast)),
-            "jaccard": clean(jaccard(top, contrast)),
+            **agreement,
+            "jaccard": _clean(agreement["jaccard"]),
             "channels": selected_channels(selection, settings["rule"]).tolist(),
         },
-        "pca": {
-            f"components_{round(100 * level)}": int(pca.loc[pca["cumulative"] >= level - 1e-12, "component"].iloc[0])
-            for level in settings["pca_levels"]
-        }
+        "pca": {f"components_{round(100 * level)}": _components(pca, level) for level in settings["pca_levels"]}
         | {"pc1": float(pca["explained_variance_ratio"].iloc[0])},
         "interventions": {
             "ablation": first["ablation"],
-            "set_size": int(by_name.loc["lesion", "set_size"]),
-            **{
-                name: {metric: clean(float(by_name.loc[name, metric])) for metric in readouts}
-                for name in ("intact", "lesion", "keep_only")
-            },
+            "set_size": int(conditions.set_index("condition").loc["lesion", "set_size"]),
+            **{name: {metric: _clean(value) for metric, value in named[name].items()} for name in NAMED},
             "controls": [
-                {k: clean(v) for k, v in row.items()}
-                for row in controls[controls["metric"].isin(readouts)].to_dict("records")
+                {k: _clean(v) for k, v in row.items()}
+                for row in controls[controls["metric"].isin(READOUTS)].to_dict("records")
             ],
         },
         "single_lesions": _single_summary(conditions),
@@ -501,7 +428,7 @@ def _single_facts(single: pd.DataFrame, intact: pd.Series, channel: int) -> dict
         "lesioned alone: output KL on non-faces (nats)": round(float(row["kl_nonfaces"]), 4),
         "lesioned alone: rank by KL on faces": f"{rank} of {len(single)}",
         "lesioned alone: fixed-readout accuracy": (
-            f"{_pct(row['fixed_accuracy'])} (intact {_pct(intact['fixed_accuracy'])})"
+            f"{pct(row['fixed_accuracy'])} (intact {pct(intact['fixed_accuracy'])})"
         ),
     }
 
@@ -520,6 +447,7 @@ def _single_summary(conditions: pd.DataFrame) -> dict:
 
 
 def units(selection: pd.DataFrame, conditions: pd.DataFrame, rule: str) -> list[dict]:
+    """The selected channels, each with the facts its unit page shows."""
     first = conditions.iloc[0]
     intact = conditions.set_index("condition").loc["intact"]
     single = single_lesions(conditions)
@@ -542,38 +470,3 @@ def units(selection: pd.DataFrame, conditions: pd.DataFrame, rule: str) -> list[
         }
         for channel in selected_channels(selection, rule)
     ]
-
-
-def run_section(
-    *,
-    selection: str,
-    pca: str,
-    conditions: str,
-    controls: str,
-    probes: str,
-    categories: str,
-    selectivity: str,
-    heatmaps: str,
-    settings: dict,
-    out_path: str | os.PathLike,
-) -> dict:
-    tables = {
-        "selection": pd.read_parquet(selection),
-        "pca": pd.read_parquet(pca),
-        "conditions": pd.read_parquet(conditions),
-        "controls": pd.read_parquet(controls),
-        "probes": pd.read_parquet(probes),
-        "categories": pd.read_parquet(categories),
-    }
-    body = body_html(
-        **tables, selectivity=pd.read_parquet(selectivity), heatmaps=pd.read_parquet(heatmaps), settings=settings
-    )
-    return write_section(
-        out_path,
-        study="faces",
-        title=TITLE,
-        conclusion=conclusion_text(tables["selection"], tables["conditions"], tables["controls"], settings),
-        body_html=body,
-        summary=summary(**tables, settings=settings),
-        units=units(tables["selection"], tables["conditions"], settings["rule"]),
-    )

@@ -1,40 +1,46 @@
-"""The faces study's cheap stages, each writing its Parquet table(s) and its figure: selection, PCA,
-category comparison, probes per layer, and the interventions figure (from the intervention tables).
+"""The faces study's stages: the entry point of every rule of rules/faces.smk, and nothing else.
 
-The expensive intervention stage (`unitscope.studies.faces.interventions`) writes tables only, so a change
-to a figure re-draws without re-running the network.
+Each reads its inputs, calls the algorithm modules (selection, pca, categories, probe, interventions,
+heatmaps, section) and writes its tables and figure. The expensive intervention stage writes tables only,
+so a change to a figure re-draws without re-running the network.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pandas as pd
 import torch
-import zarr
 
-from unitscope.stats import bootstrap_interval, wilson_interval
+from unitscope.models.registry import build_model, build_transform, resolve_layer
+from unitscope.report.sections import write_section
+from unitscope.runtime import pick_device
+from unitscope.studies.faces.categories import category_table, selectivity_table
+from unitscope.studies.faces.controls import control_table, draw_controls
 from unitscope.studies.faces.figures import (
     categories_figure,
+    heatmap_figure,
     interventions_figure,
     pca_figure,
     probes_figure,
     selection_figure,
 )
-from unitscope.studies.faces.probe import cv_correct, fit_logistic, standardize_stats, stratified_folds
-from unitscope.studies.faces.selection import (
-    FacesError,
-    derived_rng,
-    dprime,
-    jaccard,
-    load_category_means,
-    pca_spectrum,
-    selected_channels,
-    selection_table,
-    selectivity_index,
-    write_table,
+from unitscope.studies.faces.heatmaps import channel_maps, example_images, heatmap_table, pictures, upsampled
+from unitscope.studies.faces.inputs import FacesError, derived_rng, load_category_means, open_layer_store, write_table
+from unitscope.studies.faces.interventions import (
+    ablation_fill,
+    build_conditions,
+    condition_readouts,
+    condition_table,
 )
+from unitscope.studies.faces.pca import pca_curves, pca_table
+from unitscope.studies.faces.probe import layer_probe
+from unitscope.studies.faces.readouts import Readout
+from unitscope.studies.faces.section import TITLE, body_html, conclusion_text, summary, units
+from unitscope.studies.faces.selection import read_selection, rule_agreement, selected_channels, selection_table
+from unitscope.studies.faces.tail import build_tail, layer_cache
 
 
 def run_selection(
@@ -54,11 +60,11 @@ def run_selection(
     for name, count in counts.items():
         table[f"n_{name}"] = count
     write_table(table, out_table)
-    top, contrast = selected_channels(table, "top_percentile"), selected_channels(table, "contrast")
+    agreement = rule_agreement(table)
     print(
-        f"selection at {layer}: {len(top)} channels by the top-{percentile}% rule, {len(contrast)} by the contrast "
-        f"rule (FDR {fdr}); overlap {len(set(top) & set(contrast))}, Jaccard {jaccard(top, contrast):.3f}; "
-        f"images {counts}",
+        f"selection at {layer}: {agreement['top_percentile']} channels by the top-{percentile}% rule, "
+        f"{agreement['contrast']} by the contrast rule (FDR {fdr}); overlap {agreement['overlap']}, "
+        f"Jaccard {agreement['jaccard']:.3f}; images {counts}",
         flush=True,
     )
     if out_figure is not None:
@@ -70,22 +76,11 @@ def run_pca(
     *, store: str, layer: str, levels: list[float], out_table: str | os.PathLike, out_figure: str | os.PathLike
 ) -> pd.DataFrame:
     """PCA of the faces' [N, C] channel means: explained variance per component and cumulated."""
-    group = zarr.open_group(store=str(store), mode="r")
-    if group.attrs.get("layer") not in (None, layer):
-        raise FacesError(f"store {store} holds layer {group.attrs.get('layer')!r}, expected {layer!r}")
-    means = np.asarray(group["means"][:], dtype=np.float32)
-    ratio = pca_spectrum(means)
-    table = pd.DataFrame(
-        {
-            "component": np.arange(1, len(ratio) + 1),
-            "explained_variance_ratio": ratio,
-            "cumulative": np.cumsum(ratio),
-            "n_images": means.shape[0],
-            "n_channels": means.shape[1],
-        }
-    )
+    table = pca_table(np.asarray(open_layer_store(store, layer)["means"][:], dtype=np.float32))
     write_table(table, out_table)
-    print(f"PCA of {means.shape[0]} face images x {means.shape[1]} channels: PC1 {ratio[0]:.3f}", flush=True)
+    n_images, n_channels = int(table["n_images"].iloc[0]), int(table["n_channels"].iloc[0])
+    ratio = table["explained_variance_ratio"].iloc[0]
+    print(f"PCA of {n_images} face images x {n_channels} channels: PC1 {ratio:.3f}", flush=True)
     pca_figure(table, levels=levels, layer=layer, path=out_figure)
     return table
 
@@ -103,51 +98,11 @@ def run_categories(
     out_selectivity: str | os.PathLike,
     out_figure: str | os.PathLike,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Mean activation of the selected channels per dataset (bootstrap 95% CIs) and per-channel selectivity.
-
-    Selectivity index: (face mean - non-face mean) / (|face mean| + |non-face mean|), the non-face mean
-    being the average of the non-face sets' means (each set weighs the same whatever its size).
-    """
+    """Mean activation of the selected channels per dataset (bootstrap 95% CIs) and per-channel selectivity."""
     data = load_category_means(stores, face_dataset, layer)
-    table = pd.read_parquet(selection)
-    if len(table) != data.n_channels:
-        raise FacesError(f"{selection} lists {len(table)} channels, the stores have {data.n_channels}")
-    chosen = selected_channels(table, rule)
-    rng = derived_rng(seed, "faces/categories")
-    rows = []
-    for set_name, channels in (("selected", chosen), ("all channels", np.arange(data.n_channels))):
-        for name in [face_dataset, *data.nonface_datasets]:
-            block = data.of(name)
-            score = block[:, channels].mean(axis=1) if len(channels) else np.full(len(block), np.nan)
-            low, high = bootstrap_interval(score, rng, n_bootstrap)
-            mean = float(np.mean(score, dtype=np.float64)) if len(score) else float("nan")
-            rows.append(
-                {
-                    "channel_set": set_name,
-                    "n_channels": len(channels),
-                    "dataset": name,
-                    "is_face": name == face_dataset,
-                    "n_images": len(block),
-                    "mean": mean,
-                    "ci_low": low,
-                    "ci_high": high,
-                }
-            )
-    categories = pd.DataFrame(rows)
-    faces = data.of(face_dataset)
-    nonface_mean = np.mean([data.of(name).mean(axis=0) for name in data.nonface_datasets], axis=0)
-    selectivity = pd.DataFrame(
-        {
-            "channel": np.arange(data.n_channels),
-            "face_mean": faces.mean(axis=0),
-            "nonface_mean": nonface_mean,
-            "selectivity_index": selectivity_index(faces.mean(axis=0), nonface_mean),
-            "d_nonface": dprime(faces, data.means[~data.is_face]),
-            "selected": np.isin(np.arange(data.n_channels), chosen),
-        }
-    )
-    for name in data.nonface_datasets:
-        selectivity[f"{name}_mean"] = data.of(name).mean(axis=0)
+    chosen = read_selection(selection, rule, data.n_channels, layer)
+    categories = category_table(data, chosen, derived_rng(seed, "faces/categories"), n_bootstrap)
+    selectivity = selectivity_table(data, chosen)
     write_table(categories, out_categories)
     write_table(selectivity, out_selectivity)
     categories_figure(categories, selectivity, out_figure)
@@ -170,44 +125,9 @@ def run_probes(
     rows, coefficient_tables = [], []
     for depth, (layer, stores) in enumerate(layer_stores.items()):
         data = load_category_means(stores, face_dataset, layer)
-        y = data.is_face.astype(int)
-        split = stratified_folds(y, folds, int(derived_rng(seed, "faces/folds").integers(2**31)))
-        X = torch.as_tensor(data.means, dtype=torch.float64)
-        correct, _ = cv_correct(X, y, split, C=C)
-        fold_accuracy = correct[0] / np.array([len(test) for _, test in split])
-        n_correct = int(correct.sum())
-        low, high = wilson_interval(n_correct, len(y))
-        mean, std = standardize_stats(X)
-        full = fit_logistic((X - mean) / std, torch.as_tensor(y), C=C)
-        rows.append(
-            {
-                "layer": layer,
-                "depth": depth,
-                "n_channels": data.n_channels,
-                "n_images": len(y),
-                "n_faces": int(y.sum()),
-                "accuracy": n_correct / len(y),
-                "ci_low": low,
-                "ci_high": high,
-                "fold_accuracy_sd": float(np.std(fold_accuracy, ddof=1)),
-                "fold_accuracies": fold_accuracy.tolist(),
-                "chance": float(max(y.mean(), 1 - y.mean())),
-                "converged": bool(full.converged.all()),
-            }
-        )
-        coefficient_tables.append(
-            pd.DataFrame(
-                {
-                    "layer": layer,
-                    "channel": np.arange(data.n_channels),
-                    "coefficient": full.weights[0].numpy(),
-                    "intercept": float(full.intercept[0]),
-                    "feature_mean": mean[0].numpy(),
-                    "feature_std": std[0].numpy(),
-                }
-            )
-        )
-        print(f"probe {layer}: {n_correct}/{len(y)} correct ({n_correct / len(y):.3f}), {folds}-fold CV", flush=True)
+        row, coefficients = layer_probe(data, layer=layer, depth=depth, folds=folds, C=C, seed=seed)
+        rows.append(row)
+        coefficient_tables.append(coefficients)
     table = pd.DataFrame(rows)
     write_table(table, out_table)
     write_table(pd.concat(coefficient_tables, ignore_index=True), out_coefficients)
@@ -215,8 +135,136 @@ def run_probes(
     return table
 
 
+def run_interventions(
+    *,
+    model_name: str,
+    model_spec: dict,
+    layer: str,
+    stores: dict[str, str],
+    manifests: dict[str, str],
+    face_dataset: str,
+    selection: str,
+    rule: str,
+    ablation: str,
+    n_random: int,
+    n_matched: int,
+    matched_candidates: int,
+    folds: int,
+    C: float,
+    fixed_train_fraction: float,
+    pca_levels: list[float],
+    seed: int,
+    data_dir: str,
+    torch_home: str,
+    out_conditions: str | os.PathLike,
+    out_controls: str | os.PathLike,
+    out_pca: str | os.PathLike | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    num_workers: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The intervention stage: every condition's readouts (conditions table) and the control comparison."""
+    clock = time.perf_counter()
+    torch_device = pick_device(device)
+    model = build_model(model_name, model_spec, data_dir=data_dir, torch_home=torch_home).to(torch_device)
+    tail = build_tail(model, layer, model_name)
+    data = load_category_means(stores, face_dataset, layer)
+    chosen = read_selection(selection, rule, data.n_channels, layer)
+    loading = {"batch_size": batch_size, "num_workers": num_workers, "device": torch_device}
+    cache, means = layer_cache(model, tail, data, manifests, model_spec["preprocessing"], **loading)
+    channel_mean = means.mean(0).numpy()
+    draws = draw_controls(
+        channel_mean, chosen, n_random=n_random, n_matched=n_matched, candidates=matched_candidates, seed=seed
+    )
+    conditions = build_conditions(data.n_channels, chosen, *draws, single_channels=chosen)
+    fill = ablation_fill(ablation, means)
+    readout = Readout.make(data.is_face, n_folds=folds, train_fraction=fixed_train_fraction, C=C, seed=seed)
+    readouts = condition_readouts(
+        tail, cache, means, conditions, fill, readout, is_face=data.is_face, pca_levels=pca_levels, device=torch_device
+    )
+    labels = {"layer": layer, "model": model_name, "ablation": ablation, "selection_rule": rule}
+    result = condition_table(
+        conditions, readouts, pool_first=tail.pool_first, channel_mean=channel_mean, is_face=data.is_face, labels=labels
+    )
+    controls = control_table(result)
+    write_table(result, out_conditions)
+    write_table(controls, out_controls)
+    if out_pca is not None:
+        face_means = means[torch.as_tensor(data.is_face)]
+        write_table(pca_curves(face_means, conditions.masks(("intact", "lesion", "keep_only"))), out_pca)
+    print(f"interventions: {len(result)} conditions in {time.perf_counter() - clock:.1f} s", flush=True)
+    return result, controls
+
+
 def run_interventions_figure(
     *, conditions: str, controls: str, pca: str | None = None, out_figure: str | os.PathLike
 ) -> None:
+    """The interventions figure (control nulls, selected set, intact; PCA curves) from the stage's tables."""
     curves = pd.read_parquet(pca) if pca else None
     interventions_figure(pd.read_parquet(conditions), pd.read_parquet(controls), out_figure, curves=curves)
+
+
+def run_heatmaps(
+    *,
+    model_name: str,
+    model_spec: dict,
+    layer: str,
+    manifests: dict[str, str],
+    selection: str,
+    rule: str,
+    n_examples: int,
+    n_channels: int,
+    seed: int,
+    data_dir: str,
+    torch_home: str,
+    out_table: str | os.PathLike,
+    out_figure: str | os.PathLike,
+) -> pd.DataFrame:
+    """Maps of the first `n_channels` selected channels on `n_examples` images of each dataset (in order)."""
+    model = build_model(model_name, model_spec, data_dir=data_dir, torch_home=torch_home)
+    resolve_layer(model, layer, model_name)
+    chosen = selected_channels(pd.read_parquet(selection), rule)[:n_channels].tolist()
+    if not chosen:
+        raise FacesError(f"faces.selection.use = {rule!r} selected no channel at {layer!r}: no map to show")
+    preprocessing = model_spec["preprocessing"]
+    rng = derived_rng(seed, "faces/heatmaps")
+    batch, images = example_images(manifests, build_transform(preprocessing), n_examples, rng)
+    maps = channel_maps(model, layer, batch, chosen)
+    table = heatmap_table(maps, images, chosen)
+    write_table(table, out_table)
+    heatmap_figure(pictures(batch, preprocessing), upsampled(maps, batch.shape[-2:]), table, chosen, out_figure)
+    return table
+
+
+def run_section(
+    *,
+    selection: str,
+    pca: str,
+    conditions: str,
+    controls: str,
+    probes: str,
+    categories: str,
+    selectivity: str,
+    heatmaps: str,
+    settings: dict,
+    out_path: str | os.PathLike,
+) -> dict:
+    """The report section: conclusion and body worded by the study's templates, summary and unit facts."""
+    tables = {
+        "selection": pd.read_parquet(selection),
+        "pca": pd.read_parquet(pca),
+        "conditions": pd.read_parquet(conditions),
+        "controls": pd.read_parquet(controls),
+        "probes": pd.read_parquet(probes),
+        "categories": pd.read_parquet(categories),
+    }
+    extra = {"selectivity": pd.read_parquet(selectivity), "heatmaps": pd.read_parquet(heatmaps)}
+    return write_section(
+        out_path,
+        study="faces",
+        title=TITLE,
+        conclusion=conclusion_text(tables["selection"], tables["conditions"], tables["controls"], settings),
+        body_html=body_html(**tables, **extra, settings=settings),
+        summary=summary(**tables, settings=settings),
+        units=units(tables["selection"], tables["conditions"], settings["rule"]),
+    )
