@@ -11,3 +11,10 @@ from __future__ import annotations
 
 class UnitscopeError(Exception):
     """A one-line, user-facing problem: the base of every unitscope error class."""
+
+
+def one_line(text: object, limit: int | None = None) -> str:
+    """`text` with its whitespace (line breaks too) collapsed to single spaces, cut to `limit` characters with an
+    ellipsis: how a message from a library is quoted inside a unitscope error line."""
+    text = " ".join(str(text).split())
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"

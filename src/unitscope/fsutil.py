@@ -85,6 +85,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             temp.unlink()
 
 
+def write_parquet(frame, path: str | os.PathLike) -> None:
+    """A pandas table as Parquet (no index), written whole then renamed."""
+    with atomic_path(path) as temp:
+        frame.to_parquet(temp, index=False)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as temp:
         temp.write_text(text)

@@ -39,7 +39,7 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from unitscope.errors import UnitscopeError
+from unitscope.errors import UnitscopeError, one_line
 from unitscope.fsutil import DISK_FULL, sha256_file
 
 __all__ = ["DEFAULT_MAX_UNPACKED_GB", "DownloadError", "extract_archive", "fetch", "fetch_and_unpack"]
@@ -68,10 +68,6 @@ class DownloadError(UnitscopeError, RuntimeError):
 
 class _Retryable(Exception):
     """Internal: a transient failure of one attempt (the message says what happened)."""
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 def _disk_full(exc: BaseException) -> bool:
@@ -158,7 +154,7 @@ def _download_with_retries(url: str, part: Path, label: str, *, retries: int, ba
             if attempt == attempts:
                 kept = f"; {part.stat().st_size} bytes kept in {part} for resuming" if part.exists() else ""
                 raise DownloadError(
-                    f"download {url}: failed after {attempts} attempt(s), last error: {_one_line(exc)}{kept}"
+                    f"download {url}: failed after {attempts} attempt(s), last error: {one_line(exc)}{kept}"
                 ) from None
             delay = backoff * 2 ** (attempt - 1)
             log.warning(
@@ -166,7 +162,7 @@ def _download_with_retries(url: str, part: Path, label: str, *, retries: int, ba
                 url,
                 attempt,
                 attempts,
-                _one_line(exc),
+                one_line(exc),
                 delay,
             )
             time.sleep(delay)
@@ -197,13 +193,13 @@ def _attempt(opener: urllib.request.OpenerDirector, url: str, part: Path, label:
                         f"{part} has {offset} bytes but the server's file has {match.group(1)}; restarting from zero"
                     ) from None
                 return
-            reason = _one_line(exc.reason)
+            reason = one_line(exc.reason)
             if exc.code >= 500 or exc.code in _RETRYABLE_4XX:
                 raise _Retryable(f"HTTP {exc.code} {reason}") from None
             raise DownloadError(f"download {url}: HTTP {exc.code} {reason} (expected 200)") from None
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        raise _Retryable(f"connection failed: {_one_line(reason) or type(exc).__name__}") from None
+        raise _Retryable(f"connection failed: {one_line(reason) or type(exc).__name__}") from None
 
     with response:
         status = response.status
@@ -230,7 +226,7 @@ def _attempt(opener: urllib.request.OpenerDirector, url: str, part: Path, label:
                 try:
                     block = response.read(CHUNK)
                 except (http.client.HTTPException, OSError) as exc:
-                    detail = _one_line(exc) or type(exc).__name__
+                    detail = one_line(exc) or type(exc).__name__
                     raise _Retryable(f"connection lost after {offset + received} bytes: {detail}") from None
                 if not block:
                     break
@@ -332,7 +328,7 @@ def extract_archive(
     try:
         files, total = _members(archive, kind)
     except _CORRUPT as exc:
-        raise DownloadError(f"extract {archive}: corrupt archive: {_one_line(exc)}") from None
+        raise DownloadError(f"extract {archive}: corrupt archive: {one_line(exc)}") from None
     if _matches(dest_dir, files):
         return dest_dir
     if dest_dir.exists() or dest_dir.is_symlink():
@@ -346,7 +342,7 @@ def extract_archive(
         _extract_into(archive, kind, temp)
         _put_in_place(temp, dest_dir, files)
     except _CORRUPT as exc:
-        raise DownloadError(f"extract {archive}: corrupt archive: {_one_line(exc)}") from None
+        raise DownloadError(f"extract {archive}: corrupt archive: {one_line(exc)}") from None
     except OSError as exc:
         if _disk_full(exc):
             raise DownloadError(
@@ -432,7 +428,7 @@ def _extract_into(archive: Path, kind: str, temp: Path) -> None:
         try:
             tf.extractall(temp, filter="data")
         except tarfile.FilterError as exc:
-            raise DownloadError(f"extract {archive}: refused member: {_one_line(exc)}") from None
+            raise DownloadError(f"extract {archive}: refused member: {one_line(exc)}") from None
 
 
 def _folder_files(root: Path) -> dict[str, int | None]:

@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from unitscope.data.download import DEFAULT_MAX_UNPACKED_GB, fetch_and_unpack
 from unitscope.errors import UnitscopeError
-from unitscope.fsutil import atomic_path, sha256_file
+from unitscope.fsutil import sha256_file, write_parquet
 
 MANIFEST_COLUMNS = ["image_id", "path", "category", "label", "sha256", "included", "exclude_reason"]
 
@@ -260,8 +260,7 @@ def stat_fingerprint(paths: list[str]) -> str:
 
 
 def write_manifest(manifest: pd.DataFrame, path: str | os.PathLike) -> None:
-    with atomic_path(path) as temp:
-        manifest.to_parquet(temp, index=False)
+    write_parquet(manifest, path)
 
 
 def read_manifest(path: str | os.PathLike, *, included_only: bool = True) -> pd.DataFrame:

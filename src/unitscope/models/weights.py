@@ -32,7 +32,7 @@ import torchvision
 from torch import nn
 
 from unitscope.data.manifest import resolve
-from unitscope.errors import UnitscopeError
+from unitscope.errors import UnitscopeError, one_line
 
 # State-dict entries a checkpoint may lack: BatchNorm's counter (not saved by old torch) and
 # TopoNet's fixed blur kernel (a constant the architecture recreates).
@@ -44,11 +44,6 @@ SHOW = 3  # mismatches listed per kind in an error message
 
 class ModelError(UnitscopeError, ValueError):
     """A model entry, its checkpoint or a layer name is wrong; the message is one line."""
-
-
-def _one_line(value: object, limit: int = 200) -> str:
-    text = " ".join(str(value).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _shape(shape) -> str:
@@ -121,12 +116,12 @@ def _read_checkpoint(name: str, path: Path, data: bytes, *, trusted: bool):
         how = "" if trusted else "; read with weights_only=True"
         raise ModelError(
             f"model {name}: cannot read checkpoint {path} as a torch file "
-            f"(UnpicklingError: {_one_line(detail.group(1) if detail else text, 150)}{how})"
+            f"(UnpicklingError: {one_line(detail.group(1) if detail else text, 150)}{how})"
         ) from None
     except Exception as err:  # truncated, not a torch file, wrong device...: one line, not a traceback
         raise ModelError(
             f"model {name}: cannot read checkpoint {path} as a torch file "
-            f"({type(err).__name__}: {_one_line(err, 150) or 'no detail'})"
+            f"({type(err).__name__}: {one_line(err, 150) or 'no detail'})"
         ) from None
 
 
@@ -246,7 +241,7 @@ def _weights_file(name: str, spec: Mapping, weights, cached: Path) -> Path:
     except Exception as err:
         raise ModelError(
             f"model {name}: cannot download {weights} from {weights.url} to {cached} "
-            f"({type(err).__name__}: {_one_line(err, 150)}); offline, set models.{name}.checkpoint "
+            f"({type(err).__name__}: {one_line(err, 150)}); offline, set models.{name}.checkpoint "
             f"to a local copy of {cached.name}"
         ) from None
     return cached
@@ -282,7 +277,7 @@ def _build_with_weights(name: str, builder, weights, filename: str, data: bytes)
             return builder(weights=weights)
     except Exception as err:
         raise ModelError(
-            f"model {name}: torchvision could not load {weights} ({type(err).__name__}: {_one_line(err, 150)})"
+            f"model {name}: torchvision could not load {weights} ({type(err).__name__}: {one_line(err, 150)})"
         ) from None
     finally:
         shutil.rmtree(private, ignore_errors=True)

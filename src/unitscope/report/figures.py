@@ -11,13 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from unitscope.fsutil import atomic_path  # noqa: E402
-
-
-def _save(fig, path: str | os.PathLike) -> None:
-    with atomic_path(path) as temp:
-        fig.savefig(temp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
+from unitscope.report.plotting import save_figure
 
 
 def datasets_figure(manifests: dict[str, pd.DataFrame], path: str | os.PathLike) -> None:
@@ -33,7 +27,7 @@ def datasets_figure(manifests: dict[str, pd.DataFrame], path: str | os.PathLike)
     ax.set_ylabel("images")
     ax.set_title("Images per dataset")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def activation_figure(means: np.ndarray, title: str, path: str | os.PathLike) -> None:
@@ -63,4 +57,4 @@ def activation_figure(means: np.ndarray, title: str, path: str | os.PathLike) ->
     right.set_ylabel("count")
     right.set_title(f"All values (N × C = {n_images} × {n_channels})", fontsize=9)
     fig.suptitle(title, fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -16,6 +16,7 @@ from functools import cache
 from pathlib import Path
 
 import jinja2
+from markupsafe import Markup
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 MISSING = "n/a"
@@ -73,6 +74,13 @@ def environment(study_templates: str | None = None) -> jinja2.Environment:
     )
     env.filters.update(FILTERS)
     return env
+
+
+def render_text(template: str, study_dir: str | os.PathLike | None = None, **context) -> str:
+    """Plain text on one line from `template` (a conclusion, a caption): an HTML template's tags are dropped and
+    its entities resolved; line breaks and indents become single spaces. Where the text is shown it is escaped."""
+    rendered = Markup(render(template, study_dir, **context))
+    return rendered.striptags() if template.endswith(".html.j2") else " ".join(rendered.unescape().split())
 
 
 def render(template: str, study_dir: str | os.PathLike | None = None, **context) -> str:

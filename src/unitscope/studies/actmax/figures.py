@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from unitscope.fsutil import atomic_path  # noqa: E402
+from unitscope.report.plotting import save_figure
 from unitscope.studies.actmax.grids import display_normalize  # noqa: E402
 from unitscope.studies.actmax.polysemanticity import most_polysemantic  # noqa: E402
 
@@ -47,12 +47,6 @@ def draw_figures(inputs, paths: Mapping[str, str], rho: float) -> None:
     interpolation_figure(inputs.interpolation, inputs.interp_images, paths["interpolation"])
 
 
-def _save(fig, path) -> None:
-    with atomic_path(path) as temp:
-        fig.savefig(temp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
-
-
 def _show(ax, image: np.ndarray) -> None:
     ax.imshow(display_normalize(image[None])[0].transpose(1, 2, 0), interpolation="nearest")
     ax.set_xticks([])
@@ -85,7 +79,7 @@ def evaluation_figure(evaluation: list[dict], rho: float, path) -> None:
     right.set_ylabel("wrong predictions = colour's class")
     right.set_title("Errors that name the class of the digit's colour", fontsize=9)
     right.legend(fontsize=7, loc="upper right")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def examples_figure(runs: Mapping[str, tuple[dict, pd.DataFrame]], path, objective: str = "channel") -> None:
@@ -127,7 +121,7 @@ def examples_figure(runs: Mapping[str, tuple[dict, pd.DataFrame]], path, objecti
         f"Objective {objective}: one image per seed (columns); number = final activation; display-normalised",
         fontsize=8,
     )
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def objectives_figure(runs: Mapping[str, tuple[dict, pd.DataFrame]], path, seeds: int = 3) -> None:
@@ -159,7 +153,7 @@ def objectives_figure(runs: Mapping[str, tuple[dict, pd.DataFrame]], path, seeds
                 if k == 0 and s == 0:
                     ax.set_ylabel(f"{layer} ch {channel}", fontsize=7)
     fig.suptitle("Objectives A–D on one channel per layer (seeds 0–2); number = final unit activation", fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def curves_figure(runs: Mapping[str, tuple[dict, pd.DataFrame]], path) -> None:
@@ -183,7 +177,7 @@ def curves_figure(runs: Mapping[str, tuple[dict, pd.DataFrame]], path) -> None:
         ax.set_ylabel("objective value")
         ax.set_title(f"{layer}: median and IQR over runs", fontsize=9)
         ax.legend(fontsize=6)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def color_shape_figure(probe: pd.DataFrame, metrics: pd.DataFrame, reference: pd.DataFrame, path) -> None:
@@ -220,7 +214,7 @@ def color_shape_figure(probe: pd.DataFrame, metrics: pd.DataFrame, reference: pd
     right.set_ylabel("colour concentration\n(saturation × hue concentration)")
     right.set_title("From synthesised images (channel objective)", fontsize=9)
     right.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def polysemanticity_figure(
@@ -258,7 +252,7 @@ def polysemanticity_figure(
                     f"{unit['layer']} ch {unit['channel']}\n{unit['objective']}{where}\n{unit['score']:.2f}, {flag}",
                     fontsize=6,
                 )
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def interpolation_figure(interpolation: pd.DataFrame, images: Mapping[str, np.ndarray], path) -> None:
@@ -267,7 +261,7 @@ def interpolation_figure(interpolation: pd.DataFrame, images: Mapping[str, np.nd
         fig, ax = plt.subplots(figsize=(5, 1))
         ax.axis("off")
         ax.text(0.5, 0.5, "No unit had seed pairs to interpolate.", ha="center", va="center")
-        _save(fig, path)
+        save_figure(fig, path)
         return
     keys = list(dict.fromkeys(interpolation["key"]))
     n_alphas = interpolation.groupby("key").size().max()
@@ -300,4 +294,4 @@ def interpolation_figure(interpolation: pd.DataFrame, images: Mapping[str, np.nd
         "(numbers: unit activation; a/b/between/alike: where it ends)",
         fontsize=8,
     )
-    _save(fig, path)
+    save_figure(fig, path)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
-from unitscope.report.render import ci, fixed, pct, render
+from unitscope.report.render import ci, fixed, pct, render, render_text
 from unitscope.report.sections import html_table, unit_hrefs, write_section
 from unitscope.studies.actmax.grids import save_grid
 from unitscope.studies.actmax.runs import load_run
@@ -89,7 +89,7 @@ def write_actmax_section(
     """results/actmax/section.json: conclusion, body, summary and units; returns the summary."""
     verdicts = _verdicts(inputs)
     context = {"rho": rho, "settings": settings, "info": inputs.info, **verdicts}
-    conclusion = _plain_text(render("actmax_conclusion.j2", STUDY_DIR, **context))
+    conclusion = render_text("actmax_conclusion.j2", STUDY_DIR, **context)
     body = render("actmax.html.j2", STUDY_DIR, **context, **_body_context(inputs, registry))
     summary = _summary(inputs, verdicts, rho=rho, registry_summary=registry.summary)
     units = _mnist_unit_facts(inputs, mnist_images) + registry.units
@@ -97,12 +97,6 @@ def write_actmax_section(
         section_path, study=STUDY, title=TITLE, conclusion=conclusion, body_html=body, summary=summary, units=units
     )
     return summary
-
-
-def _plain_text(rendered: str) -> str:
-    """A template rendered for plain text (the conclusion, which the landing page escapes itself): the
-    autoescaped entities decoded, whitespace collapsed to single spaces."""
-    return " ".join(Markup(rendered).unescape().split())
 
 
 def _verdicts(inputs: ReportInputs) -> dict:

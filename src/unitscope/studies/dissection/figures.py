@@ -14,20 +14,11 @@ import pandas as pd  # noqa: E402
 
 from unitscope.data.concepts import ConceptDataset  # noqa: E402
 from unitscope.fsutil import atomic_path  # noqa: E402
+from unitscope.report.plotting import save_figure, write_png
 from unitscope.studies.dissection.units import chosen_units, study_units, unit_image_name  # noqa: E402
 
 CATEGORY_COLORS = {"object": "#4477aa", "color": "#ee6677", "part": "#228833", "material": "#ccbb44"}
 UNIT_EDGE, CONCEPT_EDGE = "#ffdd00", "#00e5ff"
-
-
-def _write_png(fig, path: str | os.PathLike) -> None:
-    fig.savefig(path, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
-
-
-def _save(fig, path: str | os.PathLike) -> None:
-    with atomic_path(path) as temp:
-        _write_png(fig, temp)
 
 
 def _category_color(category: str, index: int) -> str:
@@ -91,7 +82,7 @@ def top_units_figure(
         f"(of N = {len(tallies['image_ids'])}); yellow: unit mask (upsampled map > T), cyan: its best concept",
         fontsize=8,
     )
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def unit_figure(
@@ -128,7 +119,7 @@ def write_unit_images(
         for unit in shown.itertuples():
             names.append(unit_image_name(model, layer, unit.unit))
             fig = unit_figure(unit, tallies, concepts, model=model, layer=layer, quantile=quantile)
-            _write_png(fig, temp / names[-1])
+            write_png(fig, temp / names[-1])
     return names
 
 
@@ -149,7 +140,7 @@ def depth_figure(layers: pd.DataFrame, categories: list[str], n_images: int, pat
             if row == 0:
                 axes[row, col].set_title(f"{model} (layers by depth; N = {n_images} images)", fontsize=9)
                 axes[row, col].legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _depth_bars(ax, table: pd.DataFrame, categories: list[str], prefix: str, ylabel: str) -> None:
@@ -196,4 +187,4 @@ def rotation_figure(rotation: pd.DataFrame, path: str | os.PathLike) -> None:
         f"(alpha 0: original units, 1: fully rotated; {seeds} random rotations Q)",
         fontsize=10,
     )
-    _save(fig, path)
+    save_figure(fig, path)

@@ -11,11 +11,6 @@ import pandas as pd
 from unitscope.fsutil import atomic_path
 
 
-def write_parquet(table: pd.DataFrame, path: str | os.PathLike) -> None:
-    with atomic_path(path) as temp:
-        table.to_parquet(temp, index=False)
-
-
 def read_tables(paths) -> pd.DataFrame:
     """The Parquet tables at `paths`, one after the other."""
     return pd.concat([pd.read_parquet(path) for path in paths], ignore_index=True)

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from markupsafe import Markup
 
-from unitscope.report.render import ci, fixed, render
+from unitscope.report.render import ci, fixed, render, render_text
 from unitscope.report.sections import table_rows, unit_hrefs
 from unitscope.studies.dissection.dissect import BOOTSTRAP_RESAMPLES
 from unitscope.studies.dissection.units import STUDY_UNITS_PER_LAYER, study_units, unit_image_name
@@ -29,11 +28,6 @@ def relative_figure(path: str | os.PathLike) -> str:
     """A figure's path as the report page sees it (relative to results/report/)."""
     parts = Path(path).as_posix().split("results/report/", 1)
     return parts[1] if len(parts) == 2 else Path(path).as_posix()
-
-
-def _words(template: str, **context) -> str:
-    """Plain text worded by a template (tags dropped, entities resolved, whitespace collapsed)."""
-    return Markup(render(template, STUDY_DIR, **context)).striptags()
 
 
 def _interval(row: dict, name: str) -> list[float] | None:
@@ -256,8 +250,9 @@ def listed_units(top: pd.DataFrame, settings: dict, n_images: int, unit_images: 
 def unit_image_caption(unit, *, n_images: int, top_images: int, quantile: float) -> str:
     """Caption of a study unit's figure (`unit`: a row of the units table with model, layer, unit, concept,
     category and iou)."""
-    return _words(
+    return render_text(
         "dissection_unit_caption.html.j2",
+        STUDY_DIR,
         unit=unit,
         k=min(int(top_images), int(n_images)),
         n_images=n_images,
@@ -292,7 +287,7 @@ def build_section(
         "models": model_findings(layers, units),
         "rotation": rotation_findings(summary["rotation"], rotation) if "rotation" in summary else None,
     }
-    conclusion = _words("dissection_conclusion.html.j2", **context)
+    conclusion = render_text("dissection_conclusion.html.j2", STUDY_DIR, **context)
     body = render(
         "dissection.html.j2",
         STUDY_DIR,

@@ -14,11 +14,12 @@ from pathlib import Path
 import pandas as pd
 
 from unitscope.data.concepts import mask_shape, open_concepts
+from unitscope.fsutil import write_parquet
 from unitscope.report.sections import write_section
 from unitscope.studies.dissection.caches import cache_activations, cache_labels, dissection_transform, open_inputs
 from unitscope.studies.dissection.figures import depth_figure, rotation_figure, top_units_figure, write_unit_images
 from unitscope.studies.dissection.layer_dissection import concept_arrays, dissect_cached_layer
-from unitscope.studies.dissection.outputs import load_tallies, read_tables, write_parquet, write_tallies
+from unitscope.studies.dissection.outputs import load_tallies, read_tables, write_tallies
 from unitscope.studies.dissection.rotation import rotation_rows
 from unitscope.studies.dissection.section import STUDY, TITLE, build_section, relative_figure
 from unitscope.studies.dissection.units import check_unit_images

@@ -13,11 +13,9 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import zarr
 
 from unitscope.errors import UnitscopeError
-from unitscope.fsutil import atomic_path
 
 
 class FacesError(UnitscopeError, ValueError):
@@ -85,8 +83,3 @@ def load_category_means(stores: dict[str, str | os.PathLike], face_dataset: str,
 def derived_rng(seed: int, purpose: str) -> np.random.Generator:
     """A generator for one purpose of this study, derived from the config seed (stable across runs)."""
     return np.random.default_rng(np.random.SeedSequence(entropy=int(seed), spawn_key=(zlib.crc32(purpose.encode()),)))
-
-
-def write_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
-    with atomic_path(path) as temp:
-        table.to_parquet(temp, index=False)

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from markupsafe import Markup
 
-from unitscope.report.render import ci, fixed, num, p_value, pct, render
+from unitscope.report.render import ci, fixed, num, p_value, pct, render, render_text
 from unitscope.report.sections import html_table, unit_hrefs
 from unitscope.stats import wilson_interval
 from unitscope.studies.faces.pca import components_for
@@ -121,9 +120,10 @@ def conclusion_context(
 
 
 def conclusion_text(selection: pd.DataFrame, conditions: pd.DataFrame, controls: pd.DataFrame, settings: dict) -> str:
-    """The conclusion as plain text (the template's output is escaped; the landing page escapes it again)."""
-    text = render("faces_conclusion.txt.j2", STUDY_DIR, **conclusion_context(selection, conditions, controls, settings))
-    return Markup(text).unescape()
+    """The conclusion as plain text (the landing page escapes it)."""
+    return render_text(
+        "faces_conclusion.txt.j2", STUDY_DIR, **conclusion_context(selection, conditions, controls, settings)
+    )
 
 
 # ---------------------------------------------------------------------------------------------- body

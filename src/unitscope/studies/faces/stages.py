@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from unitscope.fsutil import write_parquet
 from unitscope.models.registry import build_model, build_transform, resolve_layer
 from unitscope.report.sections import write_section
 from unitscope.runtime import pick_device
@@ -28,7 +29,7 @@ from unitscope.studies.faces.figures import (
     selection_figure,
 )
 from unitscope.studies.faces.heatmaps import channel_maps, example_images, heatmap_table, pictures, upsampled
-from unitscope.studies.faces.inputs import FacesError, derived_rng, load_category_means, open_layer_store, write_table
+from unitscope.studies.faces.inputs import FacesError, derived_rng, load_category_means, open_layer_store
 from unitscope.studies.faces.interventions import (
     ablation_fill,
     build_conditions,
@@ -59,7 +60,7 @@ def run_selection(
     counts = {name: int((data.dataset == name).sum()) for name in [face_dataset, *data.nonface_datasets]}
     for name, count in counts.items():
         table[f"n_{name}"] = count
-    write_table(table, out_table)
+    write_parquet(table, out_table)
     agreement = rule_agreement(table)
     print(
         f"selection at {layer}: {agreement['top_percentile']} channels by the top-{percentile}% rule, "
@@ -77,7 +78,7 @@ def run_pca(
 ) -> pd.DataFrame:
     """PCA of the faces' [N, C] channel means: explained variance per component and cumulated."""
     table = pca_table(np.asarray(open_layer_store(store, layer)["means"][:], dtype=np.float32))
-    write_table(table, out_table)
+    write_parquet(table, out_table)
     n_images, n_channels = int(table["n_images"].iloc[0]), int(table["n_channels"].iloc[0])
     ratio = table["explained_variance_ratio"].iloc[0]
     print(f"PCA of {n_images} face images x {n_channels} channels: PC1 {ratio:.3f}", flush=True)
@@ -103,8 +104,8 @@ def run_categories(
     chosen = read_selection(selection, rule, data.n_channels, layer)
     categories = category_table(data, chosen, derived_rng(seed, "faces/categories"), n_bootstrap)
     selectivity = selectivity_table(data, chosen)
-    write_table(categories, out_categories)
-    write_table(selectivity, out_selectivity)
+    write_parquet(categories, out_categories)
+    write_parquet(selectivity, out_selectivity)
     categories_figure(categories, selectivity, out_figure)
     return categories, selectivity
 
@@ -129,8 +130,8 @@ def run_probes(
         rows.append(row)
         coefficient_tables.append(coefficients)
     table = pd.DataFrame(rows)
-    write_table(table, out_table)
-    write_table(pd.concat(coefficient_tables, ignore_index=True), out_coefficients)
+    write_parquet(table, out_table)
+    write_parquet(pd.concat(coefficient_tables, ignore_index=True), out_coefficients)
     probes_figure(table, out_figure)
     return table
 
@@ -187,11 +188,11 @@ def run_interventions(
         conditions, readouts, pool_first=tail.pool_first, channel_mean=channel_mean, is_face=data.is_face, labels=labels
     )
     controls = control_table(result)
-    write_table(result, out_conditions)
-    write_table(controls, out_controls)
+    write_parquet(result, out_conditions)
+    write_parquet(controls, out_controls)
     if out_pca is not None:
         face_means = means[torch.as_tensor(data.is_face)]
-        write_table(pca_curves(face_means, conditions.masks(("intact", "lesion", "keep_only"))), out_pca)
+        write_parquet(pca_curves(face_means, conditions.masks(("intact", "lesion", "keep_only"))), out_pca)
     print(f"interventions: {len(result)} conditions in {time.perf_counter() - clock:.1f} s", flush=True)
     return result, controls
 
@@ -231,7 +232,7 @@ def run_heatmaps(
     batch, images = example_images(manifests, build_transform(preprocessing), n_examples, rng)
     maps = channel_maps(model, layer, batch, chosen)
     table = heatmap_table(maps, images, chosen)
-    write_table(table, out_table)
+    write_parquet(table, out_table)
     heatmap_figure(pictures(batch, preprocessing), upsampled(maps, batch.shape[-2:]), table, chosen, out_figure)
     return table
 

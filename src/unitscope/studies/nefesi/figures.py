@@ -6,7 +6,6 @@ is drawn."""
 from __future__ import annotations
 
 import math
-import os
 
 import matplotlib
 
@@ -15,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from unitscope.fsutil import atomic_path  # noqa: E402
+from unitscope.report.plotting import save_figure
 
 INDEX_COLUMNS = {
     "color": "color_index",
@@ -24,12 +23,6 @@ INDEX_COLUMNS = {
     "class": "class_index",
 }
 ORDER_COLUMNS = {**INDEX_COLUMNS, "activation": "top_activation", "channel": "channel"}
-
-
-def _save(fig, path: str | os.PathLike) -> None:
-    with atomic_path(path) as temp:
-        fig.savefig(temp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
 
 
 def _show(ax, image: np.ndarray) -> None:
@@ -70,7 +63,7 @@ def nf_grid_figure(nf: np.ndarray, table: pd.DataFrame, order_by: str, title: st
         )
         ax.set_title(label, fontsize=6, pad=2)
     fig.suptitle(title, fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def top_channels_figure(nf: np.ndarray, table: pd.DataFrame, title: str, path, count: int = 8) -> None:
@@ -106,7 +99,7 @@ def top_channels_figure(nf: np.ndarray, table: pd.DataFrame, title: str, path, c
         axes[row, 0].set_ylabel(f"{name}\nindex", fontsize=8)
         axes[row, 0].axis("on")
     fig.suptitle(title, fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def histograms_figure(tables: dict[str, pd.DataFrame], title: str, path) -> None:
@@ -131,7 +124,7 @@ def histograms_figure(tables: dict[str, pd.DataFrame], title: str, path) -> None
             ax.tick_params(labelsize=6)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def paste_nf(canvas: np.ndarray, nf: np.ndarray, field, extent, y: int, x: int) -> tuple[int, int, int, int]:
@@ -171,7 +164,7 @@ def decomposition_figure(image: np.ndarray, kept: list[dict], nf: np.ndarray, fi
         )
     right.set_title(f"{len(kept)} channels: NF on the field, label = activation / channel's top", fontsize=8)
     fig.suptitle(title, fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def unit_figure(nf: np.ndarray, crops: np.ndarray, labels: list[str], title: str, path, columns: int = 4) -> None:
@@ -189,7 +182,7 @@ def unit_figure(nf: np.ndarray, crops: np.ndarray, labels: list[str], title: str
         _show(ax, crop)
         ax.set_title(label, fontsize=6, pad=2)
     fig.suptitle(title, fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _tree_layout(tree: dict) -> list[dict]:
@@ -258,7 +251,7 @@ def hierarchy_figure(tree: dict, nfs: dict[str, np.ndarray], title: str, path) -
         _show(inset, nfs[node["layer"]][node["channel"]])
         inset.set_title(f"{node['layer']} c{node['channel']}", fontsize=6, pad=1.5)
     ax.text(0.01, 0.995, title, fontsize=8, va="top")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from unitscope.report.render import ci, fixed, pct, render
+from unitscope.report.render import ci, fixed, pct, render, render_text
 from unitscope.report.sections import table_rows, unit_hrefs
 from unitscope.stats import bootstrap_interval, wilson_interval
 from unitscope.studies.nefesi.figures import INDEX_COLUMNS
@@ -24,11 +24,6 @@ from unitscope.studies.nefesi.storage import read_json
 STUDY_DIR = Path(__file__).parent
 TITLE = "Neuron Features and selectivity indexes (nefesi)"
 RESAMPLES = 2000  # bootstrap resamples of a mean over channels
-
-
-def _words(template: str, **context) -> str:
-    """A plain-text template's words on one line (its line breaks and indents become single spaces)."""
-    return " ".join(render(template, STUDY_DIR, **context).split())
 
 
 def _mean_ci(values: np.ndarray, resamples: int = RESAMPLES) -> tuple[float | None, list[float] | None, int]:
@@ -218,8 +213,8 @@ def model_context(results: ModelResults, figures: dict, tops: list[tuple[str, di
     tree = results.tree
     return {
         "name": results.name,
-        "sentence": _words(
-            "nefesi_sentence.txt.j2", s=sentence_context(results, settings["color_selective_threshold"])
+        "sentence": render_text(
+            "nefesi_sentence.txt.j2", STUDY_DIR, s=sentence_context(results, settings["color_selective_threshold"])
         ),
         "layer_table": layer_table(results),
         "notes": notes_context(results),
@@ -267,8 +262,13 @@ def attach_unit_images(units: list[dict], drawn: dict, infos: dict[str, dict], u
         figure = drawn[(unit["layer"], unit["channel"])]
         info = infos[unit["layer"]]
         (row0, row1), (col0, col1) = info["nf_extent"]
-        caption = _words(
-            "nefesi_unit_caption.txt.j2", unit=unit, drawn=figure, info=info, visible=(row1 - row0, col1 - col0)
+        caption = render_text(
+            "nefesi_unit_caption.txt.j2",
+            STUDY_DIR,
+            unit=unit,
+            drawn=figure,
+            info=info,
+            visible=(row1 - row0, col1 - col0),
         )
         unit["images"] = [{"src": f"{units_src}/{figure['file']}", "caption": caption}]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 
 from unitscope.data.manifest import ManifestDataset
-from unitscope.fsutil import atomic_path
+from unitscope.fsutil import atomic_path, write_parquet
 from unitscope.models.receptive_field import receptive_field
 from unitscope.models.registry import build_model, build_transform, resolve_layer
 from unitscope.report.sections import write_section
@@ -25,7 +25,7 @@ from unitscope.studies.nefesi.hierarchy import (
 from unitscope.studies.nefesi.images import dataset_image, image_table, model_inputs, nf_rgb
 from unitscope.studies.nefesi.indexes import layer_index_table
 from unitscope.studies.nefesi.probes import LayerGeometry, layer_record, manifest_batches, probe_layer, probe_report
-from unitscope.studies.nefesi.storage import read_json, read_nf, write_json, write_nf, write_parquet
+from unitscope.studies.nefesi.storage import read_json, read_nf, write_json, write_nf
 from unitscope.studies.nefesi.topn import collect_top_n, exemplar_frame, inference_copy, read_top_n
 from unitscope.studies.nefesi.units import draw_unit_figures, merge_units, top_units
 

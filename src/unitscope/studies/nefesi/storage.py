@@ -8,14 +8,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from unitscope.fsutil import atomic_path, write_text_atomic
-
-
-def write_parquet(frame: pd.DataFrame, path: str | os.PathLike) -> None:
-    with atomic_path(path) as temp:
-        frame.to_parquet(temp, index=False)
 
 
 def write_json(record: dict, path: str | os.PathLike) -> None:
