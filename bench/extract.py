@@ -31,7 +31,8 @@ def run_mode(args) -> dict:
     from unitscope.config import load_config
     from unitscope.data.manifest import ManifestDataset, build_manifest, source_layout
     from unitscope.extract import extract_to_zarr
-    from unitscope.models.registry import build_model, build_transform
+    from unitscope.models.preprocessing import build_transform
+    from unitscope.models.registry import build_model
     from unitscope.runtime import make_loader, pick_device
 
     config = load_config(REPO / "config" / "config.yaml")

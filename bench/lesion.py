@@ -56,7 +56,8 @@ def main() -> None:
     from unitscope.config import load_config
     from unitscope.data.manifest import ManifestDataset, build_manifest, folder_layout
     from unitscope.extract import extract_to_zarr, open_store
-    from unitscope.models.registry import build_model, build_transform
+    from unitscope.models.preprocessing import build_transform
+    from unitscope.models.registry import build_model
     from unitscope.runtime import make_loader, pick_device
     from unitscope.studies.faces.controls import random_sets
     from unitscope.studies.faces.inputs import derived_rng

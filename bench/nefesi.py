@@ -47,7 +47,8 @@ def main() -> None:
 
     from unitscope.config import load_config
     from unitscope.data.manifest import ManifestDataset, build_manifest, source_layout
-    from unitscope.models.registry import build_model, build_transform
+    from unitscope.models.preprocessing import build_transform
+    from unitscope.models.registry import build_model
     from unitscope.runtime import pick_device
     from unitscope.studies.nefesi.indexes import selectivity_table
     from unitscope.studies.nefesi.probes import per_channel_responses, probe_layer, tensor_batches

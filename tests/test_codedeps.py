@@ -49,3 +49,15 @@ def test_entry_closure_follows_only_what_the_function_uses(tmp_path):
     heavy = names(entry_closure("unitscope.stages:run_heavy", package))
     assert light == {"stages.py", "light.py"}  # through the file's own helper; heavy.py is not needed
     assert heavy == {"stages.py", "heavy.py", "render.py", "page.html.j2"}  # a lazy import; the template it renders
+
+
+def test_imports_for_annotations_only_are_not_dependencies(tmp_path):
+    package = tmp_path / "unitscope"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "big.py").write_text("class Big: ...\n")
+    (package / "user.py").write_text(
+        "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from unitscope.big import Big\n\n"
+        "def draw(x: 'Big') -> None:\n    return None\n"
+    )
+    assert names(module_closure("unitscope.user", package)) == {"user.py"}

@@ -94,7 +94,8 @@ def test_nan_activations_are_reported_not_stored(tmp_path):
 def test_run_extraction_on_real_cifar_images_matches_the_model(data_dir, tmp_path, default_config):
     from unitscope.config import validate_config
     from unitscope.data.manifest import ManifestDataset
-    from unitscope.models.registry import build_model, build_transform
+    from unitscope.models.preprocessing import build_transform
+    from unitscope.models.registry import build_model
 
     config = validate_config(default_config)
     spec = config["models"]["resnet20_cifar"]

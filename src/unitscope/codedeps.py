@@ -31,10 +31,29 @@ def _module_file(module: str, package_dir: Path) -> Path | None:
     return None
 
 
+def _is_type_checking(node: ast.AST) -> bool:
+    """`if TYPE_CHECKING:` (or `typing.TYPE_CHECKING`): imports there are for annotations, not for running."""
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        isinstance(test, ast.Name)
+        and test.id == "TYPE_CHECKING"
+        or isinstance(test, ast.Attribute)
+        and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _walk(node: ast.AST):
+    """ast.walk without the bodies of `if TYPE_CHECKING:` blocks."""
+    yield node
+    for child in ast.iter_child_nodes(node):
+        if not _is_type_checking(child):
+            yield from _walk(child)
+
+
 def _imported_modules(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     found: set[str] = set()
-    for node in ast.walk(tree):
+    for node in _walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -166,7 +185,7 @@ def _templates_of(definitions: dict[str, ast.AST], names: set[str], path: Path) 
 def _imported_modules_in(node: ast.AST) -> set[str]:
     """Package modules imported inside a function (lazy imports)."""
     found = set()
-    for inner in ast.walk(node):
+    for inner in _walk(node):
         if isinstance(inner, ast.ImportFrom) and inner.module and inner.level == 0:
             found.update(f"{inner.module}.{alias.name}" for alias in inner.names)
         elif isinstance(inner, ast.Import):

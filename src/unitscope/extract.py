@@ -25,7 +25,8 @@ from unitscope.data.manifest import ManifestDataset, read_manifest
 from unitscope.errors import UnitscopeError
 from unitscope.fsutil import atomic_path
 from unitscope.hooks import ActivationRecorder
-from unitscope.models.registry import build_model, build_transform, resolve_layer
+from unitscope.models.preprocessing import build_transform
+from unitscope.models.registry import build_model, resolve_layer
 from unitscope.runtime import make_loader, pick_device
 
 VERSIONED_PACKAGES = ("torch", "torchvision", "numpy", "zarr", "pillow", "unitscope")

@@ -17,14 +17,9 @@ from PIL import Image
 from unitscope.fsutil import sha256_file
 from unitscope.models.card import model_card, run_model_card
 from unitscope.models.cifar_resnet import cifar_resnet20, cifar_resnet56
-from unitscope.models.registry import (
-    ModelError,
-    build_model,
-    build_transform,
-    imagenet_categories,
-    layer_names,
-    resolve_layer,
-)
+from unitscope.models.errors import ModelError
+from unitscope.models.preprocessing import build_transform
+from unitscope.models.registry import build_model, imagenet_categories, layer_names, resolve_layer
 from unitscope.models.toponet import BlurPoolConv2d, toponet_resnet18
 
 DATA = DATA_DIR

@@ -17,7 +17,8 @@ from conftest import DATA_DIR
 from wfutil import copy_workflow, disable_studies, snakemake, tiny_config, write_config
 
 from unitscope.models.card import model_card
-from unitscope.models.registry import ModelError, build_model
+from unitscope.models.errors import ModelError
+from unitscope.models.registry import build_model
 
 CKPT = DATA_DIR / "checkpoints"
 FILE = "mobilenet_v2-b0353104.pth"

@@ -15,14 +15,10 @@ from torch import nn
 from unitscope.data.manifest import ManifestDataset, read_manifest
 from unitscope.fsutil import write_text_atomic
 from unitscope.hooks import hooked
-from unitscope.models.registry import (
-    CIFAR10_CLASSES,
-    build_model,
-    build_transform,
-    imagenet_categories,
-    summary_layers,
-)
-from unitscope.models.weights import ModelError, torchvision_weights
+from unitscope.models.errors import ModelError
+from unitscope.models.preprocessing import build_transform
+from unitscope.models.registry import CIFAR10_CLASSES, build_model, imagenet_categories, summary_layers
+from unitscope.models.weights import torchvision_weights
 from unitscope.runtime import use_threads
 from unitscope.stats import wilson_interval
 

@@ -11,12 +11,11 @@ import difflib
 
 import torchvision
 from torch import nn
-from torchvision import transforms
 
 from unitscope.models.cifar_resnet import cifar_resnet20, cifar_resnet56
+from unitscope.models.errors import ModelError
 from unitscope.models.toponet import toponet_resnet18
 from unitscope.models.weights import (
-    ModelError,
     build_torchvision,
     checkpoint_path,
     first_few,
@@ -28,7 +27,6 @@ __all__ = [
     "LOCAL_ARCHS",
     "ModelError",
     "build_model",
-    "build_transform",
     "imagenet_categories",
     "layer_names",
     "resolve_layer",
@@ -70,25 +68,6 @@ def build_model(name: str, spec: dict, *, data_dir, torch_home) -> nn.Module:
 
 # ----------------------------------------------------------------------------------------------
 # transform, layers
-
-
-def build_transform(preprocessing: dict):
-    """Resize (shorter side, bilinear, antialiased) -> CenterCrop -> ToTensor -> Normalize."""
-    missing = [k for k in ("resize", "crop", "mean", "std") if k not in preprocessing]
-    if missing:
-        raise ModelError(f"preprocessing: missing {', '.join(missing)} (needs resize, crop, mean, std)")
-    return transforms.Compose(
-        [
-            transforms.Resize(
-                int(preprocessing["resize"]),
-                interpolation=transforms.InterpolationMode.BILINEAR,
-                antialias=True,
-            ),
-            transforms.CenterCrop(int(preprocessing["crop"])),
-            transforms.ToTensor(),
-            transforms.Normalize([float(m) for m in preprocessing["mean"]], [float(s) for s in preprocessing["std"]]),
-        ]
-    )
 
 
 def layer_names(model: nn.Module) -> list[str]:

@@ -32,7 +32,8 @@ import torchvision
 from torch import nn
 
 from unitscope.data.manifest import resolve
-from unitscope.errors import UnitscopeError, one_line
+from unitscope.errors import one_line
+from unitscope.models.errors import ModelError
 
 # State-dict entries a checkpoint may lack: BatchNorm's counter (not saved by old torch) and
 # TopoNet's fixed blur kernel (a constant the architecture recreates).
@@ -40,10 +41,6 @@ OPTIONAL_KEY_SUFFIXES = ("num_batches_tracked", "blur_filter")
 STRIP_PREFIXES = ("module.", "_orig_mod.")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 SHOW = 3  # mismatches listed per kind in an error message
-
-
-class ModelError(UnitscopeError, ValueError):
-    """A model entry, its checkpoint or a layer name is wrong; the message is one line."""
 
 
 def _shape(shape) -> str:

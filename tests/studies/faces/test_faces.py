@@ -16,7 +16,8 @@ from unitscope.config import validate_config
 from unitscope.data.manifest import ManifestDataset, build_manifest, folder_layout, read_manifest, write_manifest
 from unitscope.extract import run_extraction
 from unitscope.hooks import ActivationRecorder
-from unitscope.models.registry import build_model, build_transform
+from unitscope.models.preprocessing import build_transform
+from unitscope.models.registry import build_model
 from unitscope.stats import empirical_p
 from unitscope.studies.faces.controls import control_table, matched_sets, random_sets
 from unitscope.studies.faces.inputs import CategoryMeans, FacesError

@@ -12,8 +12,8 @@ from torch import nn
 
 from unitscope.data.manifest import ManifestDataset, build_manifest, folder_layout, write_manifest
 from unitscope.models.cifar_resnet import cifar_resnet20
+from unitscope.models.preprocessing import build_transform
 from unitscope.models.receptive_field import receptive_field
-from unitscope.models.registry import build_transform
 from unitscope.studies.nefesi.decomposition import decompose_image
 from unitscope.studies.nefesi.errors import NefesiError
 from unitscope.studies.nefesi.hierarchy import hierarchy_weights

@@ -4,6 +4,7 @@ top units with their top activating images (unit mask and best concept's mask ou
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -12,10 +13,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from unitscope.data.concepts import ConceptDataset  # noqa: E402
 from unitscope.fsutil import atomic_path  # noqa: E402
 from unitscope.report.plotting import save_figure, write_png
 from unitscope.studies.dissection.units import chosen_units, study_units, unit_image_name  # noqa: E402
+
+if TYPE_CHECKING:  # annotations only: drawing needs no concept-set code
+    from unitscope.data.concepts import ConceptDataset
 
 CATEGORY_COLORS = {"object": "#4477aa", "color": "#ee6677", "part": "#228833", "material": "#ccbb44"}
 UNIT_EDGE, CONCEPT_EDGE = "#ffdd00", "#00e5ff"

@@ -15,7 +15,8 @@ import pandas as pd
 import torch
 
 from unitscope.fsutil import write_parquet
-from unitscope.models.registry import build_model, build_transform, resolve_layer
+from unitscope.models.preprocessing import build_transform
+from unitscope.models.registry import build_model, resolve_layer
 from unitscope.report.sections import write_section
 from unitscope.runtime import pick_device
 from unitscope.studies.faces.categories import category_table, selectivity_table

@@ -26,7 +26,8 @@ from tqdm import tqdm
 from unitscope.data.manifest import ManifestDataset, read_manifest
 from unitscope.hooks import ActivationRecorder, get_module, hooked
 from unitscope.models.cifar_resnet import CifarResNet
-from unitscope.models.registry import build_transform, resolve_layer
+from unitscope.models.preprocessing import build_transform
+from unitscope.models.registry import resolve_layer
 from unitscope.runtime import make_loader
 from unitscope.studies.faces.inputs import CategoryMeans, FacesError
 

@@ -15,8 +15,8 @@ import pandas as pd
 import torch
 
 from unitscope.data.manifest import ManifestDataset, read_manifest
+from unitscope.models.preprocessing import build_transform
 from unitscope.models.receptive_field import ReceptiveField
-from unitscope.models.registry import build_transform
 from unitscope.studies.nefesi.errors import NefesiError
 
 CLASS_BY = ("label", "category", "dataset")

@@ -8,8 +8,9 @@ import pandas as pd
 
 from unitscope.data.manifest import ManifestDataset
 from unitscope.fsutil import atomic_path, write_parquet
+from unitscope.models.preprocessing import build_transform
 from unitscope.models.receptive_field import receptive_field
-from unitscope.models.registry import build_model, build_transform, resolve_layer
+from unitscope.models.registry import build_model, resolve_layer
 from unitscope.report.sections import write_section
 from unitscope.runtime import make_loader, pick_device
 from unitscope.studies.nefesi import section
