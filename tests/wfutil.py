@@ -31,6 +31,16 @@ def study_config(study: str, data_dir: Path) -> dict:
     return config
 
 
+def finished_study_run(tmp_path_factory, study: str) -> tuple[Path, dict]:
+    """`snakemake report` on the study's tiny config in a fresh copy of the workflow; (workdir, config)."""
+    data_dir = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    workdir = copy_workflow(tmp_path_factory.mktemp(f"{study}_workflow"))
+    config = study_config(study, data_dir)
+    write_config(workdir, config)
+    snakemake(workdir, "report")
+    return workdir, config
+
+
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(

@@ -9,20 +9,14 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from wfutil import copy_workflow, planned_jobs, snakemake, study_config, write_config
+from wfutil import finished_study_run, planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    from conftest import DATA_DIR
-
-    workdir = copy_workflow(tmp_path_factory.mktemp("actmax_workflow"))
-    config = study_config("actmax", DATA_DIR)
-    write_config(workdir, config)
-    snakemake(workdir, "report")
-    return workdir, config
+    return finished_study_run(tmp_path_factory, "actmax")
 
 
 def test_section_summary_and_artifacts(finished_run):

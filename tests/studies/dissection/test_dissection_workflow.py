@@ -7,20 +7,14 @@ import re
 
 import pandas as pd
 import pytest
-from wfutil import copy_workflow, planned_jobs, snakemake, study_config, write_config
+from wfutil import copy_workflow, finished_study_run, planned_jobs, snakemake, study_config, write_config
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    from conftest import DATA_DIR
-
-    workdir = copy_workflow(tmp_path_factory.mktemp("dissection"))
-    config = study_config("dissection", DATA_DIR)
-    write_config(workdir, config)
-    snakemake(workdir, "report")
-    return workdir, config
+    return finished_study_run(tmp_path_factory, "dissection")
 
 
 def test_section_summary_tables_and_figures(finished_run):

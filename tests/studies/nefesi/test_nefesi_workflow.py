@@ -8,20 +8,14 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from wfutil import copy_workflow, planned_jobs, snakemake, study_config, write_config
+from wfutil import finished_study_run, planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    from conftest import DATA_DIR
-
-    workdir = copy_workflow(tmp_path_factory.mktemp("nefesi_workflow"))
-    config = study_config("nefesi", DATA_DIR)
-    write_config(workdir, config)
-    snakemake(workdir, "report")
-    return workdir, config
+    return finished_study_run(tmp_path_factory, "nefesi")
 
 
 def test_section_tables_figures_and_logs(finished_run):

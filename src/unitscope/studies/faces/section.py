@@ -99,11 +99,7 @@ def conclusion_context(
     kl["kl_face_ratio"] = list(zip(CONTROLS, judged["rows"]["specific"], strict=True))
     floors = sorted({(row["control"], int(row["n_distinct"])) for row in controls.to_dict("records")})
     return {
-        "model": first["model"],
-        "layer": first["layer"],
-        "n_channels": len(selection),
-        "n_faces": int(first["n_faces"]),
-        "n_nonfaces": int(first["n_nonfaces"]),
+        **_counts(first, selection),
         "percentile": settings["percentile"],
         "fdr": settings["fdr"],
         "alpha": alpha,
@@ -127,6 +123,17 @@ def conclusion_text(selection: pd.DataFrame, conditions: pd.DataFrame, controls:
 
 
 # ---------------------------------------------------------------------------------------------- body
+
+
+def _counts(first: pd.Series, selection: pd.DataFrame) -> dict:
+    """Model, layer and sample sizes: the opening of the body's context and of the summary."""
+    return {
+        "model": first["model"],
+        "layer": first["layer"],
+        "n_channels": len(selection),
+        "n_faces": int(first["n_faces"]),
+        "n_nonfaces": int(first["n_nonfaces"]),
+    }
 
 
 def _components(pca: pd.DataFrame, level: float) -> int:
@@ -378,11 +385,7 @@ def summary(
     judged = verdicts(conditions, controls, settings["alpha"])
     named = _named_readouts(conditions)
     return {
-        "model": first["model"],
-        "layer": first["layer"],
-        "n_channels": len(selection),
-        "n_faces": int(first["n_faces"]),
-        "n_nonfaces": int(first["n_nonfaces"]),
+        **_counts(first, selection),
         "selection": {
             "used": settings["rule"],
             **agreement,
