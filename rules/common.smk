@@ -10,7 +10,7 @@ REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO / "src"))
 
 from unitscope.codedeps import entry_closure, module_closure  # noqa: E402
-from unitscope.config import check_paths, read_yaml, validate_config  # noqa: E402
+from unitscope.config import ModelRef, check_paths, read_yaml, validate_config  # noqa: E402
 from unitscope.errors import UnitscopeError  # noqa: E402
 from unitscope.data.manifest import listed_files, stat_fingerprint  # noqa: E402
 
@@ -162,6 +162,11 @@ def model_checkpoint(wildcards):
 def model_eval_manifest(wildcards):
     evaluation = config["models"][wildcards.model]["eval"]
     return [manifest_path(evaluation["dataset"])] if evaluation else []
+
+
+def model_ref(name):
+    """The `ModelRef` settings of model `name` as a params entry (a stage rebuilds it with `ModelRef.from_params`)."""
+    return ModelRef.from_config(config, name).as_params()
 
 
 def model_params(wildcards):

@@ -6,10 +6,29 @@ and changing them re-runs nothing.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+
 import torch
 from torch.utils.data import DataLoader
 
 from unitscope.errors import UnitscopeError
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """The run-only settings of `extraction` (device, batch size, loader workers, maps chunking): read from the
+    config by scripts, never passed as params, so changing them re-runs nothing."""
+
+    device: str = "auto"
+    batch_size: int = 64
+    num_workers: int = 2
+    maps_chunk_images: int = 32
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> RunSettings:
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in config["extraction"].items() if key in names})
 
 
 class DeviceError(UnitscopeError, RuntimeError):

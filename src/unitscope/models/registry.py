@@ -12,6 +12,7 @@ import difflib
 import torchvision
 from torch import nn
 
+from unitscope.config import ModelRef
 from unitscope.models.cifar_resnet import cifar_resnet20, cifar_resnet56
 from unitscope.models.errors import ModelError
 from unitscope.models.toponet import toponet_resnet18
@@ -40,6 +41,11 @@ LOCAL_ARCHS = {
     "cifar_resnet56": cifar_resnet56,
     "toponet_resnet18": toponet_resnet18,
 }
+
+
+def load_model(ref: ModelRef) -> nn.Module:
+    """`build_model` for a stage's `ModelRef` (the settings object its rule was given)."""
+    return build_model(ref.name, ref.spec, data_dir=ref.data_dir, torch_home=ref.torch_home)
 
 
 def build_model(name: str, spec: dict, *, data_dir, torch_home) -> nn.Module:
