@@ -155,7 +155,11 @@ def test_settings_round_trip_through_params_and_name_a_stale_key():
         settings.seed = 4
     with pytest.raises(ConfigError, match=r"Outer: params have keys \['seed'\], expected \['inner', 'seed'\]"):
         Outer.from_params({"seed": 3})
-    config = {"data_dir": "../shared/data/", "resources_dir": "resources", "models": {"m": {"arch": "a", "enabled": True}}}
+    config = {
+        "data_dir": "../shared/data/",
+        "resources_dir": "resources",
+        "models": {"m": {"arch": "a", "enabled": True}},
+    }
     ref = ModelRef.from_config(config, "m")
     assert ref == ModelRef(name="m", spec={"arch": "a"}, data_dir="../shared/data", torch_home="resources/torch")
     assert ModelRef.from_params(ref.as_params()) == ref
