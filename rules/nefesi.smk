@@ -6,8 +6,7 @@
 
 from unitscope.studies.nefesi.plan import NefesiPlan  # noqa: E402 (no torch: parse time only)
 
-NEFESI = plan(NefesiPlan, config)
-NEFESI_SETTINGS = NEFESI.settings
+NEFESI = plan(NefesiPlan, config)  # the targets, checked, and every rule's settings (frozen, built once here)
 
 
 rule nefesi_top_n:
@@ -19,20 +18,15 @@ rule nefesi_top_n:
         exemplars="results/nefesi/{model}/exemplars.parquet",
         images="results/nefesi/{model}/images.parquet",
     params:
-        spec=model_params,
-        datasets=lambda wc: NEFESI.target(wc.model)["datasets"],
-        layers=lambda wc: NEFESI.target(wc.model)["layers"],
-        top_n=lambda wc: NEFESI.top_n(wc.model),
-        max_images=lambda wc: NEFESI.target(wc.model)["max_images"],
-        class_by=lambda wc: NEFESI.target(wc.model)["class_by"],
-        label_names=lambda wc: NEFESI.label_names(wc.model),
-        data_dir=data_dir(),
-        torch_home=torch_home(),
+        settings=lambda wc: NEFESI.top_n_settings(wc.model).as_params(),
+        model=lambda wc: model_ref(wc.model),
     threads: 2
     resources:
         mem_mb=4000,
     log:
         "logs/nefesi/{model}/top_n.log",
+    benchmark:
+        "benchmarks/nefesi/{model}/top_n.tsv"
     conda:
         ENV
     script:
@@ -51,19 +45,15 @@ rule nefesi_layer:
         hierarchy="results/nefesi/{model}/{layer}/hierarchy.parquet",
         info="results/nefesi/{model}/{layer}/layer.json",
     params:
-        spec=model_params,
-        shallower=lambda wc: NEFESI.shallower(wc.model, wc.layer),
-        rotation_step=NEFESI_SETTINGS.get("rotation_step"),
-        class_coverage=NEFESI_SETTINGS.get("class_coverage"),
-        population_threshold=NEFESI_SETTINGS.get("population_threshold"),
-        color_name_share=NEFESI_SETTINGS.get("color_name_share"),
-        data_dir=data_dir(),
-        torch_home=torch_home(),
+        settings=lambda wc: NEFESI.layer_settings(wc.model, wc.layer).as_params(),
+        model=lambda wc: model_ref(wc.model),
     threads: 2
     resources:
         mem_mb=4000,
     log:
         "logs/nefesi/{model}/{layer}/layer.log",
+    benchmark:
+        "benchmarks/nefesi/{model}/{layer}/layer.tsv"
     conda:
         ENV
     script:
@@ -92,10 +82,11 @@ rule nefesi_layer_figures:
             labels={"model": "{model}", "layer": "{layer}", "figure": "top channels per index"},
         ),
     params:
-        order_by=NEFESI_SETTINGS.get("order_by"),
-        top_channels=NEFESI_SETTINGS.get("top_channels"),
+        settings=NEFESI.layer_figures_settings.as_params(),
     log:
         "logs/nefesi/{model}/{layer}/figures.log",
+    benchmark:
+        "benchmarks/nefesi/{model}/{layer}/figures.tsv"
     conda:
         ENV
     script:
@@ -125,11 +116,11 @@ rule nefesi_model_figures:
         ),
         tree="results/nefesi/{model}/hierarchy.json",
     params:
-        layers=lambda wc: NEFESI.target(wc.model)["layers"],
-        hierarchy_channel=lambda wc: NEFESI.target(wc.model)["hierarchy_channel"],
-        children=NEFESI_SETTINGS.get("hierarchy", {}).get("children"),
+        settings=lambda wc: NEFESI.model_figures_settings(wc.model).as_params(),
     log:
         "logs/nefesi/{model}/model_figures.log",
+    benchmark:
+        "benchmarks/nefesi/{model}/model_figures.tsv"
     conda:
         ENV
     script:
@@ -156,14 +147,12 @@ rule nefesi_decomposition:
     wildcard_constraints:
         index=r"\d+",
     params:
-        spec=model_params,
-        layer=lambda wc: NEFESI.target(wc.model)["decompose_layer"],
-        channels=NEFESI_SETTINGS.get("decomposition", {}).get("channels"),
-        max_overlap=NEFESI_SETTINGS.get("decomposition", {}).get("max_overlap"),
-        data_dir=data_dir(),
-        torch_home=torch_home(),
+        settings=lambda wc: NEFESI.decomposition_settings(wc.model).as_params(),
+        model=lambda wc: model_ref(wc.model),
     log:
         "logs/nefesi/{model}/decomposition_{dataset}_{index}.log",
+    benchmark:
+        "benchmarks/nefesi/{model}/decomposition_{dataset}_{index}.tsv"
     conda:
         ENV
     script:
@@ -187,11 +176,12 @@ rule nefesi_section:
         section="results/nefesi/section.json",
         units=directory(NEFESI.UNITS),
     params:
+        settings=NEFESI.section_settings.as_params(),
         models=NEFESI.section_models(),  # the files it reads per model, and the model's preprocessing
-        settings=NEFESI.section_settings(),
-        unit_exemplars=config["nefesi"]["unit_exemplars"],  # top exemplar crops shown beside each unit's NF
     log:
         "logs/nefesi/section.log",
+    benchmark:
+        "benchmarks/nefesi/section.tsv"
     conda:
         ENV
     script:

@@ -6,30 +6,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 from unitscope.logs import log_to
 from unitscope.studies.actmax.figures import FIGURES
+from unitscope.studies.actmax.plan import ReportSettings
 from unitscope.studies.actmax.stages import run_report
 
 with log_to(snakemake.log[0]):
     run_report(
+        ReportSettings.from_params(snakemake.params.settings),
         evaluation_path=snakemake.input.evaluation,
         model_info_path=snakemake.input.info,
         units_path=snakemake.input.units,
         probe_path=snakemake.input.probe,
         analysis_dir=snakemake.input.analysis,
-        run_paths={
-            layer: (npz, table)
-            for layer, npz, table in zip(
-                snakemake.params.layers, snakemake.input.npz, snakemake.input.tables, strict=True
-            )
-        },
-        registry_paths=[
-            (model, layer, npz, table)
-            for (model, layer), npz, table in zip(
-                snakemake.params.registry, snakemake.input.registry_npz, snakemake.input.registry, strict=True
-            )
-        ],
+        run_paths=list(zip(snakemake.input.npz, snakemake.input.tables, strict=True)),
+        registry_paths=list(zip(snakemake.input.registry_npz, snakemake.input.registry, strict=True)),
         unit_figures_dir=snakemake.output.unit_figures,
         figure_paths={name: getattr(snakemake.output, name) for name in FIGURES},
         section_path=snakemake.output.section,
-        rho=snakemake.params.rho,
-        settings=snakemake.params.settings,
     )

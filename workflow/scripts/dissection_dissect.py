@@ -5,26 +5,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
+from unitscope.config import ModelRef
 from unitscope.logs import log_to
 from unitscope.runtime import use_threads
+from unitscope.studies.dissection.plan import DissectSettings
 from unitscope.studies.dissection.stages import run_dissection
 
-params = snakemake.params
 with log_to(snakemake.log[0]):
     use_threads(snakemake.threads)
     run_dissection(
-        model_name=snakemake.wildcards.model,
-        model_spec=params.spec,
-        layers=params.layers,
-        concepts_config=params.concepts,
-        mask_size=params.mask_size,
-        quantile=params.quantile,
-        iou_threshold=params.iou_threshold,
-        top_k=params.top_images,
-        seed=params.seed,
-        data_dir=params.data_dir,
-        torch_home=params.torch_home,
-        resources_dir=params.resources_dir,
+        DissectSettings.from_params(snakemake.params.settings),
+        ModelRef.from_params(snakemake.params.model),
         units_path=snakemake.output.units,
         layers_path=snakemake.output.layers,
         tallies_path=snakemake.output.tallies,

@@ -4,25 +4,20 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-
+from unitscope.config import ModelRef
 from unitscope.logs import log_to
 from unitscope.runtime import use_threads
+from unitscope.studies.faces.plan import HeatmapSettings
 from unitscope.studies.faces.stages import run_heatmaps
 
+settings = HeatmapSettings.from_params(snakemake.params.settings)
 with log_to(snakemake.log[0]):
     use_threads(snakemake.threads)
     run_heatmaps(
-        model_name=snakemake.params.model,
-        model_spec=snakemake.params.spec,
-        layer=snakemake.params.layer,
-        manifests=dict(zip(snakemake.params.datasets, snakemake.input.manifests, strict=True)),
+        settings,
+        ModelRef.from_params(snakemake.params.model),
+        manifests=settings.by_dataset(snakemake.input.manifests),
         selection=snakemake.input.selection,
-        rule=snakemake.params.rule,
-        n_examples=snakemake.params.heatmaps["n_examples"],
-        n_channels=snakemake.params.heatmaps["n_channels"],
-        seed=snakemake.params.seed,
-        data_dir=snakemake.params.data_dir,
-        torch_home=snakemake.params.torch_home,
         out_table=snakemake.output.table,
         out_figure=snakemake.output.figure,
     )

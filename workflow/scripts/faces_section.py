@@ -5,10 +5,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 from unitscope.logs import log_to
+from unitscope.studies.faces.plan import SectionSettings
 from unitscope.studies.faces.stages import run_section
 
 with log_to(snakemake.log[0]):
     run_section(
+        SectionSettings.from_params(snakemake.params.settings),
         selection=snakemake.input.selection,
         pca=snakemake.input.pca,
         conditions=snakemake.input.conditions,
@@ -17,6 +19,5 @@ with log_to(snakemake.log[0]):
         categories=snakemake.input.categories,
         selectivity=snakemake.input.selectivity,
         heatmaps=snakemake.input.heatmaps,
-        settings=snakemake.params.settings,
         out_path=snakemake.output[0],
     )

@@ -26,6 +26,17 @@ from unitscope.studies.actmax.units import select_units
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
+def _registry_target_defaults() -> dict:
+    """A registry target's schema defaults (what a validated config fills in)."""
+    from unitscope.config import load_schema
+
+    item = load_schema()["properties"]["actmax"]["properties"]["registry_targets"]["items"]
+    return {key: spec["default"] for key, spec in item["properties"].items() if "default" in spec}
+
+
+REGISTRY_DEFAULTS = _registry_target_defaults()
+
+
 @pytest.fixture
 def cnn():
     torch.manual_seed(0)
@@ -395,9 +406,13 @@ def test_registry_targets_are_checked_against_the_model_registry():
     from unitscope.studies.actmax.plan import registry_targets
 
     models = {"mobilenet_v2_imagenet": {"enabled": True}, "resnet18_imagenet": {"enabled": False}}
-    target = {"model": "mobilenet_v2_imagenet", "layer": "features.18", "channels": [1]}
+    target = {**REGISTRY_DEFAULTS, "model": "mobilenet_v2_imagenet", "layer": "features.18", "channels": [1]}
     config = {"models": models, "actmax": {"enabled": True, "registry_targets": [target]}}
-    assert list(registry_targets(config)) == [("mobilenet_v2_imagenet", "features.18")]
+    resolved = registry_targets(config)
+    assert list(resolved) == [("mobilenet_v2_imagenet", "features.18")]
+    settings = resolved[("mobilenet_v2_imagenet", "features.18")]
+    assert settings.channels == (1,) and (settings.face_rule, settings.unit_layer) == (None, None)
+    assert type(settings).from_params(settings.as_params()) == settings
     assert registry_targets({**config, "actmax": {"enabled": False, "registry_targets": [target]}}) == {}
     for bad, message in (
         ({**target, "model": "vgg"}, "registry_targets\\[0\\].model: unknown model 'vgg'"),
@@ -414,15 +429,15 @@ def test_registry_target_from_faces_needs_the_faces_study_on_its_model_and_layer
 
     models = {"mobilenet_v2_imagenet": {"enabled": True, "arch": "torchvision.mobilenet_v2"}}
     faces = {"enabled": True, "model": "mobilenet_v2_imagenet", "layer": None}
-    target = {"model": "mobilenet_v2_imagenet", "layer": "features.18.1", "from_faces": 3}
+    target = {**REGISTRY_DEFAULTS, "model": "mobilenet_v2_imagenet", "layer": "features.18.1", "from_faces": 3}
 
     def config(target, faces=faces):
         return {"models": models, "faces": faces, "actmax": {"enabled": True, "registry_targets": [target]}}
 
     resolved = registry_targets(config(target))[("mobilenet_v2_imagenet", "features.18.1")]
-    assert (resolved["unit_layer"], resolved["face_rule"]) == ("features.18", "top_percentile")
+    assert (resolved.unit_layer, resolved.face_rule) == ("features.18", "top_percentile")
     contrast = {**faces, "selection": {"use": "contrast"}}
-    assert registry_targets(config(target, contrast))[("mobilenet_v2_imagenet", "features.18.1")]["face_rule"] == (
+    assert registry_targets(config(target, contrast))[("mobilenet_v2_imagenet", "features.18.1")].face_rule == (
         "contrast"
     )
     for bad, bad_faces, message in (
@@ -436,6 +451,7 @@ def test_registry_target_from_faces_needs_the_faces_study_on_its_model_and_layer
 
 
 def test_registry_channels_from_the_faces_selection_table(tmp_path):
+    from unitscope.studies.actmax.plan import RegistryTarget
     from unitscope.studies.actmax.registry import target_channels
 
     selection = pd.DataFrame(
@@ -448,9 +464,11 @@ def test_registry_channels_from_the_faces_selection_table(tmp_path):
         }
     )
     selection.to_parquet(tmp_path / "selection.parquet")
-    target = {"model": "m", "layer": "l", "channels": [1, 7], "from_faces": 2}
+    entry = {**REGISTRY_DEFAULTS, "model": "m", "layer": "l", "channels": [1, 7], "from_faces": 2}
+    target = RegistryTarget.from_entry(entry, face_rule="top_percentile", unit_layer="l")
     assert target_channels(target, tmp_path / "selection.parquet") == [1, 7, 3]  # 3 and 1 by face mean, no repeat
-    assert target_channels({**target, "channels": [], "face_rule": "contrast"}, tmp_path / "selection.parquet") == [2]
+    contrast = RegistryTarget.from_entry({**entry, "channels": []}, face_rule="contrast", unit_layer="l")
+    assert target_channels(contrast, tmp_path / "selection.parquet") == [2]
     with pytest.raises(ValueError, match="from_faces needs the faces selection table"):
         target_channels(target)
 
@@ -488,14 +506,18 @@ def test_config_defaults_are_the_issue_defaults_and_bad_values_name_their_key(de
 
 
 def test_registry_stage_writes_runs_table_and_grids(data_dir, default_config, tmp_path):
+    from unitscope.config import ModelRef
+    from unitscope.studies.actmax.plan import RegistryTarget
     from unitscope.studies.actmax.runs import load_run
     from unitscope.studies.actmax.stages import run_registry_target
 
-    spec = {k: v for k, v in default_config["models"]["resnet20_cifar"].items() if k != "enabled"}
-    target = {
+    config = {**default_config, "data_dir": str(data_dir), "resources_dir": str(tmp_path)}
+    model = ModelRef.from_config(config, "resnet20_cifar")
+    entry = {
         "model": "resnet20_cifar",
         "layer": "layer3",
         "channels": [0, 9],
+        "from_faces": 0,
         "objectives": ["channel", "topk"],
         "seeds": 2,
         "steps": 3,
@@ -504,16 +526,12 @@ def test_registry_stage_writes_runs_table_and_grids(data_dir, default_config, tm
         "l2": 0.0,
         "tv": 0.0,
     }
+    target = RegistryTarget.from_entry(entry)
     out = tmp_path / "registry"
-    run_target = functools.partial(
-        run_registry_target,
-        model_name="resnet20_cifar",
-        spec=spec,
-        target=target,
-        data_dir=data_dir,
-        torch_home=tmp_path / "torch",
+    run_target = functools.partial(run_registry_target, model=model)
+    table = run_target(
+        target, npz_path=out / "layer3.npz", table_path=out / "layer3.parquet", images_dir=out / "images"
     )
-    table = run_target(npz_path=out / "layer3.npz", table_path=out / "layer3.parquet", images_dir=out / "images")
     assert len(table) == 2 * 2 * 2 and set(table["parameterization"]) == {"pixel"}  # 32 px: plain pixels
     run, saved = load_run(out / "layer3.npz", out / "layer3.parquet")
     assert run["images"].shape == (8, 3, 32, 32) and len(saved) == 8
@@ -533,7 +551,7 @@ def test_registry_stage_writes_runs_table_and_grids(data_dir, default_config, tm
     assert units[0]["images"][0]["src"] == "figures/actmax/units/resnet20_cifar__layer3__0.png"
     with pytest.raises(ValueError, match=r"has 64 channels, but the units it stands for \('layer2'\) have 32"):
         run_target(
-            target={**target, "unit_layer": "layer2"},
+            RegistryTarget.from_entry(entry, unit_layer="layer2"),
             npz_path=out / "x.npz",
             table_path=out / "x.parquet",
             images_dir=out / "x",

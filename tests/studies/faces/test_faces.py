@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 
 import numpy as np
 import pandas as pd
@@ -12,17 +14,26 @@ import torchvision
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from unitscope.config import validate_config
+from unitscope.config import ModelRef, validate_config
 from unitscope.data.manifest import ManifestDataset, build_manifest, folder_layout, read_manifest, write_manifest
 from unitscope.extract import run_extraction
 from unitscope.hooks import ActivationRecorder
 from unitscope.models.preprocessing import build_transform
 from unitscope.models.registry import build_model
+from unitscope.runtime import RunSettings
 from unitscope.stats import empirical_p
 from unitscope.studies.faces.controls import control_table, matched_sets, random_sets
 from unitscope.studies.faces.inputs import CategoryMeans, FacesError
 from unitscope.studies.faces.interventions import ablation_fill, build_conditions
-from unitscope.studies.faces.plan import FacesConfigError, intervention_layer, probe_layers
+from unitscope.studies.faces.plan import (
+    FacesConfigError,
+    FacesPlan,
+    InterventionSettings,
+    SectionSettings,
+    SelectionSettings,
+    intervention_layer,
+    probe_layers,
+)
 from unitscope.studies.faces.probe import fit_logistic
 from unitscope.studies.faces.readouts import Readout, layer_readouts
 from unitscope.studies.faces.selection import selected_channels, selection_table, top_percentile
@@ -340,6 +351,43 @@ def test_schema_defaults_and_layer_resolution(default_config):
         intervention_layer({**faces, "model": "resnet18_imagenet"}, config["models"])
 
 
+# Which rules' settings a changed key reaches (FacesPlan fields): only those re-run, with their dependants.
+GRANULARITY = [
+    (("faces", "interventions", "alpha"), 0.01, {"section"}),  # a reporting level
+    (("faces", "interventions", "n_random"), 9, {"interventions"}),
+    (("faces", "probe", "fixed_train_fraction"), 0.6, {"interventions"}),
+    (("faces", "probe", "folds"), 4, {"interventions", "probes"}),
+    (("faces", "selection", "percentile"), 10, {"selection", "section"}),
+    (("faces", "selection", "use"), "contrast", {"interventions", "categories", "heatmaps", "section"}),
+    (("faces", "pca_levels"), [0.9], {"pca", "interventions", "section"}),
+    (("faces", "n_bootstrap"), 300, {"categories"}),
+    (("faces", "heatmaps", "n_examples"), 3, {"heatmaps"}),
+    (("faces", "layer"), "features.16", {"selection", "pca", "interventions", "categories", "heatmaps"}),
+    (("seed",), 1, {"interventions", "probes", "categories", "heatmaps"}),
+    (("extraction", "batch_size"), 7, set()),  # run-only
+]
+
+
+@pytest.mark.parametrize(("key", "value", "changed"), GRANULARITY, ids=[".".join(k) for k, _, _ in GRANULARITY])
+def test_a_changed_key_reaches_only_the_rules_it_changes(data_dir, key, value, changed):
+    from wfutil import study_config
+
+    config = validate_config(study_config("faces", data_dir))
+    edited = copy.deepcopy(config)
+    *parents, last = key
+    target = edited
+    for part in parents:
+        target = target[part]
+    assert target[last] != value
+    target[last] = value
+    before, after = FacesPlan.from_config(config), FacesPlan.from_config(edited)
+    rules = [field.name for field in dataclasses.fields(FacesPlan) if field.name != "model"]
+    assert {rule for rule in rules if getattr(before, rule) != getattr(after, rule)} == changed
+    for rule in rules:  # what a rule's params carry comes back as the same settings in its script
+        settings = getattr(after, rule)
+        assert type(settings).from_params(json.loads(json.dumps(settings.as_params()))) == settings
+
+
 def test_intervention_stage_on_real_stores_with_maps(tmp_path, manifests, data_dir):
     """The stage at a layer followed by more blocks (maps computed once, downstream probes, KL)."""
     stores = {}
@@ -357,17 +405,15 @@ def test_intervention_stage_on_real_stores_with_maps(tmp_path, manifests, data_d
             save_maps=False,
             num_workers=0,
         )
+    datasets = tuple(stores)
     run_selection(
-        stores=stores, face_dataset="faces", layer="layer2", percentile=10, fdr=0.05, out_table=tmp_path / "sel.pq"
-    )
-    result, controls = run_interventions(
-        model_name="resnet20_cifar",
-        model_spec=RESNET20,
-        layer="layer2",
+        SelectionSettings(layer="layer2", datasets=datasets, percentile=10, fdr=0.05),
         stores=stores,
-        manifests=manifests,
-        face_dataset="faces",
-        selection=str(tmp_path / "sel.pq"),
+        out_table=tmp_path / "sel.pq",
+    )
+    settings = InterventionSettings(
+        layer="layer2",
+        datasets=datasets,
         rule="top_percentile",
         ablation="zero",
         n_random=6,
@@ -376,14 +422,20 @@ def test_intervention_stage_on_real_stores_with_maps(tmp_path, manifests, data_d
         folds=3,
         C=1.0,
         fixed_train_fraction=0.5,
-        pca_levels=[0.9],
+        pca_levels=(0.9,),
         seed=0,
-        data_dir=str(data_dir),
-        torch_home=str(tmp_path),
+    )
+    model = ModelRef(name="resnet20_cifar", spec=RESNET20, data_dir=str(data_dir), torch_home=str(tmp_path))
+    result, controls = run_interventions(
+        settings,
+        model,
+        stores=stores,
+        manifests=manifests,
+        selection=str(tmp_path / "sel.pq"),
         out_conditions=tmp_path / "conditions.pq",
         out_controls=tmp_path / "controls.pq",
         out_pca=tmp_path / "pca.pq",
-        device="cpu",
+        run=RunSettings(device="cpu", num_workers=0),
     )
     assert len(result) == 1 + 2 + 2 * 6 + 2 * 4 + 4 and result["n_faces"].iloc[0] == 80  # + 4 channels alone
     sets = result[~result["family"].isin(["intact", "single"])]
@@ -463,7 +515,9 @@ def test_verdict_sentences_follow_the_numbers(cifar_means):
     from unitscope.studies.faces.section import conclusion_text, verdicts
 
     selection = selection_table(cifar_means, percentile=5, fdr=0.05)
-    settings = {"rule": "top_percentile", "alpha": 0.05, "percentile": 5, "fdr": 0.05}
+    settings = SectionSettings(
+        rule="top_percentile", percentile=5, fdr=0.05, alpha=0.05, pca_levels=(0.8, 0.9, 0.95), face_dataset="faces"
+    )
     strong = synthetic_conditions(lesion_fixed=0.60, keep_retrained=0.95)
     weak = synthetic_conditions(lesion_fixed=0.945, keep_retrained=0.70)
     strong_verdict = verdicts(strong, control_table(strong), 0.05)

@@ -297,7 +297,17 @@ def test_plan_checks_targets_with_one_line_errors(default_config):
     config = validate_config(default_config)
     plan = NefesiPlan(config)
     assert set(plan.targets) == {"resnet56_cifar", "mobilenet_v2_imagenet"}
-    assert plan.shallower("resnet56_cifar", "layer2") == "layer1" and plan.shallower("resnet56_cifar", "layer1") is None
+    assert plan.layer_settings("resnet56_cifar", "layer2").shallower == "layer1"
+    assert plan.layer_settings("resnet56_cifar", "layer1").shallower is None
+    assert plan.top_n_settings("resnet56_cifar").top_n == config["nefesi"]["top_n"]  # the target's null: the default
+    assert plan.decomposition_settings("mobilenet_v2_imagenet").layer == "features.4"
+    for lookup, message in [
+        (lambda: plan.layer_settings("resnet56_cifar", "layer9"), "layer 'layer9' is not in nefesi.targets"),
+        (lambda: plan.decomposition_settings("resnet56_cifar"), "decompose_layer is null"),
+        (lambda: plan.top_n_settings("resnet_missing"), "no target for model 'resnet_missing'"),
+    ]:
+        with pytest.raises(NefesiConfigError, match=re.escape(message)):
+            lookup()
     assert plan.decompositions("resnet56_cifar") == []
     assert len(plan.decompositions("mobilenet_v2_imagenet", "record")) == 3
     assert len(plan.figures()) == 2 * (2 * 3 + 2) + 3
@@ -317,6 +327,60 @@ def test_plan_checks_targets_with_one_line_errors(default_config):
     off = json.loads(json.dumps(config))
     off["nefesi"]["enabled"] = False
     assert NefesiPlan(off).targets == {}
+
+
+def test_each_setting_reaches_only_the_rules_whose_results_it_changes(data_dir):
+    """Each rule gets one settings object: changing a key changes exactly the objects of the rules it affects (so
+    Snakemake re-runs those and what depends on them), and run-only keys change none."""
+    from wfutil import study_config
+
+    from unitscope.config import validate_config
+    from unitscope.studies.nefesi.plan import NefesiPlan
+
+    base = validate_config(study_config("nefesi", data_dir))
+    model = base["nefesi"]["targets"][0]["model"]
+
+    def settings(change) -> dict:
+        config = json.loads(json.dumps(base))
+        change(config["nefesi"], config["nefesi"]["targets"][0], config)
+        plan = NefesiPlan(validate_config(config))
+        return {
+            "top_n": plan.top_n_settings(model),
+            "layer": tuple(plan.layer_settings(model, layer) for layer in plan.target(model)["layers"]),
+            "layer_figures": plan.layer_figures_settings,
+            "model_figures": plan.model_figures_settings(model),
+            "decomposition": plan.decomposition_settings(model),
+            "section": plan.section_settings,
+        }
+
+    before = settings(lambda nefesi, target, config: None)
+    for objects in before.values():
+        for obj in objects if isinstance(objects, tuple) else (objects,):
+            assert type(obj).from_params(obj.as_params()) == obj  # what a script rebuilds from its params
+    cases = [
+        (lambda n, t, c: n.update(top_n=5), {"top_n", "section"}),
+        (lambda n, t, c: t.update(top_n=4), {"top_n"}),
+        (lambda n, t, c: t.update(max_images=5), {"top_n"}),
+        (lambda n, t, c: t.update(class_by="dataset"), {"top_n"}),
+        (lambda n, t, c: n["label_names"].update(objects=list("abcdefghij")), {"top_n"}),
+        (lambda n, t, c: n.update(rotation_step=30), {"layer", "section"}),
+        (lambda n, t, c: n.update(class_coverage=0.5), {"layer", "section"}),
+        (lambda n, t, c: n.update(population_threshold=0.2), {"layer", "section"}),
+        (lambda n, t, c: n.update(color_name_share=0.3), {"layer"}),
+        (lambda n, t, c: n.update(order_by="class"), {"layer_figures", "section"}),
+        (lambda n, t, c: n.update(top_channels=4), {"layer_figures"}),
+        (lambda n, t, c: t.update(hierarchy_channel=1), {"model_figures"}),
+        (lambda n, t, c: n["hierarchy"].update(children=3), {"model_figures"}),
+        (lambda n, t, c: n["decomposition"].update(channels=2), {"decomposition"}),
+        (lambda n, t, c: n["decomposition"].update(max_overlap=0.5), {"decomposition"}),
+        (lambda n, t, c: n.update(color_selective_threshold=0.2), {"section"}),
+        (lambda n, t, c: n.update(unit_exemplars=4), {"section"}),
+        (lambda n, t, c: n.update(probe_batch_size=16), set()),  # run-only
+        (lambda n, t, c: c["extraction"].update(batch_size=2, num_workers=1, device="cpu"), set()),  # run-only
+    ]
+    for index, (change, expected) in enumerate(cases):
+        after = settings(change)
+        assert {name for name in before if after[name] != before[name]} == expected, f"case {index}"
 
 
 def test_unit_figure_crops_average_to_the_neuron_feature(cifar, tmp_path):

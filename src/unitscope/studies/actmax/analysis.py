@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -21,9 +22,12 @@ from unitscope.fsutil import atomic_path
 from unitscope.studies.actmax.activations import layer_activations
 from unitscope.studies.actmax.color_shape import color_shape_table
 from unitscope.studies.actmax.image_metrics import image_color_shape
-from unitscope.studies.actmax.interpolation import interpolate_seeds, interpolation_settings
+from unitscope.studies.actmax.interpolation import interpolate_seeds
 from unitscope.studies.actmax.polysemanticity import most_polysemantic, polysemanticity, seed_similarities
 from unitscope.studies.actmax.runs import GROUP_COLUMNS, load_run
+
+if TYPE_CHECKING:
+    from unitscope.studies.actmax.plan import AnalysisSettings
 
 __all__ = ["LayerAnalysis", "analyse_layer", "combine_layers", "write_analysis"]
 
@@ -41,9 +45,9 @@ class LayerAnalysis:
     images: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def analyse_layer(model, npz_path, table_path, analysis: Mapping, optimization: Mapping) -> LayerAnalysis:
+def analyse_layer(model, npz_path, table_path, settings: AnalysisSettings) -> LayerAnalysis:
     """Image metrics and polysemanticity of one layer's runs; then the interpolation of its most polysemantic
-    units (when `interpolation_units` > 0 and a unit has seed pairs)."""
+    units (when `settings.interpolation.units` > 0 and a unit has seed pairs)."""
     run, table = load_run(npz_path, table_path)
     layer = str(table["layer"].iloc[0])
     images = torch.from_numpy(run["images"]).float()
@@ -56,17 +60,17 @@ def analyse_layer(model, npz_path, table_path, analysis: Mapping, optimization: 
     activations = layer_activations(model, images, [layer])[layer]
     units, pairs = polysemanticity(
         table,
-        seed_similarities(images, activations, hue_bins=analysis["hue_bins"]),
+        seed_similarities(images, activations, hue_bins=settings.hue_bins),
         group_columns=GROUP_COLUMNS,
-        flag_fraction=analysis["flag_fraction"],
-        converged_fraction=analysis["converged_fraction"],
+        flag_fraction=settings.flag_fraction,
+        converged_fraction=settings.converged_fraction,
     )
     result = LayerAnalysis(runs=table, metrics=metrics, units=units, pairs=pairs)
-    if analysis["interpolation_units"] > 0 and len(pairs):
-        chosen = most_polysemantic(units, analysis["interpolation_units"])
+    interpolation = settings.interpolation
+    if interpolation.units > 0 and len(pairs):
+        chosen = most_polysemantic(units, interpolation.units)
         if len(chosen):
-            settings = interpolation_settings(analysis, optimization)
-            frame, starts, finals = interpolate_seeds(model, table, images, chosen, pairs, settings)
+            frame, starts, finals = interpolate_seeds(model, table, images, chosen, pairs, interpolation)
             result.interpolation = frame.merge(chosen[["key", "flagged", "score"]], on="key")
             result.images = {f"{layer}_starts": starts, f"{layer}_finals": finals}
     return result

@@ -4,7 +4,7 @@ optima (a polysemantic unit)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -14,28 +14,37 @@ from unitscope.studies.actmax.polysemanticity import ALIKE_RMS
 from unitscope.studies.actmax.render import optimize_inputs, unit_activation
 from unitscope.studies.actmax.specs import UnitSpecs
 
+if TYPE_CHECKING:
+    from unitscope.studies.actmax.plan import InterpolationSettings
+
 __all__ = ["interpolate_seeds"]
 
 
 def interpolate_seeds(
-    model, layer_table: pd.DataFrame, images: torch.Tensor, units: pd.DataFrame, pairs: pd.DataFrame, settings
+    model,
+    layer_table: pd.DataFrame,
+    images: torch.Tensor,
+    units: pd.DataFrame,
+    pairs: pd.DataFrame,
+    settings: InterpolationSettings,
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """Re-optimise mixes of the two least similar seed images of each chosen unit (one batch per layer).
 
-    `settings`: alphas, steps, lr, topk, l2_center. Returns one row per mix (unit key, alpha, activation before
-    and after, distances to the end points, where it lands), the mixes and the re-optimised images.
+    `settings`: alphas, steps, lr, topk, l2_center (the caller chose `units`). Returns one row per mix (unit key,
+    alpha, activation before and after, distances to the end points, where it lands), the mixes and the
+    re-optimised images.
     """
-    specs, starts, frame = _mixes(layer_table, images, units, pairs, [float(a) for a in settings["alphas"]])
+    specs, starts, frame = _mixes(layer_table, images, units, pairs, [float(a) for a in settings.alphas])
     layer = str(layer_table["layer"].iloc[0])
-    before = unit_activation(model, layer, specs, starts, topk=settings["topk"])
+    before = unit_activation(model, layer, specs, starts, topk=settings.topk)
     result = optimize_inputs(
         model,
         layer,
         specs,
-        steps=settings["steps"],
-        lr=settings["lr"],
-        topk=settings["topk"],
-        l2_center=settings["l2_center"],
+        steps=settings.steps,
+        lr=settings.lr,
+        topk=settings.topk,
+        l2_center=settings.l2_center,
         snapshot_every=0,
         init_images=starts,
         progress=False,
@@ -87,14 +96,3 @@ def _where_they_land(frame: pd.DataFrame, images: torch.Tensor, finals: torch.Te
         ["alike", "a", "b"],
         default="between",
     )
-
-
-def interpolation_settings(analysis: Mapping, optimization: Mapping) -> dict:
-    """The settings `interpolate_seeds` takes, from the study's analysis and optimisation settings."""
-    return {
-        "alphas": analysis["interpolation_alphas"],
-        "steps": analysis["interpolation_steps"],
-        "lr": optimization["lr"],
-        "topk": optimization["topk"],
-        "l2_center": optimization["l2_center"],
-    }

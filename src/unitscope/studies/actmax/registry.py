@@ -9,6 +9,7 @@ the Colored-MNIST modules so that their stages do not depend on the model regist
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -18,21 +19,23 @@ from unitscope.studies.actmax.render import optimize_inputs
 from unitscope.studies.actmax.specs import UnitSpecs
 from unitscope.studies.faces.selection import selected_channels
 
+if TYPE_CHECKING:
+    from unitscope.studies.actmax.plan import RegistryTarget
+
 __all__ = ["optimize_registry_target", "target_channels"]
 
 
-def target_channels(target: Mapping, faces_selection=None) -> list[int]:
+def target_channels(target: RegistryTarget, faces_selection=None) -> list[int]:
     """The target's `channels`, then the first `from_faces` channels of the faces study's selection table (in the
     order of its rule, `face_rule`), without repeats."""
-    channels = [int(c) for c in target.get("channels", [])]
-    wanted = int(target.get("from_faces", 0))
+    channels = [int(c) for c in target.channels]
+    wanted = int(target.from_faces)
     if wanted:
         if faces_selection is None:
             raise ValueError(
-                f"actmax registry target {target['model']} {target['layer']}: from_faces needs the "
-                "faces selection table"
+                f"actmax registry target {target.model} {target.layer}: from_faces needs the faces selection table"
             )
-        rule = target.get("face_rule", "top_percentile")
+        rule = target.face_rule or "top_percentile"
         picked = selected_channels(pd.read_parquet(faces_selection), rule)[:wanted]
         if len(picked) < wanted:
             print(f"the faces study selected only {len(picked)} channels; visualising those", flush=True)
@@ -40,30 +43,30 @@ def target_channels(target: Mapping, faces_selection=None) -> list[int]:
     return list(dict.fromkeys(channels))
 
 
-def optimize_registry_target(model, model_name: str, spec: Mapping, target: Mapping, channels: Sequence[int]):
+def optimize_registry_target(model, model_name: str, spec: Mapping, target: RegistryTarget, channels: Sequence[int]):
     """Optimise the target's channels (objectives x seeds, grey start) on the built `model`: FFT with transforms
     for inputs of 64 px and more unless the target sets its parameterisation. Returns the result and the table's
     extra columns (model, parameterization, unit_layer)."""
     size = int(spec["preprocessing"]["crop"])
-    unit_layer = target.get("unit_layer") or target["layer"]
-    if unit_layer != target["layer"]:
-        _check_same_channels(model, target["layer"], unit_layer, size)
-    parameterization = target["parameterization"]
+    unit_layer = target.unit_layer or target.layer
+    if unit_layer != target.layer:
+        _check_same_channels(model, target.layer, unit_layer, size)
+    parameterization = target.parameterization
     if parameterization == "auto":
         parameterization = "fft" if size >= 64 else "pixel"
     rows = [
-        {"channel": c, "objective": o, "seed": s, "init": "gray_noise", "l2": target["l2"], "tv": target["tv"]}
+        {"channel": c, "objective": o, "seed": s, "init": "gray_noise", "l2": target.l2, "tv": target.tv}
         for c in channels
-        for o in target["objectives"]
-        for s in range(int(target["seeds"]))
+        for o in target.objectives
+        for s in range(int(target.seeds))
     ]
     result = optimize_inputs(
         model,
-        target["layer"],
+        target.layer,
         UnitSpecs.from_rows(rows),
         image_shape=(3, size, size),
-        steps=int(target["steps"]),
-        lr=float(target["lr"]),
+        steps=int(target.steps),
+        lr=float(target.lr),
         l2_center=0.5,
         parameterization=parameterization,
         transforms=parameterization == "fft",

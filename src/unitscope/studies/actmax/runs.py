@@ -8,11 +8,15 @@ import itertools
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from unitscope.fsutil import atomic_path
+
+if TYPE_CHECKING:
+    from unitscope.studies.actmax.plan import OptimizationSettings
 
 __all__ = ["GROUP_COLUMNS", "chosen_neurons", "load_run", "read_selection", "save_run", "unit_rows"]
 
@@ -20,23 +24,23 @@ __all__ = ["GROUP_COLUMNS", "chosen_neurons", "load_run", "read_selection", "sav
 GROUP_COLUMNS = ("layer", "channel", "objective", "y", "x", "target_class", "init", "l2", "tv")
 
 
-def unit_rows(layer_selection: Mapping, optimization: Mapping) -> list[dict]:
+def unit_rows(layer_selection: Mapping, optimization: OptimizationSettings) -> list[dict]:
     """Every (unit, objective, neuron, init, regulariser, seed) of one layer, in a fixed order."""
     return [
         row
         for unit in layer_selection["units"]
-        for objective in optimization["objectives"]
+        for objective in optimization.objectives
         for row in _objective_rows(unit, objective, optimization)
     ]
 
 
-def _objective_rows(unit: Mapping, objective: str, optimization: Mapping) -> list[dict]:
+def _objective_rows(unit: Mapping, objective: str, optimization: OptimizationSettings) -> list[dict]:
     """One unit's runs under one objective: its neurons (neuron objectives), inits (only the first unless the
     objective is in `init_objectives`), regularisers and seeds, nested in that order."""
-    inits = list(optimization["inits"])
+    inits = list(optimization.inits)
     positions = unit["neurons"] if objective in ("neuron", "class_conditional") else [[-1, -1]]
-    run_inits = inits if objective in optimization["init_objectives"] else inits[:1]
-    seeds = range(int(optimization["seeds"]))
+    run_inits = inits if objective in optimization.init_objectives else inits[:1]
+    seeds = range(int(optimization.seeds))
     return [
         {
             "channel": unit["channel"],
@@ -44,15 +48,13 @@ def _objective_rows(unit: Mapping, objective: str, optimization: Mapping) -> lis
             "y": y,
             "x": x,
             "target_class": unit["target_class"] if objective == "class_conditional" else -1,
-            "class_weight": float(optimization["class_weight"]),
+            "class_weight": float(optimization.class_weight),
             "seed": seed,
             "init": init,
             "l2": float(regulariser["l2"]),
             "tv": float(regulariser["tv"]),
         }
-        for (y, x), init, regulariser, seed in itertools.product(
-            positions, run_inits, optimization["regularisers"], seeds
-        )
+        for (y, x), init, regulariser, seed in itertools.product(positions, run_inits, optimization.regularisers, seeds)
     ]
 
 

@@ -10,6 +10,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,9 @@ from unitscope.report.render import ci, fixed, pct, render, render_text
 from unitscope.report.sections import html_table, unit_hrefs, write_section
 from unitscope.studies.actmax.grids import save_grid
 from unitscope.studies.actmax.runs import load_run
+
+if TYPE_CHECKING:
+    from unitscope.studies.actmax.plan import ReportSettings
 
 __all__ = ["ReportInputs", "RegistryOutputs", "mnist_unit_images", "registry_outputs", "write_actmax_section"]
 
@@ -84,10 +88,12 @@ class RegistryOutputs:
 
 
 def write_actmax_section(
-    section_path, inputs: ReportInputs, registry: RegistryOutputs, mnist_images: Mapping, *, rho, settings
+    section_path, inputs: ReportInputs, registry: RegistryOutputs, mnist_images: Mapping, *, settings: ReportSettings
 ) -> dict:
-    """results/actmax/section.json: conclusion, body, summary and units; returns the summary."""
+    """results/actmax/section.json: conclusion, body, summary and units; returns the summary. The templates state
+    `settings` (rho and the unit, optimisation and analysis settings)."""
     verdicts = _verdicts(inputs)
+    rho = settings.rho
     context = {"rho": rho, "settings": settings, "info": inputs.info, **verdicts}
     conclusion = render_text("actmax_conclusion.j2", STUDY_DIR, **context)
     body = render("actmax.html.j2", STUDY_DIR, **context, **_body_context(inputs, registry))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -47,6 +48,19 @@ from unitscope.studies.actmax.section import ReportInputs, mnist_unit_images, re
 from unitscope.studies.actmax.specs import UnitSpecs
 from unitscope.studies.actmax.units import select_study_units
 
+if TYPE_CHECKING:  # annotations only: a stage's code inputs are what it runs (unitscope.codedeps)
+    from unitscope.config import ModelRef
+    from unitscope.studies.actmax.plan import (
+        AnalysisSettings,
+        DatasetSettings,
+        OptimizationSettings,
+        ProbeSettings,
+        RegistryTarget,
+        ReportSettings,
+        TrainingSettings,
+        UnitSettings,
+    )
+
 __all__ = [
     "run_analysis",
     "run_build_dataset",
@@ -59,9 +73,11 @@ __all__ = [
 ]
 
 
-def run_build_dataset(*, mnist_dir, out_path, rho: float, seed: int, target: str) -> ColoredMnist:
+def run_build_dataset(settings: DatasetSettings, *, mnist_dir, out_path) -> ColoredMnist:
     """Stage: the Colored-MNIST arrays (.npz); prints the colour-class agreement per split."""
-    data = build_colored_mnist(load_mnist_sources(mnist_dir), rho=rho, seed=seed, target=target)
+    data = build_colored_mnist(
+        load_mnist_sources(mnist_dir), rho=settings.rho, seed=settings.seed, target=settings.color_target
+    )
     save_colored_mnist(data, out_path)
     for split in data.splits:
         agreement = float((data.colors[split] == data.labels[split]).mean())
@@ -70,19 +86,19 @@ def run_build_dataset(*, mnist_dir, out_path, rho: float, seed: int, target: str
 
 
 def run_train(
-    *, data_path, checkpoint_path, info_path, evaluation_path, training: dict, seed: int, threads: int = 1
+    settings: TrainingSettings, *, data_path, checkpoint_path, info_path, evaluation_path, threads: int = 1
 ) -> dict:
     """Stage: train the CNN, write its state_dict, its JSON description and the evaluation table (JSON)."""
     use_threads(threads)
     data = load_colored_mnist(data_path)
     model, info = train_model(
         data,
-        widths=tuple(training["widths"]),
-        epochs=training["epochs"],
-        lr=training["lr"],
-        batch_size=training["batch_size"],
-        train_images=training.get("train_images"),
-        seed=seed,
+        widths=tuple(settings.widths),
+        epochs=settings.epochs,
+        lr=settings.lr,
+        batch_size=settings.batch_size,
+        train_images=settings.train_images,
+        seed=settings.seed,
     )
     table = evaluate_model(model, data)
     with atomic_path(checkpoint_path) as temp:
@@ -98,19 +114,17 @@ def run_train(
     return {"info": info, "evaluation": table}
 
 
-def run_select_units(
-    *, data_path, checkpoint_path, info_path, out_path, layers, channels_per_layer, extra_channels, neurons_per_channel
-) -> dict:
+def run_select_units(settings: UnitSettings, *, data_path, checkpoint_path, info_path, out_path) -> dict:
     """Stage: units.json. Channels ranked on the unbiased evaluation set; D's target from the biased set."""
     data = load_colored_mnist(data_path)
     model = load_trained_model(checkpoint_path, info_path)
     selection = select_study_units(
         model,
         data,
-        layers,
-        channels_per_layer=channels_per_layer,
-        extra_channels=extra_channels,
-        neurons_per_channel=neurons_per_channel,
+        list(settings.layers),
+        channels_per_layer=settings.channels_per_layer,
+        extra_channels=settings.extra_channels,
+        neurons_per_channel=settings.neurons_per_channel,
     )
     for layer, chosen in selection.items():
         print(f"{layer}: channels {[u['channel'] for u in chosen['units']]}", flush=True)
@@ -119,7 +133,7 @@ def run_select_units(
     return selection
 
 
-def run_probe(*, data_path, checkpoint_path, info_path, units_path, out_path, groups, seed) -> pd.DataFrame:
+def run_probe(settings: ProbeSettings, *, data_path, checkpoint_path, info_path, units_path, out_path) -> pd.DataFrame:
     """Stage: probe.parquet, colour-swap vs digit-swap changes for every channel and every chosen neuron."""
     data = load_colored_mnist(data_path)
     model = load_trained_model(checkpoint_path, info_path)
@@ -129,8 +143,8 @@ def run_probe(*, data_path, checkpoint_path, info_path, units_path, out_path, gr
         data.digits["unbiased"],
         data.labels["unbiased"],
         list(selection),
-        groups=groups,
-        seed=seed,
+        groups=settings.groups,
+        seed=settings.seed,
         target=data.target,
         neurons=chosen_neurons(selection),
     )
@@ -142,12 +156,12 @@ def run_probe(*, data_path, checkpoint_path, info_path, units_path, out_path, gr
 
 
 def run_optimize_layer(
+    settings: OptimizationSettings,
     *,
+    layer: str,
     checkpoint_path,
     info_path,
     units_path,
-    layer: str,
-    optimization: Mapping,
     npz_path,
     table_path,
     images_dir,
@@ -158,18 +172,18 @@ def run_optimize_layer(
     use_threads(threads)
     model = load_trained_model(checkpoint_path, info_path)
     selection = read_selection(units_path, layer=layer)
-    specs = UnitSpecs.from_rows(unit_rows(selection[layer], optimization))
-    print(f"{layer}: {len(specs)} runs in one batch, {optimization['steps']} steps", flush=True)
+    specs = UnitSpecs.from_rows(unit_rows(selection[layer], settings))
+    print(f"{layer}: {len(specs)} runs in one batch, {settings.steps} steps", flush=True)
     result = optimize_inputs(
         model,
         layer,
         specs,
         image_shape=IMAGE_SHAPE,
-        steps=int(optimization["steps"]),
-        lr=float(optimization["lr"]),
-        topk=int(optimization["topk"]),
-        l2_center=float(optimization["l2_center"]),
-        snapshot_every=int(optimization["snapshot_every"]),
+        steps=int(settings.steps),
+        lr=float(settings.lr),
+        topk=int(settings.topk),
+        l2_center=float(settings.l2_center),
+        snapshot_every=int(settings.snapshot_every),
         max_batch=max_batch,
     )
     table = save_run(result, npz_path, table_path)
@@ -181,63 +195,57 @@ def run_optimize_layer(
 
 
 def run_registry_target(
+    settings: RegistryTarget,
+    model: ModelRef,
     *,
-    model_name,
-    spec,
-    target: Mapping,
-    data_dir,
-    torch_home,
     npz_path,
     table_path,
     images_dir,
     faces_selection=None,
     threads: int = 1,
 ) -> pd.DataFrame:
-    """Stage: channel-level actmax on a registry model (unitscope.models.registry.build_model).
+    """Stage: channel-level actmax on a registry model (unitscope.models.registry.load_model).
 
-    `target["unit_layer"]` (default: its layer) is the layer whose channels these are, when the optimised module
+    `settings.unit_layer` (default: its layer) is the layer whose channels these are, when the optimised module
     sits inside it (the faces layer features.18 for features.18.1); its channel count must match. The table
     records it.
     """
-    from unitscope.models.registry import build_model  # torchvision: seconds to import, only this stage needs it
+    from unitscope.models.registry import load_model  # torchvision: seconds to import, only this stage needs it
 
     use_threads(threads)
-    channels = target_channels(target, faces_selection)
+    channels = target_channels(settings, faces_selection)
     if not channels:
-        raise ValueError(f"actmax registry target {model_name} {target['layer']}: no channels to visualise")
-    model = build_model(model_name, spec, data_dir=data_dir, torch_home=torch_home)
-    result, extra = optimize_registry_target(model, model_name, spec, target, channels)
+        raise ValueError(f"actmax registry target {model.name} {settings.layer}: no channels to visualise")
+    result, extra = optimize_registry_target(load_model(model), model.name, model.spec, settings, channels)
     table = save_run(result, npz_path, table_path, extra=extra)
     with atomic_path(images_dir) as temp:
         temp.mkdir()
         save_unit_grids(table, result.snapshots, result.snapshot_steps, temp)
     print(
-        f"{model_name} {target['layer']}: {len(table)} runs ({extra['parameterization']}) in {result.seconds:.1f} s",
+        f"{model.name} {settings.layer}: {len(table)} runs ({extra['parameterization']}) in {result.seconds:.1f} s",
         flush=True,
     )
     return table
 
 
 def run_analysis(
+    settings: AnalysisSettings,
     *,
     data_path,
     checkpoint_path,
     info_path,
     run_paths: Sequence[tuple[str, str]],
     probe_path,
-    analysis: Mapping,
-    optimization: Mapping,
     out_dir,
-    seed: int = 0,
     threads: int = 1,
 ) -> dict:
     """Stage: image metrics, polysemanticity (+ interpolation), colour-vs-shape table, the full run table."""
     use_threads(threads)
     data = load_colored_mnist(data_path)
     model = load_trained_model(checkpoint_path, info_path)
-    layers = [analyse_layer(model, npz, table, analysis, optimization) for npz, table in run_paths]
+    layers = [analyse_layer(model, npz, table, settings) for npz, table in run_paths]
     reference = image_color_shape(data.tensors("unbiased")[0][:1000])
-    tables = combine_layers(layers, reference, pd.read_parquet(probe_path), seed=seed)
+    tables = combine_layers(layers, reference, pd.read_parquet(probe_path), seed=settings.seed)
     write_analysis(out_dir, tables, layers)
     runs, units = tables["runs.csv"], tables["polysemanticity.parquet"]
     flagged = int(units["flagged"].sum())
@@ -250,21 +258,21 @@ def run_analysis(
 
 
 def run_report(
+    settings: ReportSettings,
     *,
     evaluation_path,
     model_info_path,
     units_path,
     probe_path,
     analysis_dir,
-    run_paths: Mapping[str, tuple[str, str]],
-    registry_paths: Sequence[tuple[str, str, str, str]] = (),
+    run_paths: Sequence[tuple[str, str]],
+    registry_paths: Sequence[tuple[str, str]] = (),
     unit_figures_dir,
     figure_paths: Mapping[str, str],
     section_path,
-    rho: float,
-    settings: Mapping,
 ) -> dict:
-    """Stage: the figures, every unit's images (for the unit pages) and the section; returns its summary."""
+    """Stage: the figures, every unit's images (for the unit pages) and the section; returns its summary.
+    `run_paths` are the (npz, table) pairs of `settings.layers`, `registry_paths` those of `settings.registry`."""
     from unitscope.studies.actmax.figures import draw_figures  # matplotlib: only this stage draws
 
     inputs = ReportInputs.load(
@@ -273,11 +281,12 @@ def run_report(
         units_path=units_path,
         probe_path=probe_path,
         analysis_dir=analysis_dir,
-        run_paths=run_paths,
+        run_paths=dict(zip(settings.layers, run_paths, strict=True)),
     )
-    draw_figures(inputs, figure_paths, rho)
+    draw_figures(inputs, figure_paths, settings.rho)
+    registry_runs = [(*target, *paths) for target, paths in zip(settings.registry, registry_paths, strict=True)]
     with atomic_path(Path(unit_figures_dir)) as temp:
         temp.mkdir()
-        registry = registry_outputs(registry_paths, temp)
+        registry = registry_outputs(registry_runs, temp)
         mnist_images = mnist_unit_images(inputs.runs, inputs.selection, temp)
-    return write_actmax_section(section_path, inputs, registry, mnist_images, rho=rho, settings=settings)
+    return write_actmax_section(section_path, inputs, registry, mnist_images, settings=settings)

@@ -10,7 +10,7 @@ the feature map covers the whole frame and is upsampled onto the whole label ima
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +19,12 @@ import torch
 from torchvision import transforms
 from tqdm import tqdm
 
+from unitscope.config import ModelRef
 from unitscope.data.concepts import ConceptDataset, open_concepts
 from unitscope.hooks import ActivationRecorder
-from unitscope.models.registry import build_model, resolve_layer
+from unitscope.models.registry import load_model, resolve_layer
 from unitscope.studies.dissection.dissect import MAX_COMBINATIONS, DissectionError, LabelBatch
+from unitscope.studies.dissection.plan import ConceptSource
 
 
 def batches(n: int, batch_size: int) -> Iterator[tuple[int, int]]:
@@ -42,15 +44,17 @@ def dissection_transform(preprocessing: dict):
     )
 
 
-def open_inputs(model_name: str, model_spec: dict, layers: list[str], concepts_config: dict, **where):
-    """The concept dataset and the model, with every layer checked (one-line errors). `where`: data_dir,
-    resources_dir, torch_home and seed."""
-    concepts = open_concepts(
-        concepts_config, data_dir=where["data_dir"], resources_dir=where["resources_dir"], seed=where["seed"]
-    )
-    model = build_model(model_name, model_spec, data_dir=where["data_dir"], torch_home=where["torch_home"])
+def open_concept_source(source: ConceptSource, seed: int) -> ConceptDataset:
+    """The concept dataset of `source`, its images drawn with `seed`."""
+    return open_concepts(source.spec, data_dir=source.data_dir, resources_dir=source.resources_dir, seed=seed)
+
+
+def open_inputs(model_ref: ModelRef, layers: Sequence[str], source: ConceptSource, seed: int):
+    """The concept dataset and the model, with every layer checked (one-line errors)."""
+    concepts = open_concept_source(source, seed)
+    model = load_model(model_ref)
     for layer in layers:
-        resolve_layer(model, layer, model_name)
+        resolve_layer(model, layer, model_ref.name)
     return concepts, model
 
 

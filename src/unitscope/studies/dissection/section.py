@@ -16,6 +16,7 @@ import pandas as pd
 from unitscope.report.render import ci, fixed, render, render_text
 from unitscope.report.sections import table_rows, unit_hrefs
 from unitscope.studies.dissection.dissect import BOOTSTRAP_RESAMPLES
+from unitscope.studies.dissection.plan import SectionSettings
 from unitscope.studies.dissection.units import STUDY_UNITS_PER_LAYER, study_units, unit_image_name
 
 STUDY = "dissection"
@@ -71,17 +72,21 @@ def rotation_summary(rotation: pd.DataFrame) -> dict:
 
 
 def section_summary(
-    layers: pd.DataFrame, units: pd.DataFrame, tallies: dict, rotation: pd.DataFrame | None, settings: dict
+    layers: pd.DataFrame,
+    units: pd.DataFrame,
+    tallies: dict,
+    rotation: pd.DataFrame | None,
+    settings: SectionSettings,
 ) -> dict:
     """The study's headline numbers (results/summary.json): the data, every layer, the rotation experiment."""
     categories = [str(c) for c in tallies["categories"]]
     summary = {
         "images": len(tallies["image_ids"]),
-        "concept_source": settings["concepts"]["kind"],
+        "concept_source": settings.kind,
         "concepts": {c: int((tallies["concept_categories"] == c).sum()) for c in categories},
         "mask_shape": [int(x) for x in tallies["mask_shape"]],
-        "quantile": settings["quantile"],
-        "iou_threshold": settings["iou_threshold"],
+        "quantile": settings.quantile,
+        "iou_threshold": settings.iou_threshold,
         "layers": {},
     }
     for model, table in layers.groupby("model", sort=False):
@@ -92,7 +97,7 @@ def section_summary(
         summary["rotation"] = {
             "model": rotation["model"].iloc[0],
             "layer": rotation["layer"].iloc[0],
-            "mask_size": settings["rotation"]["mask_size"],
+            "mask_size": settings.rotation_mask_size,
             "seeds": int(rotation["seed"].nunique()),
             "alphas": rotation_summary(rotation),
         }
@@ -221,7 +226,9 @@ def rotation_table(alphas: dict) -> dict:
 # the section
 
 
-def listed_units(top: pd.DataFrame, settings: dict, n_images: int, unit_images: dict[str, str]) -> list[dict]:
+def listed_units(
+    top: pd.DataFrame, settings: SectionSettings, n_images: int, unit_images: dict[str, str]
+) -> list[dict]:
     """The section's units (for the unit pages): facts, and the unit's figure where its layer has a folder."""
     listed = []
     for row in top.itertuples():
@@ -238,7 +245,7 @@ def listed_units(top: pd.DataFrame, settings: dict, n_images: int, unit_images: 
         folder = unit_images.get(f"{row.model}/{row.layer}")
         if folder is not None:
             caption = unit_image_caption(
-                row, n_images=n_images, top_images=settings["top_images"], quantile=settings["quantile"]
+                row, n_images=n_images, top_images=settings.top_images, quantile=settings.quantile
             )
             unit["images"] = [
                 {"src": f"{folder}/{unit_image_name(row.model, row.layer, row.unit)}", "caption": caption}
@@ -266,7 +273,7 @@ def build_section(
     units: pd.DataFrame,
     tallies: dict[str, np.ndarray],
     rotation: pd.DataFrame | None,
-    settings: dict,
+    settings: SectionSettings,
     figures: dict,
     unit_images: dict[str, str] | None = None,
 ) -> dict:
@@ -281,9 +288,9 @@ def build_section(
         "kind": summary["concept_source"],
         "concept_counts": summary["concepts"],
         "shape": summary["mask_shape"],
-        "quantile": settings["quantile"],
-        "iou_threshold": settings["iou_threshold"],
-        "color_concepts": settings["concepts"]["kind"] == "camvid" and settings["concepts"].get("colors", True),
+        "quantile": settings.quantile,
+        "iou_threshold": settings.iou_threshold,
+        "color_concepts": settings.color_concepts,
         "models": model_findings(layers, units),
         "rotation": rotation_findings(summary["rotation"], rotation) if "rotation" in summary else None,
     }
@@ -292,7 +299,7 @@ def build_section(
         "dissection.html.j2",
         STUDY_DIR,
         conclusion=conclusion,
-        layer_table=layer_table(layers, [str(c) for c in tallies["categories"]], settings["iou_threshold"]),
+        layer_table=layer_table(layers, [str(c) for c in tallies["categories"]], settings.iou_threshold),
         units_table=units_table(top),
         rotation_table=rotation_table(summary["rotation"]["alphas"]) if "rotation" in summary else None,
         per_layer=STUDY_UNITS_PER_LAYER,

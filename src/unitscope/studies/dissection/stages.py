@@ -4,6 +4,8 @@
 one forward pass over the concept images for all their layers, keep the maps and the labels in disk caches in
 a temporary folder beside their outputs (`caches`), and remove the folder when done, also on failure.
 `run_unit_figures` draws one layer's units; `run_section` draws the summary figures and writes the section.
+Each takes its rule's settings object (studies.dissection.plan) and, where a model is built, its `ModelRef`;
+`batch_size` (`dissection.batch_size`) is run-only and changes no result.
 """
 
 from __future__ import annotations
@@ -13,32 +15,30 @@ from pathlib import Path
 
 import pandas as pd
 
-from unitscope.data.concepts import mask_shape, open_concepts
+from unitscope.config import ModelRef
+from unitscope.data.concepts import mask_shape
 from unitscope.fsutil import write_parquet
 from unitscope.report.sections import write_section
-from unitscope.studies.dissection.caches import cache_activations, cache_labels, dissection_transform, open_inputs
+from unitscope.studies.dissection.caches import (
+    cache_activations,
+    cache_labels,
+    dissection_transform,
+    open_concept_source,
+    open_inputs,
+)
 from unitscope.studies.dissection.figures import depth_figure, rotation_figure, top_units_figure, write_unit_images
 from unitscope.studies.dissection.layer_dissection import concept_arrays, dissect_cached_layer
 from unitscope.studies.dissection.outputs import load_tallies, read_tables, write_tallies
+from unitscope.studies.dissection.plan import DissectSettings, RotationSettings, SectionSettings, UnitFigureSettings
 from unitscope.studies.dissection.rotation import rotation_rows
 from unitscope.studies.dissection.section import STUDY, TITLE, build_section, relative_figure
 from unitscope.studies.dissection.units import check_unit_images
 
 
 def run_dissection(
+    settings: DissectSettings,
+    model: ModelRef,
     *,
-    model_name: str,
-    model_spec: dict,
-    layers: list[str],
-    concepts_config: dict,
-    mask_size: int | None,
-    quantile: float,
-    iou_threshold: float,
-    top_k: int,
-    seed: int,
-    data_dir,
-    torch_home,
-    resources_dir,
     units_path,
     layers_path,
     tallies_path,
@@ -47,29 +47,31 @@ def run_dissection(
     """The dissection stage for one model: every configured layer against the concept dataset.
 
     Writes the unit table and the layer table (parquet) and an npz holding, per layer, the summed
-    counts, the thresholds, and each unit's top-`top_k` images with their activation maps (figures).
+    counts, the thresholds, and each unit's top-`top_images` images with their activation maps (figures).
     """
-    where = {"data_dir": data_dir, "resources_dir": resources_dir, "torch_home": torch_home, "seed": seed}
-    concepts, model = open_inputs(model_name, model_spec, layers, concepts_config, **where)
-    shape = mask_shape(concepts.label_size, mask_size)
-    print(f"dissecting {model_name} {layers} on {concepts.describe()}; masks {shape[0]}x{shape[1]}", flush=True)
-    settings = {"quantile": quantile, "iou_threshold": iou_threshold, "top_k": top_k, "seed": seed}
+    layers = list(settings.layers)
+    concepts, network = open_inputs(model, layers, settings.concepts, settings.seed)
+    shape = mask_shape(concepts.label_size, settings.mask_size)
+    print(f"dissecting {model.name} {layers} on {concepts.describe()}; masks {shape[0]}x{shape[1]}", flush=True)
     units_path = Path(units_path)
     units_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=units_path.parent, prefix=".cache-") as tmp:
-        transform = dissection_transform(model_spec["preprocessing"])
-        caches = cache_activations(model, concepts, layers, transform, Path(tmp), batch_size=batch_size)
+        transform = dissection_transform(model.spec["preprocessing"])
+        caches = cache_activations(network, concepts, layers, transform, Path(tmp), batch_size=batch_size)
         labels = cache_labels(concepts, shape, Path(tmp))
         results = [
             dissect_cached_layer(
                 caches[layer],
                 labels,
                 concepts,
-                model_name=model_name,
+                model_name=model.name,
                 layer=layer,
                 depth=depth,
+                quantile=settings.quantile,
+                iou_threshold=settings.iou_threshold,
+                top_k=settings.top_images,
+                seed=settings.seed,
                 batch_size=batch_size,
-                **settings,
             )
             for depth, layer in enumerate(layers)
         ]
@@ -82,37 +84,20 @@ def run_dissection(
     return units
 
 
-def run_rotation(
-    *,
-    model_name: str,
-    model_spec: dict,
-    layer: str,
-    alphas: list[float],
-    seeds: int,
-    concepts_config: dict,
-    mask_size: int | None,
-    quantile: float,
-    iou_threshold: float,
-    seed: int,
-    data_dir,
-    torch_home,
-    resources_dir,
-    out_path,
-    batch_size: int = 16,
-) -> pd.DataFrame:
+def run_rotation(settings: RotationSettings, model: ModelRef, *, out_path, batch_size: int = 16) -> pd.DataFrame:
     """The rotation experiment: dissect the units Q^alpha A of one layer, per alpha and seed (see `rotation`)."""
-    where = {"data_dir": data_dir, "resources_dir": resources_dir, "torch_home": torch_home, "seed": seed}
-    concepts, model = open_inputs(model_name, model_spec, [layer], concepts_config, **where)
-    shape = mask_shape(concepts.label_size, mask_size)
+    layer, alphas = settings.layer, list(settings.alphas)
+    concepts, network = open_inputs(model, [layer], settings.concepts, settings.seed)
+    shape = mask_shape(concepts.label_size, settings.mask_size)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".cache-") as tmp:
-        transform = dissection_transform(model_spec["preprocessing"])
-        maps = cache_activations(model, concepts, [layer], transform, Path(tmp), batch_size=batch_size)[layer]
+        transform = dissection_transform(model.spec["preprocessing"])
+        maps = cache_activations(network, concepts, [layer], transform, Path(tmp), batch_size=batch_size)[layer]
         labels = cache_labels(concepts, shape, Path(tmp))
         print(
-            f"rotation: {model_name} {layer} ({maps.shape[1]} units) on {concepts.describe()}; "
-            f"masks {shape[0]}x{shape[1]}; alphas {alphas}, {seeds} seeds",
+            f"rotation: {model.name} {layer} ({maps.shape[1]} units) on {concepts.describe()}; "
+            f"masks {shape[0]}x{shape[1]}; alphas {alphas}, {settings.seeds} seeds",
             flush=True,
         )
         rows = rotation_rows(
@@ -120,51 +105,41 @@ def run_rotation(
             labels,
             concepts,
             alphas=alphas,
-            seeds=seeds,
-            quantile=quantile,
-            iou_threshold=iou_threshold,
-            seed=seed,
+            seeds=settings.seeds,
+            quantile=settings.quantile,
+            iou_threshold=settings.iou_threshold,
+            seed=settings.seed,
             folder=Path(tmp),
             batch_size=batch_size,
         )
         del maps, labels
-    table = pd.DataFrame([{"model": model_name, "layer": layer, **row} for row in rows])
+    table = pd.DataFrame([{"model": model.name, "layer": layer, **row} for row in rows])
     write_parquet(table, out_path)
     return table
 
 
 def run_unit_figures(
-    *,
-    units_path,
-    tallies_path,
-    layer,
-    model,
-    n_units,
-    concepts_config,
-    data_dir,
-    resources_dir,
-    seed,
-    quantile,
-    out_path,
-    images_dir,
+    settings: UnitFigureSettings, *, model: str, layer: str, units_path, tallies_path, out_path, images_dir
 ) -> list[str]:
-    """The layer's figure of its top `n_units` units (out_path) and the directory of its study units' figures
-    (images_dir); returns the latter's file names."""
-    concepts = open_concepts(concepts_config, data_dir=data_dir, resources_dir=resources_dir, seed=seed)
+    """The figure of the top `figure_units` units of `model`'s `layer` (out_path) and the directory of its study
+    units' figures (images_dir); returns the latter's file names."""
+    concepts = open_concept_source(settings.concepts, settings.seed)
     units, tallies = pd.read_parquet(units_path), load_tallies(tallies_path)
-    top_units_figure(units, tallies, concepts, model=model, layer=layer, n_units=n_units, path=out_path)
-    names = write_unit_images(units, tallies, concepts, model=model, layer=layer, quantile=quantile, out_dir=images_dir)
+    top_units_figure(units, tallies, concepts, model=model, layer=layer, n_units=settings.figure_units, path=out_path)
+    names = write_unit_images(
+        units, tallies, concepts, model=model, layer=layer, quantile=settings.quantile, out_dir=images_dir
+    )
     print(f"{model} {layer}: {len(names)} unit figures in {images_dir}", flush=True)
     return names
 
 
 def run_section(
+    settings: SectionSettings,
     *,
     layer_paths,
     unit_paths,
     tallies_path,
     rotation_path,
-    settings,
     depth_figure_path,
     rotation_figure_path,
     unit_figures,

@@ -15,6 +15,7 @@ interval?) and a control part (one-sided empirical p < alpha against every contr
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,9 @@ from unitscope.report.sections import html_table, unit_hrefs
 from unitscope.stats import wilson_interval
 from unitscope.studies.faces.pca import components_for
 from unitscope.studies.faces.selection import rule_agreement, selected_channels
+
+if TYPE_CHECKING:  # annotations only (the settings arrive as params)
+    from unitscope.studies.faces.plan import SectionSettings
 
 TITLE = "Face-selective units"
 STUDY_DIR = Path(__file__).parent
@@ -89,23 +93,23 @@ def _named_readouts(conditions: pd.DataFrame) -> dict[str, dict[str, float]]:
 
 
 def conclusion_context(
-    selection: pd.DataFrame, conditions: pd.DataFrame, controls: pd.DataFrame, settings: dict
+    selection: pd.DataFrame, conditions: pd.DataFrame, controls: pd.DataFrame, settings: SectionSettings
 ) -> dict:
     """What the conclusion states: counts, the named conditions' readouts, the verdicts and their controls."""
     first = conditions.iloc[0]
-    alpha = settings["alpha"]
+    alpha = settings.alpha
     judged = verdicts(conditions, controls, alpha)
     kl = {metric: [(c, _control(controls, "lesion", c, metric)) for c in CONTROLS] for metric in READOUTS[2:4]}
     kl["kl_face_ratio"] = list(zip(CONTROLS, judged["rows"]["specific"], strict=True))
     floors = sorted({(row["control"], int(row["n_distinct"])) for row in controls.to_dict("records")})
     return {
         **_counts(first, selection),
-        "percentile": settings["percentile"],
-        "fdr": settings["fdr"],
+        "percentile": settings.percentile,
+        "fdr": settings.fdr,
         "alpha": alpha,
         "agreement": rule_agreement(selection),
         "size": int(conditions.set_index("condition").loc["lesion", "set_size"]),
-        "rule_name": RULE_NAMES[settings["rule"]],
+        "rule_name": RULE_NAMES[settings.rule],
         "ablation": first["ablation"],
         "fixed_n_test": int(first["fixed_n_test"]),
         "readouts": _named_readouts(conditions),
@@ -115,7 +119,9 @@ def conclusion_context(
     }
 
 
-def conclusion_text(selection: pd.DataFrame, conditions: pd.DataFrame, controls: pd.DataFrame, settings: dict) -> str:
+def conclusion_text(
+    selection: pd.DataFrame, conditions: pd.DataFrame, controls: pd.DataFrame, settings: SectionSettings
+) -> str:
     """The conclusion as plain text (the landing page escapes it)."""
     return render_text(
         "faces_conclusion.txt.j2", STUDY_DIR, **conclusion_context(selection, conditions, controls, settings)
@@ -144,15 +150,15 @@ def _unit_links(first: pd.Series, channels) -> list[str | None]:
     return unit_hrefs([first["model"]] * len(channels), [first["layer"]] * len(channels), channels)
 
 
-def _selection_context(selection: pd.DataFrame, first: pd.Series, settings: dict) -> dict:
+def _selection_context(selection: pd.DataFrame, first: pd.Series, settings: SectionSettings) -> dict:
     nonface_sets = [c.removeprefix("q_") for c in selection.columns if c.startswith("q_")]
     agreement = rule_agreement(selection)
-    chosen = selected_channels(selection, settings["rule"])
+    chosen = selected_channels(selection, settings.rule)
     overview = pd.DataFrame(
         [
-            [f"top {settings['percentile']:g}% by mean face activation", agreement["top_percentile"]],
+            [f"top {settings.percentile:g}% by mean face activation", agreement["top_percentile"]],
             [
-                f"contrast: Welch t faces > each of {', '.join(nonface_sets)}, BH q < {settings['fdr']:g}",
+                f"contrast: Welch t faces > each of {', '.join(nonface_sets)}, BH q < {settings.fdr:g}",
                 agreement["contrast"],
             ],
             ["in both", agreement["overlap"]],
@@ -176,7 +182,7 @@ def _selection_context(selection: pd.DataFrame, first: pd.Series, settings: dict
         "head": html_table(pd.DataFrame(columns), links={"channel": _unit_links(first, head["channel"])}),
         "n_head": len(head),
         "n_chosen": len(chosen),
-        "rule_name": RULE_NAMES[settings["rule"]],
+        "rule_name": RULE_NAMES[settings.rule],
     }
 
 
@@ -339,7 +345,7 @@ def body_html(
     categories: pd.DataFrame,
     selectivity: pd.DataFrame,
     heatmaps: pd.DataFrame,
-    settings: dict,
+    settings: SectionSettings,
 ) -> str:
     """The section's body: `templates/faces.html.j2` on the numbers and tables of every stage."""
     first = conditions.iloc[0]
@@ -352,11 +358,11 @@ def body_html(
         n_channels=len(selection),
         n_faces=int(first["n_faces"]),
         n_nonfaces=int(first["n_nonfaces"]),
-        face_dataset=settings["face_dataset"],
+        face_dataset=settings.face_dataset,
         conclusion=conclusion_text(selection, conditions, controls, settings),
         selection=_selection_context(selection, first, settings),
-        pca=_pca_context(pca, settings["pca_levels"]),
-        interventions=_interventions_context(conditions, controls, settings["pca_levels"]),
+        pca=_pca_context(pca, settings.pca_levels),
+        interventions=_interventions_context(conditions, controls, settings.pca_levels),
         probes=_probes_context(probes),
         categories=_categories_context(categories, selectivity),
         heatmaps=_heatmaps_context(heatmaps),
@@ -377,22 +383,22 @@ def summary(
     controls: pd.DataFrame,
     probes: pd.DataFrame,
     categories: pd.DataFrame,
-    settings: dict,
+    settings: SectionSettings,
 ) -> dict:
     """The study's headline numbers for results/summary.json."""
     first = conditions.iloc[0]
     agreement = rule_agreement(selection)
-    judged = verdicts(conditions, controls, settings["alpha"])
+    judged = verdicts(conditions, controls, settings.alpha)
     named = _named_readouts(conditions)
     return {
         **_counts(first, selection),
         "selection": {
-            "used": settings["rule"],
+            "used": settings.rule,
             **agreement,
             "jaccard": _clean(agreement["jaccard"]),
-            "channels": selected_channels(selection, settings["rule"]).tolist(),
+            "channels": selected_channels(selection, settings.rule).tolist(),
         },
-        "pca": {f"components_{round(100 * level)}": _components(pca, level) for level in settings["pca_levels"]}
+        "pca": {f"components_{round(100 * level)}": _components(pca, level) for level in settings.pca_levels}
         | {"pc1": float(pca["explained_variance_ratio"].iloc[0])},
         "interventions": {
             "ablation": first["ablation"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -16,9 +17,9 @@ import torch
 
 from unitscope.fsutil import write_parquet
 from unitscope.models.preprocessing import build_transform
-from unitscope.models.registry import build_model, resolve_layer
+from unitscope.models.registry import load_model, resolve_layer
 from unitscope.report.sections import write_section
-from unitscope.runtime import pick_device
+from unitscope.runtime import RunSettings, pick_device
 from unitscope.studies.faces.categories import category_table, selectivity_table
 from unitscope.studies.faces.controls import control_table, draw_controls
 from unitscope.studies.faces.figures import (
@@ -44,18 +45,30 @@ from unitscope.studies.faces.section import TITLE, body_html, conclusion_text, s
 from unitscope.studies.faces.selection import read_selection, rule_agreement, selected_channels, selection_table
 from unitscope.studies.faces.tail import build_tail, layer_cache
 
+if TYPE_CHECKING:  # annotations only: a stage's settings arrive as params, so plan.py is no code input
+    from unitscope.config import ModelRef
+    from unitscope.studies.faces.plan import (
+        CategorySettings,
+        HeatmapSettings,
+        InterventionSettings,
+        PcaSettings,
+        ProbeSettings,
+        SectionSettings,
+        SelectionSettings,
+    )
+
+DEFAULT_RUN = RunSettings()  # run-only settings when a caller gives none (changes no result)
+
 
 def run_selection(
+    settings: SelectionSettings,
     *,
     stores: dict[str, str],
-    face_dataset: str,
-    layer: str,
-    percentile: float,
-    fdr: float,
     out_table: str | os.PathLike,
     out_figure: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
-    """Both selection rules over every channel of `layer` ({dataset: store}, the face set among them)."""
+    """Both selection rules over every channel of the layer ({dataset: store}, the face set among them)."""
+    face_dataset, layer, percentile, fdr = settings.face_dataset, settings.layer, settings.percentile, settings.fdr
     data = load_category_means(stores, face_dataset, layer)
     table = selection_table(data, percentile=percentile, fdr=fdr)
     counts = {name: int((data.dataset == name).sum()) for name in [face_dataset, *data.nonface_datasets]}
@@ -75,35 +88,32 @@ def run_selection(
 
 
 def run_pca(
-    *, store: str, layer: str, levels: list[float], out_table: str | os.PathLike, out_figure: str | os.PathLike
+    settings: PcaSettings, *, store: str, out_table: str | os.PathLike, out_figure: str | os.PathLike
 ) -> pd.DataFrame:
     """PCA of the faces' [N, C] channel means: explained variance per component and cumulated."""
-    table = pca_table(np.asarray(open_layer_store(store, layer)["means"][:], dtype=np.float32))
+    table = pca_table(np.asarray(open_layer_store(store, settings.layer)["means"][:], dtype=np.float32))
     write_parquet(table, out_table)
     n_images, n_channels = int(table["n_images"].iloc[0]), int(table["n_channels"].iloc[0])
     ratio = table["explained_variance_ratio"].iloc[0]
     print(f"PCA of {n_images} face images x {n_channels} channels: PC1 {ratio:.3f}", flush=True)
-    pca_figure(table, levels=levels, layer=layer, path=out_figure)
+    pca_figure(table, levels=list(settings.levels), layer=settings.layer, path=out_figure)
     return table
 
 
 def run_categories(
+    settings: CategorySettings,
     *,
     stores: dict[str, str],
-    face_dataset: str,
-    layer: str,
     selection: str,
-    rule: str,
-    n_bootstrap: int,
-    seed: int,
     out_categories: str | os.PathLike,
     out_selectivity: str | os.PathLike,
     out_figure: str | os.PathLike,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Mean activation of the selected channels per dataset (bootstrap 95% CIs) and per-channel selectivity."""
-    data = load_category_means(stores, face_dataset, layer)
-    chosen = read_selection(selection, rule, data.n_channels, layer)
-    categories = category_table(data, chosen, derived_rng(seed, "faces/categories"), n_bootstrap)
+    data = load_category_means(stores, settings.face_dataset, settings.layer)
+    chosen = read_selection(selection, settings.rule, data.n_channels, settings.layer)
+    rng = derived_rng(settings.seed, "faces/categories")
+    categories = category_table(data, chosen, rng, settings.n_bootstrap)
     selectivity = selectivity_table(data, chosen)
     write_parquet(categories, out_categories)
     write_parquet(selectivity, out_selectivity)
@@ -112,22 +122,21 @@ def run_categories(
 
 
 def run_probes(
+    settings: ProbeSettings,
     *,
-    layer_stores: dict[str, dict[str, str]],
-    face_dataset: str,
-    folds: int,
-    C: float,
-    seed: int,
+    stores: list[str],
     out_table: str | os.PathLike,
     out_coefficients: str | os.PathLike,
     out_figure: str | os.PathLike,
 ) -> pd.DataFrame:
-    """Cross-validated face-vs-non-face accuracy per layer ({layer: {dataset: store}}); coefficients of the
-    probe fit on every image (standardised units) saved per layer and channel."""
+    """Cross-validated face-vs-non-face accuracy per layer (`stores` layer by layer, each in `datasets` order);
+    coefficients of the probe fit on every image (standardised units) saved per layer and channel."""
     rows, coefficient_tables = [], []
-    for depth, (layer, stores) in enumerate(layer_stores.items()):
-        data = load_category_means(stores, face_dataset, layer)
-        row, coefficients = layer_probe(data, layer=layer, depth=depth, folds=folds, C=C, seed=seed)
+    for depth, (layer, layer_stores) in enumerate(settings.by_layer(stores).items()):
+        data = load_category_means(layer_stores, settings.face_dataset, layer)
+        row, coefficients = layer_probe(
+            data, layer=layer, depth=depth, folds=settings.folds, C=settings.C, seed=settings.seed
+        )
         rows.append(row)
         coefficient_tables.append(coefficients)
     table = pd.DataFrame(rows)
@@ -138,53 +147,45 @@ def run_probes(
 
 
 def run_interventions(
+    settings: InterventionSettings,
+    model: ModelRef,
     *,
-    model_name: str,
-    model_spec: dict,
-    layer: str,
     stores: dict[str, str],
     manifests: dict[str, str],
-    face_dataset: str,
     selection: str,
-    rule: str,
-    ablation: str,
-    n_random: int,
-    n_matched: int,
-    matched_candidates: int,
-    folds: int,
-    C: float,
-    fixed_train_fraction: float,
-    pca_levels: list[float],
-    seed: int,
-    data_dir: str,
-    torch_home: str,
     out_conditions: str | os.PathLike,
     out_controls: str | os.PathLike,
     out_pca: str | os.PathLike | None = None,
-    device: str = "auto",
-    batch_size: int = 64,
-    num_workers: int = 0,
+    run: RunSettings = DEFAULT_RUN,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The intervention stage: every condition's readouts (conditions table) and the control comparison."""
-    clock = time.perf_counter()
-    torch_device = pick_device(device)
-    model = build_model(model_name, model_spec, data_dir=data_dir, torch_home=torch_home).to(torch_device)
-    tail = build_tail(model, layer, model_name)
-    data = load_category_means(stores, face_dataset, layer)
-    chosen = read_selection(selection, rule, data.n_channels, layer)
-    loading = {"batch_size": batch_size, "num_workers": num_workers, "device": torch_device}
-    cache, means = layer_cache(model, tail, data, manifests, model_spec["preprocessing"], **loading)
+    clock, s = time.perf_counter(), settings
+    device = pick_device(run.device)
+    network = load_model(model).to(device)
+    tail = build_tail(network, s.layer, model.name)
+    data = load_category_means(stores, s.face_dataset, s.layer)
+    chosen = read_selection(selection, s.rule, data.n_channels, s.layer)
+    loading = {"batch_size": run.batch_size, "num_workers": run.num_workers, "device": device}
+    cache, means = layer_cache(network, tail, data, manifests, model.spec["preprocessing"], **loading)
     channel_mean = means.mean(0).numpy()
     draws = draw_controls(
-        channel_mean, chosen, n_random=n_random, n_matched=n_matched, candidates=matched_candidates, seed=seed
+        channel_mean, chosen, n_random=s.n_random, n_matched=s.n_matched, candidates=s.matched_candidates, seed=s.seed
     )
     conditions = build_conditions(data.n_channels, chosen, *draws, single_channels=chosen)
-    fill = ablation_fill(ablation, means)
-    readout = Readout.make(data.is_face, n_folds=folds, train_fraction=fixed_train_fraction, C=C, seed=seed)
+    fill = ablation_fill(s.ablation, means)
+    readout = Readout.make(data.is_face, n_folds=s.folds, train_fraction=s.fixed_train_fraction, C=s.C, seed=s.seed)
     readouts = condition_readouts(
-        tail, cache, means, conditions, fill, readout, is_face=data.is_face, pca_levels=pca_levels, device=torch_device
+        tail,
+        cache,
+        means,
+        conditions,
+        fill,
+        readout,
+        is_face=data.is_face,
+        pca_levels=list(s.pca_levels),
+        device=device,
     )
-    labels = {"layer": layer, "model": model_name, "ablation": ablation, "selection_rule": rule}
+    labels = {"layer": s.layer, "model": model.name, "ablation": s.ablation, "selection_rule": s.rule}
     result = condition_table(
         conditions, readouts, pool_first=tail.pool_first, channel_mean=channel_mean, is_face=data.is_face, labels=labels
     )
@@ -207,31 +208,26 @@ def run_interventions_figure(
 
 
 def run_heatmaps(
+    settings: HeatmapSettings,
+    model: ModelRef,
     *,
-    model_name: str,
-    model_spec: dict,
-    layer: str,
     manifests: dict[str, str],
     selection: str,
-    rule: str,
-    n_examples: int,
-    n_channels: int,
-    seed: int,
-    data_dir: str,
-    torch_home: str,
     out_table: str | os.PathLike,
     out_figure: str | os.PathLike,
 ) -> pd.DataFrame:
     """Maps of the first `n_channels` selected channels on `n_examples` images of each dataset (in order)."""
-    model = build_model(model_name, model_spec, data_dir=data_dir, torch_home=torch_home)
-    resolve_layer(model, layer, model_name)
-    chosen = selected_channels(pd.read_parquet(selection), rule)[:n_channels].tolist()
+    network = load_model(model)
+    resolve_layer(network, settings.layer, model.name)
+    chosen = selected_channels(pd.read_parquet(selection), settings.rule)[: settings.n_channels].tolist()
     if not chosen:
-        raise FacesError(f"faces.selection.use = {rule!r} selected no channel at {layer!r}: no map to show")
-    preprocessing = model_spec["preprocessing"]
-    rng = derived_rng(seed, "faces/heatmaps")
-    batch, images = example_images(manifests, build_transform(preprocessing), n_examples, rng)
-    maps = channel_maps(model, layer, batch, chosen)
+        raise FacesError(
+            f"faces.selection.use = {settings.rule!r} selected no channel at {settings.layer!r}: no map to show"
+        )
+    preprocessing = model.spec["preprocessing"]
+    rng = derived_rng(settings.seed, "faces/heatmaps")
+    batch, images = example_images(manifests, build_transform(preprocessing), settings.n_examples, rng)
+    maps = channel_maps(network, settings.layer, batch, chosen)
     table = heatmap_table(maps, images, chosen)
     write_parquet(table, out_table)
     heatmap_figure(pictures(batch, preprocessing), upsampled(maps, batch.shape[-2:]), table, chosen, out_figure)
@@ -239,6 +235,7 @@ def run_heatmaps(
 
 
 def run_section(
+    settings: SectionSettings,
     *,
     selection: str,
     pca: str,
@@ -248,7 +245,6 @@ def run_section(
     categories: str,
     selectivity: str,
     heatmaps: str,
-    settings: dict,
     out_path: str | os.PathLike,
 ) -> dict:
     """The report section: conclusion and body worded by the study's templates, summary and unit facts."""
@@ -268,5 +264,5 @@ def run_section(
         conclusion=conclusion_text(tables["selection"], tables["conditions"], tables["controls"], settings),
         body_html=body_html(**tables, **extra, settings=settings),
         summary=summary(**tables, settings=settings),
-        units=units(tables["selection"], tables["conditions"], settings["rule"]),
+        units=units(tables["selection"], tables["conditions"], settings.rule),
     )

@@ -1,12 +1,16 @@
-"""What the nefesi rules need at parse time: the configured targets, checked, and the file lists derived from them.
+"""What the nefesi rules need at parse time: the configured targets, checked, the settings each rule is given
+(frozen `Settings`, built once from the validated config) and the file lists derived from them.
 
 Imported by rules/nefesi.smk, so it must stay free of torch (dry runs and cluster submissions stay fast).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Mapping
 
+from unitscope.config import Settings
 from unitscope.errors import UnitscopeError
 
 REPORT_DIR = "results/report"
@@ -16,61 +20,213 @@ class NefesiConfigError(UnitscopeError, ValueError):
     """A nefesi setting names something that does not exist; the message is one line naming the key."""
 
 
+def _target(config: Mapping, model: str) -> dict:
+    """The entry of nefesi.targets for `model`."""
+    for target in config["nefesi"]["targets"]:
+        if target["model"] == model:
+            return target
+    raise NefesiConfigError(f"nefesi has no target for model {model!r} (config key nefesi.targets)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TopNSettings(Settings):
+    """nefesi_top_n, per target model: the images searched (its datasets, the first `max_images` of each, classed
+    by `class_by`, integer labels named by `label_names`), the layers, and the exemplars kept per channel."""
+
+    datasets: tuple[str, ...]
+    layers: tuple[str, ...]
+    top_n: int
+    max_images: int | None
+    class_by: str
+    label_names: dict
+
+    @classmethod
+    def from_config(cls, config: Mapping, model: str) -> TopNSettings:
+        nefesi, target = config["nefesi"], _target(config, model)
+        return cls(
+            datasets=tuple(target["datasets"]),
+            layers=tuple(target["layers"]),
+            top_n=target.get("top_n") or nefesi["top_n"],
+            max_images=target["max_images"],
+            class_by=target["class_by"],
+            label_names={name: labels for name, labels in nefesi["label_names"].items() if name in target["datasets"]},
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSettings(Settings):
+    """nefesi_layer, per target layer: the layer, the analysed layer before it (its hierarchical decomposition;
+    None for the first) and the settings of the probes and indexes."""
+
+    layer: str
+    shallower: str | None
+    rotation_step: float
+    class_coverage: float
+    population_threshold: float
+    color_name_share: float
+
+    @classmethod
+    def from_config(cls, config: Mapping, model: str, layer: str) -> LayerSettings:
+        nefesi, layers = config["nefesi"], _target(config, model)["layers"]
+        if layer not in layers:
+            raise NefesiConfigError(f"layer {layer!r} is not in nefesi.targets ({model}).layers {layers}")
+        position = layers.index(layer)
+        return cls(
+            layer=layer,
+            shallower=layers[position - 1] if position else None,
+            rotation_step=nefesi["rotation_step"],
+            class_coverage=nefesi["class_coverage"],
+            population_threshold=nefesi["population_threshold"],
+            color_name_share=nefesi["color_name_share"],
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerFiguresSettings(Settings):
+    """nefesi_layer_figures: the order of the NF grid and the channels shown per index."""
+
+    order_by: str
+    top_channels: int
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> LayerFiguresSettings:
+        return cls(order_by=config["nefesi"]["order_by"], top_channels=config["nefesi"]["top_channels"])
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFiguresSettings(Settings):
+    """nefesi_model_figures, per target model: its layers (shallow to deep), the deep channel whose hierarchical
+    decomposition is drawn (None: the one with the highest class index) and the children drawn per node."""
+
+    layers: tuple[str, ...]
+    hierarchy_channel: int | None
+    children: int
+
+    @classmethod
+    def from_config(cls, config: Mapping, model: str) -> ModelFiguresSettings:
+        target = _target(config, model)
+        return cls(
+            layers=tuple(target["layers"]),
+            hierarchy_channel=target["hierarchy_channel"],
+            children=config["nefesi"]["hierarchy"]["children"],
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class DecompositionSettings(Settings):
+    """nefesi_decomposition, per target model with a decompose_layer: the layer, the units kept per image and the
+    most their fields may overlap."""
+
+    layer: str
+    channels: int
+    max_overlap: float
+
+    @classmethod
+    def from_config(cls, config: Mapping, model: str) -> DecompositionSettings:
+        layer, decomposition = _target(config, model).get("decompose_layer"), config["nefesi"]["decomposition"]
+        if layer is None:
+            raise NefesiConfigError(f"nefesi.targets ({model}).decompose_layer is null: no image decomposition")
+        return cls(layer=layer, channels=decomposition["channels"], max_overlap=decomposition["max_overlap"])
+
+
+@dataclasses.dataclass(frozen=True)
+class SectionSettings(Settings):
+    """nefesi_section: the settings the section states and records in summary.json (`recorded`), the threshold of
+    its color-selective share, and the exemplar crops shown beside each singled-out unit's NF."""
+
+    top_n: int
+    rotation_step: float
+    class_coverage: float
+    population_threshold: float
+    color_selective_threshold: float
+    order_by: str
+    unit_exemplars: int
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> SectionSettings:
+        names = [field.name for field in dataclasses.fields(cls)]
+        return cls(**{name: config["nefesi"][name] for name in names})
+
+    def recorded(self) -> dict:
+        """The settings summary.json records (and the section's text states): all but `unit_exemplars`."""
+        return {key: value for key, value in self.as_params().items() if key != "unit_exemplars"}
+
+
 class NefesiPlan:
-    """The enabled nefesi targets ({model: target}) and the paths of their stages."""
+    """The enabled nefesi targets ({model: target}), the settings of each rule's jobs (built once, here) and the
+    paths of their stages."""
 
     FIGURES = "results/report/figures/nefesi/{model}"
     UNITS = "results/report/figures/nefesi/units"
 
     def __init__(self, config: dict):
-        self.settings = config.get("nefesi", {})
+        self.nefesi = config.get("nefesi", {})
         self.models = config["models"]
         self.targets: dict[str, dict] = {}
-        if not self.settings.get("enabled", False):
-            return
-        for index, target in enumerate(self.settings["targets"]):
-            where = f"config key nefesi.targets[{index}]"
-            model = target["model"]
-            if model not in config["models"]:
-                known = ", ".join(config["models"])
-                raise NefesiConfigError(f"{where}.model: unknown model {model!r} (models: {known})")
-            if not config["models"][model].get("enabled", True):
-                raise NefesiConfigError(f"{where}.model: model {model!r} is disabled (models.{model}.enabled)")
-            if model in self.targets:
-                raise NefesiConfigError(f"{where}.model: model {model!r} is listed twice")
-            for dataset in target["datasets"]:
-                if dataset not in config["datasets"]:
-                    raise NefesiConfigError(
-                        f"{where}.datasets: unknown dataset {dataset!r} (datasets: {', '.join(config['datasets'])})"
-                    )
-            layers = target["layers"]
-            if len(set(layers)) != len(layers):
-                raise NefesiConfigError(f"{where}.layers: {layers} repeats a layer")
-            if target.get("decompose_layer") is not None and target["decompose_layer"] not in layers:
+        if self.nefesi.get("enabled", False):
+            for index, target in enumerate(self.nefesi["targets"]):
+                self._check(config, index, target)
+                self.targets[target["model"]] = target
+        self._top_n = {model: TopNSettings.from_config(config, model) for model in self.targets}
+        self._layers = {
+            (model, layer): LayerSettings.from_config(config, model, layer)
+            for model, target in self.targets.items()
+            for layer in target["layers"]
+        }
+        self._model_figures = {model: ModelFiguresSettings.from_config(config, model) for model in self.targets}
+        self._decompositions = {
+            model: DecompositionSettings.from_config(config, model)
+            for model, target in self.targets.items()
+            if target.get("decompose_layer") is not None
+        }
+        self.layer_figures_settings = LayerFiguresSettings.from_config(config)
+        self.section_settings = SectionSettings.from_config(config)
+
+    def _check(self, config: dict, index: int, target: dict) -> None:
+        where = f"config key nefesi.targets[{index}]"
+        model = target["model"]
+        if model not in config["models"]:
+            raise NefesiConfigError(f"{where}.model: unknown model {model!r} (models: {', '.join(config['models'])})")
+        if not config["models"][model].get("enabled", True):
+            raise NefesiConfigError(f"{where}.model: model {model!r} is disabled (models.{model}.enabled)")
+        if model in self.targets:
+            raise NefesiConfigError(f"{where}.model: model {model!r} is listed twice")
+        for dataset in target["datasets"]:
+            if dataset not in config["datasets"]:
                 raise NefesiConfigError(
-                    f"{where}.decompose_layer: {target['decompose_layer']!r} is not one of its layers {layers}"
+                    f"{where}.datasets: unknown dataset {dataset!r} (datasets: {', '.join(config['datasets'])})"
                 )
-            self.targets[model] = target
+        layers = target["layers"]
+        if len(set(layers)) != len(layers):
+            raise NefesiConfigError(f"{where}.layers: {layers} repeats a layer")
+        if target.get("decompose_layer") is not None and target["decompose_layer"] not in layers:
+            raise NefesiConfigError(
+                f"{where}.decompose_layer: {target['decompose_layer']!r} is not one of its layers {layers}"
+            )
 
     def target(self, model: str) -> dict:
         if model not in self.targets:
             raise NefesiConfigError(f"nefesi has no target for model {model!r} (config key nefesi.targets)")
         return self.targets[model]
 
-    def top_n(self, model: str) -> int:
-        return self.target(model).get("top_n") or self.settings["top_n"]
+    def top_n_settings(self, model: str) -> TopNSettings:
+        self.target(model)
+        return self._top_n[model]
 
-    def label_names(self, model: str) -> dict:
-        datasets = self.target(model)["datasets"]
-        return {name: labels for name, labels in self.settings["label_names"].items() if name in datasets}
-
-    def shallower(self, model: str, layer: str) -> str | None:
-        """The analysed layer before `layer` (its hierarchical decomposition), None for the first."""
+    def layer_settings(self, model: str, layer: str) -> LayerSettings:
         layers = self.target(model)["layers"]
         if layer not in layers:
             raise NefesiConfigError(f"layer {layer!r} is not in nefesi.targets ({model}).layers {layers}")
-        position = layers.index(layer)
-        return layers[position - 1] if position else None
+        return self._layers[model, layer]
+
+    def model_figures_settings(self, model: str) -> ModelFiguresSettings:
+        self.target(model)
+        return self._model_figures[model]
+
+    def decomposition_settings(self, model: str) -> DecompositionSettings:
+        if model not in self._decompositions:
+            raise NefesiConfigError(f"nefesi.targets ({model}).decompose_layer is null: no image decomposition")
+        return self._decompositions[model]
 
     def layer_files(self, model: str, name: str) -> list[str]:
         return [f"results/nefesi/{model}/{layer}/{name}" for layer in self.target(model)["layers"]]
@@ -83,7 +239,7 @@ class NefesiPlan:
         target = self.target(model)
         if target.get("decompose_layer") is None:
             return []
-        count = self.settings["decomposition"]["images_per_dataset"]
+        count = self.nefesi["decomposition"]["images_per_dataset"]
         pattern = {
             "figure": self.FIGURES + "/decomposition_{dataset}_{index}.png",
             "record": "results/nefesi/{model}/decomposition/{dataset}_{index}.json",
@@ -128,10 +284,6 @@ class NefesiPlan:
                 "decompositions": [_shown(path) for path in self.decompositions(model)],
             },
         }
-
-    def section_settings(self) -> dict:
-        keys = ("top_n", "rotation_step", "class_coverage", "population_threshold", "color_selective_threshold")
-        return {**{key: self.settings.get(key) for key in keys}, "order_by": self.settings.get("order_by")}
 
 
 def _shown(path: str) -> str:
