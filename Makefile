@@ -2,7 +2,7 @@
 # Both create .venv once and (re)install when pyproject.toml changes.
 PYTHON ?= python3
 VENV ?= .venv
-CORES ?= 8
+CORES ?= all
 STAMP := $(VENV)/.installed
 
 .PHONY: report test lint dryrun clean-results

@@ -101,15 +101,28 @@ def request_extraction(model, dataset, layer, save_maps=False):
     return f"results/activations/{model}/{dataset}/{layer}.zarr"
 
 
-def target_save_maps(wildcards):
-    """Whether the store keeps full maps: yes if any target or study asks for them."""
-    wanted = (wildcards.model, wildcards.dataset, wildcards.layer)
-    requests = [maps for *key, maps in extraction_targets() + STUDY_EXTRACTIONS if tuple(key) == wanted]
-    if not requests:
+def pass_layers(wildcards):
+    """{layer: keep full maps} for the one forward pass of (model, dataset): every layer any target or study asks
+    for, in network order as requested; maps kept when any request wants them."""
+    layers = {}
+    for model, dataset, layer, maps in extraction_targets() + STUDY_EXTRACTIONS:
+        if (model, dataset) == (wildcards.model, wildcards.dataset):
+            layers[layer] = layers.get(layer, False) or maps
+    if not layers:
         raise WorkflowError(
-            f"unitscope: no extraction target for {'/'.join(wanted)} in config extraction.targets or any study"
+            f"unitscope: no extraction target for {wildcards.model}/{wildcards.dataset} in config extraction.targets"
+            " or any study"
         )
-    return any(requests)
+    return layers
+
+
+def store_settings(wildcards):
+    """What a published store holds (its layer's maps setting and the model), so a change re-publishes it."""
+    layers = pass_layers(wildcards)
+    if wildcards.layer not in layers:
+        wanted = "/".join((wildcards.model, wildcards.dataset, wildcards.layer))
+        raise WorkflowError(f"unitscope: no extraction target for {wanted} in config extraction.targets or any study")
+    return {"save_maps": layers[wildcards.layer], "model": model_params(wildcards)}
 
 
 def activation_stores():

@@ -15,6 +15,8 @@ rule manifest:
         resources_dir=config["resources_dir"],
     log:
         "logs/data/{dataset}.log",
+    benchmark:
+        "benchmarks/data/{dataset}.tsv"
     conda:
         ENV
     script:

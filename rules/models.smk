@@ -14,6 +14,8 @@ rule model_card:
         torch_home=torch_home(),
     log:
         "logs/models/{model}.log",
+    benchmark:
+        "benchmarks/models/{model}.tsv"
     conda:
         ENV
     script:

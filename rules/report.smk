@@ -22,6 +22,8 @@ rule report:
         targets=[list(target[:3]) for target in extraction_targets()],
     log:
         "logs/report/report.log",
+    benchmark:
+        "benchmarks/report/report.tsv"
     conda:
         ENV
     script:
@@ -42,6 +44,8 @@ rule figure_datasets:
         datasets=list(config["datasets"]),
     log:
         "logs/report/figure_datasets.log",
+    benchmark:
+        "benchmarks/report/figure_datasets.tsv"
     conda:
         ENV
     script:
@@ -62,6 +66,8 @@ rule figure_activations:
         ),
     log:
         "logs/report/figure_activations/{model}/{dataset}/{layer}.log",
+    benchmark:
+        "benchmarks/report/figure_activations/{model}/{dataset}/{layer}.tsv"
     conda:
         ENV
     script:

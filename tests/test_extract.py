@@ -6,7 +6,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from unitscope.data.manifest import build_manifest, folder_layout, write_manifest
-from unitscope.extract import ExtractionError, extract_to_zarr, open_store, run_extraction
+from unitscope.extract import ExtractionError, extract_layers, extract_to_zarr, open_store, run_extraction
+from unitscope.fsutil import publish_tree
 
 
 class Tensors(Dataset):
@@ -91,11 +92,62 @@ def test_nan_activations_are_reported_not_stored(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_one_pass_writes_every_layer_store_as_single_layer_runs_would(tmp_path):
+    """A pass over two layers gives each layer the values of its own run, full maps only where asked, and never
+    computes past the deepest requested layer."""
+    model, x = tiny_model(), torch.randn(10, 3, 12, 12)
+    ids = [str(i) for i in range(10)]
+    ran = []
+    model[3].register_forward_hook(lambda *_: ran.append("after the deepest layer"))
+    loader = DataLoader(Tensors(x), batch_size=4)
+    stores = extract_layers(model, loader, ids, {"1": False, "2": True}, tmp_path / "m.pass", progress=False)
+    assert sorted(p.name for p in (tmp_path / "m.pass").iterdir()) == ["1.zarr", "2.zarr"] and ran == []
+    for layer, keep_maps in (("1", False), ("2", True)):
+        alone = extract_to_zarr(
+            model, loader, ids, layer, tmp_path / f"alone{layer}.zarr", save_maps=keep_maps, progress=False
+        )
+        pass_store, single = open_store(stores[layer]), open_store(alone)
+        np.testing.assert_array_equal(pass_store["means"][:], single["means"][:])
+        assert ("maps" in pass_store) is keep_maps and pass_store.attrs["layer"] == layer
+    np.testing.assert_array_equal(open_store(stores["2"])["maps"][:], open_store(tmp_path / "alone2.zarr")["maps"][:])
+
+
+def test_a_failing_layer_leaves_no_pass_folder(tmp_path):
+    model, x = tiny_model(), torch.randn(6, 3, 12, 12)
+    x[2] = float("nan")
+    with pytest.raises(ExtractionError, match="layer '0': 1 of 6 images"):
+        extract_layers(
+            model,
+            DataLoader(Tensors(x), batch_size=4),
+            list("abcdef"),
+            {"0": True, "1": False},
+            tmp_path / "m.pass",
+            progress=False,
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_publishing_a_store_links_its_files_and_replaces_an_old_one_whole(tmp_path):
+    source = tmp_path / "pass" / "layer.zarr"
+    (source / "means").mkdir(parents=True)
+    (source / "means" / "c0").write_bytes(b"new")
+    (source / "zarr.json").write_text("{}")
+    target = tmp_path / "store" / "layer.zarr"
+    (target / "stale").mkdir(parents=True)
+    publish_tree(source, target)
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == ["means", "means/c0", "zarr.json"]
+    assert (target / "means" / "c0").stat().st_ino == (source / "means" / "c0").stat().st_ino  # a link, not a copy
+    with pytest.raises(FileNotFoundError, match="no such folder to publish"):
+        publish_tree(tmp_path / "absent", tmp_path / "other.zarr")
+    assert not (tmp_path / "other.zarr").exists()
+
+
 def test_run_extraction_on_real_cifar_images_matches_the_model(data_dir, tmp_path, default_config):
-    from unitscope.config import validate_config
+    from unitscope.config import ModelRef, validate_config
     from unitscope.data.manifest import ManifestDataset
     from unitscope.models.preprocessing import build_transform
     from unitscope.models.registry import build_model
+    from unitscope.runtime import RunSettings
 
     config = validate_config(default_config)
     spec = config["models"]["resnet20_cifar"]
@@ -107,21 +159,16 @@ def test_run_extraction_on_real_cifar_images_matches_the_model(data_dir, tmp_pat
         0,
     )
     write_manifest(manifest, tmp_path / "m.parquet")
-    out = run_extraction(
-        model_name="resnet20_cifar",
-        model_spec=spec,
+    ref = ModelRef(name="resnet20_cifar", spec=spec, data_dir=str(data_dir), torch_home=str(tmp_path / "torch"))
+    stores = run_extraction(
+        ref,
         dataset_name="objects",
         manifest_path=tmp_path / "m.parquet",
-        layer="layer3",
-        out_path=tmp_path / "s.zarr",
-        data_dir=data_dir,
-        torch_home=tmp_path / "torch",
-        save_maps=False,
-        batch_size=10,
-        num_workers=0,
-        device="cpu",
+        layers={"layer3": False},
+        out_dir=tmp_path / "objects.pass",
+        run=RunSettings(device="cpu", batch_size=10, num_workers=0),
     )
-    store = zarr.open_group(str(out), mode="r")
+    store = zarr.open_group(str(stores["layer3"]), mode="r")
     assert store["means"].shape == (24, 64)
     assert list(store["image_id"][:]) == list(manifest["image_id"])
     model = build_model("resnet20_cifar", spec, data_dir=data_dir, torch_home=tmp_path / "torch")

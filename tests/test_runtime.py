@@ -25,3 +25,22 @@ def test_use_threads_gives_at_least_one():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(previous)
+
+
+def test_loader_workers_come_out_of_the_jobs_threads():
+    """A 2-thread job decodes in its own process (torch keeps both threads); an 8-thread job gets 2 workers and
+    torch 6: never more processes busy than the job was given."""
+    import torch
+
+    from unitscope.runtime import loader_workers, use_threads
+
+    before = torch.get_num_threads()
+    try:
+        use_threads(2)
+        assert loader_workers(2) == 0 and torch.get_num_threads() == 2
+        use_threads(8)
+        assert loader_workers(4) == 2 and torch.get_num_threads() == 6
+        use_threads(8)
+        assert loader_workers(1) == 1 and torch.get_num_threads() == 7
+    finally:
+        torch.set_num_threads(before)

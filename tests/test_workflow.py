@@ -39,10 +39,27 @@ def test_report_and_artifacts(finished_run):
     assert {
         "data/faces.log",
         "models/resnet20_cifar.log",
+        "extract/resnet20_cifar/objects.log",
         "extract/resnet20_cifar/objects/layer3.log",
         "report/report.log",
     } <= logs
     assert not list((workdir / "results").rglob(".*.tmp-*")), "a temporary artifact was left behind"
+    assert not list((workdir / "results" / "activations").glob("*/*.pass")), "an extraction pass outlived its stores"
+
+
+def test_every_job_has_a_benchmark_and_the_report_shows_the_cost(finished_run):
+    workdir, _ = finished_run
+    benchmarks = {
+        p.relative_to(workdir / "benchmarks").with_suffix("").as_posix()
+        for p in (workdir / "benchmarks").rglob("*.tsv")
+    }
+    logs = {p.relative_to(workdir / "logs").with_suffix("").as_posix() for p in (workdir / "logs").rglob("*.log")}
+    assert logs - {"report/report"} <= benchmarks  # the report's own is written after it has run
+    html = (workdir / "results" / "report" / "index.html").read_text()
+    cost = html[html.index('<h2 id="cost">') : html.index('<h2 id="config">')]
+    stages = re.findall(r"<tr><td>(\w+)</td><td class=\"num\">(\d+)</td>", cost)
+    assert {stage for stage, _ in stages} == {"data", "models", "extract", "report"}
+    assert dict(stages)["extract"] == str(3 + 3)  # a pass per (model, dataset) and a published store per layer
 
 
 def test_snakemake_report_zip(finished_run):
@@ -68,9 +85,11 @@ def test_rerun_plans_exactly_what_changed(finished_run):
     changed["datasets"]["faces"]["size"] = 10
     write_config(workdir, changed)
     faces_store = "model=mobilenet_v2_imagenet, dataset=faces, layer=features.18"
+    faces_pass = "model=mobilenet_v2_imagenet, dataset=faces"
     assert planned_jobs(workdir) == {
         ("manifest", "dataset=faces"),
-        ("extract", faces_store),
+        ("extract", faces_pass),
+        ("extract_store", faces_store),
         ("figure_activations", faces_store),
         ("figure_datasets", ""),
         ("report", ""),
@@ -85,7 +104,8 @@ def test_rerun_plans_exactly_what_changed(finished_run):
     try:
         assert planned_jobs(workdir) == {
             ("manifest", "dataset=faces"),
-            ("extract", faces_store),
+            ("extract", faces_pass),
+            ("extract_store", faces_store),
             ("figure_activations", faces_store),
             ("figure_datasets", ""),
             ("report", ""),
@@ -94,10 +114,29 @@ def test_rerun_plans_exactly_what_changed(finished_run):
         image.write_bytes(original)
     assert planned_jobs(workdir) == set(), "restoring the file's content plans nothing (Snakemake compares checksums)"
     module = workdir / "src" / "unitscope" / "extract.py"
-    module.write_text(module.read_text() + "\n# an edit\n")  # content, not just mtime: Snakemake compares checksums
+    source = module.read_text()
+    module.write_text(source + "\n# an edit\n")  # content, not just mtime: Snakemake compares checksums
     plan = planned_jobs(workdir)
-    assert {rule for rule, _ in plan} == {"extract", "figure_activations", "report"}
-    assert len([job for job in plan if job[0] == "extract"]) == 3
+    assert {rule for rule, _ in plan} == {"extract", "extract_store", "figure_activations", "report"}
+    assert len([job for job in plan if job[0] == "extract"]) == 3  # one pass per (model, dataset)
+    module.write_text(source)
+    assert planned_jobs(workdir) == set()
+
+    write_config(workdir, changed_targets(config, faces_layers=["features.18", "features.13"]))
+    plan = planned_jobs(workdir)
+    assert ("extract", faces_pass) in plan and ("extract_store", faces_store) in plan  # the pass re-runs whole
+    assert ("extract_store", faces_store.replace("features.18", "features.13")) in plan
+    assert ("extract", "model=mobilenet_v2_imagenet, dataset=scenes") not in plan
+    write_config(workdir, config)
+
+
+def changed_targets(config, faces_layers):
+    """The config with the faces images' pass asked for `faces_layers` (a second target for that dataset)."""
+    changed = json.loads(json.dumps(config))
+    changed["extraction"]["targets"].append(
+        {"model": "mobilenet_v2_imagenet", "datasets": ["faces"], "layers": faces_layers}
+    )
+    return changed
 
 
 def test_a_run_moved_with_its_repository_plans_nothing(tmp_path, data_dir):

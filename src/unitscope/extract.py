@@ -1,17 +1,21 @@
-"""Activation extraction: one Zarr v3 store per (model, dataset, layer).
+"""Activation extraction: one forward pass per (model, dataset) writes a Zarr v3 store per requested layer.
 
 Store layout (a directory, written under a temporary name and renamed when complete):
   means     [N, C]        float32  per-channel spatial mean of the layer's output
   maps      [N, C, H, W]  float16  full maps, only when asked for, chunked by blocks of images
   image_id  [N]           str      aligned with the included rows of the dataset's manifest
   attrs: model, dataset, layer, checkpoint sha256, preprocessing, package versions, params.
-The forward pass stops as soon as the layer has fired (later layers are not computed).
+The forward pass stops as soon as the deepest requested layer has fired (later layers are not computed). The
+pass writes its stores into one folder (`<dataset>.pass/<layer>.zarr`); each store is then published to its
+own path by `fsutil.publish_tree` (hard links, no copy), so every store stays its own Snakemake output.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import tempfile
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 
@@ -21,13 +25,14 @@ import zarr
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from unitscope.config import ModelRef
 from unitscope.data.manifest import ManifestDataset, read_manifest
 from unitscope.errors import UnitscopeError
-from unitscope.fsutil import atomic_path
+from unitscope.fsutil import atomic_path, publish_tree
 from unitscope.hooks import ActivationRecorder
 from unitscope.models.preprocessing import build_transform
-from unitscope.models.registry import build_model, resolve_layer
-from unitscope.runtime import make_loader, pick_device
+from unitscope.models.registry import load_model, resolve_layer
+from unitscope.runtime import RunSettings, make_loader, pick_device
 
 VERSIONED_PACKAGES = ("torch", "torchvision", "numpy", "zarr", "pillow", "unitscope")
 
@@ -46,6 +51,107 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+class _LayerWriter:
+    """One layer's store inside an open pass: buffers the means, streams the maps chunk by chunk."""
+
+    def __init__(self, path: Path, layer: str, n_images: int, save_maps: bool, maps_chunk_images: int):
+        self.group = zarr.open_group(store=str(path), mode="w", zarr_format=3)
+        self.layer, self.n_images, self.save_maps, self.chunk = layer, n_images, save_maps, maps_chunk_images
+        self.means = self.maps = None
+        self.map_shape = None
+        self.nonfinite = 0
+
+    def add(self, start: int, stop: int, means: np.ndarray, maps: np.ndarray | None) -> None:
+        self.nonfinite += int((~np.isfinite(means)).any(axis=1).sum())
+        if self.means is None:
+            self.means = np.empty((self.n_images, means.shape[1]), dtype=np.float32)
+        self.means[start:stop] = means
+        if not self.save_maps:
+            return
+        if maps.ndim != 4:
+            raise ExtractionError(
+                f"layer {self.layer!r}: output has shape {list(maps.shape)}; full maps need [N, C, H, W]"
+            )
+        if self.maps is None:
+            self.map_shape = list(maps.shape[1:])
+            chunks = (min(self.chunk, self.n_images), *maps.shape[1:])
+            self.maps = self.group.create_array(
+                "maps", shape=(self.n_images, *maps.shape[1:]), chunks=chunks, dtype="float16"
+            )
+        self.maps[start:stop] = maps
+
+    def finish(self, image_ids: list[str], attrs: dict) -> None:
+        if self.nonfinite:
+            raise ExtractionError(
+                f"layer {self.layer!r}: {self.nonfinite} of {self.n_images} images gave NaN or infinite activations;"
+                " store not written"
+            )
+        means = self.group.create_array(
+            "means", shape=self.means.shape, chunks=(min(self.n_images, 4096), self.means.shape[1]), dtype="float32"
+        )
+        means[:] = self.means
+        ids = self.group.create_array("image_id", shape=(self.n_images,), dtype=str, chunks=(self.n_images,))
+        ids[:] = np.asarray(image_ids, dtype=object).astype(str)
+        self.group.attrs.update(
+            {
+                **attrs,
+                "layer": self.layer,
+                "n_images": self.n_images,
+                "n_channels": int(self.means.shape[1]),
+                "map_shape": self.map_shape,
+                "package_versions": package_versions(),
+            }
+        )
+
+
+def extract_layers(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    image_ids: list[str],
+    layers: Mapping[str, bool],
+    out_dir: str | os.PathLike,
+    *,
+    maps_chunk_images: int = 32,
+    device: torch.device | str = "cpu",
+    attrs: dict | None = None,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """One pass of `model` over `loader`, writing `out_dir/<layer>.zarr` for each of `layers` ({layer: keep full
+    maps}); `out_dir` appears whole or not at all. Returns {layer: store path}."""
+    device = torch.device(device)
+    model = model.to(device).eval()
+    out_dir = Path(out_dir)
+    maps_layers = [layer for layer, keep in layers.items() if keep]
+    with (
+        atomic_path(out_dir) as temp,
+        ActivationRecorder(model, list(layers), keep_maps=maps_layers, stop_early=True) as rec,
+    ):
+        temp.mkdir()
+        writers = {
+            layer: _LayerWriter(temp / f"{layer}.zarr", layer, len(image_ids), keep, maps_chunk_images)
+            for layer, keep in layers.items()
+        }
+        bar = tqdm(
+            total=len(image_ids),
+            desc=f"extract {len(layers)} layer(s)",
+            unit="img",
+            disable=not progress,
+            mininterval=2,
+        )
+        with torch.inference_mode():
+            for batch, indices in loader:
+                means = rec(batch.to(device, non_blocking=True))
+                start, stop = int(indices[0]), int(indices[-1]) + 1
+                for layer, writer in writers.items():
+                    maps = rec.maps[layer].numpy() if layer in rec.maps else None
+                    writer.add(start, stop, means[layer].numpy(), maps)
+                bar.update(stop - start)
+        bar.close()
+        for writer in writers.values():
+            writer.finish(image_ids, attrs or {})
+    return {layer: out_dir / f"{layer}.zarr" for layer in layers}
+
+
 def extract_to_zarr(
     model: torch.nn.Module,
     loader: DataLoader,
@@ -54,119 +160,55 @@ def extract_to_zarr(
     out_path: str | os.PathLike,
     *,
     save_maps: bool = False,
-    maps_chunk_images: int = 32,
-    device: torch.device | str = "cpu",
-    attrs: dict | None = None,
-    progress: bool = True,
+    **options,
 ) -> Path:
-    """Run `model` over `loader` and write the layer's activations to a Zarr store at `out_path`."""
-    device = torch.device(device)
-    model = model.to(device).eval()
-    n_images = len(image_ids)
+    """One layer's store at `out_path` (a pass of one layer, published to its path)."""
     out_path = Path(out_path)
-    with (
-        atomic_path(out_path) as temp,
-        ActivationRecorder(model, [layer], keep_maps=save_maps, stop_early=True) as rec,
-    ):
-        group = zarr.open_group(store=str(temp), mode="w", zarr_format=3)
-        means_array = maps_array = None
-        nonfinite = 0
-        bar = tqdm(total=n_images, desc=f"extract {layer}", unit="img", disable=not progress, mininterval=2)
-        with torch.inference_mode():
-            for batch, indices in loader:
-                means = rec(batch.to(device, non_blocking=True))[layer].numpy()
-                start, stop = int(indices[0]), int(indices[-1]) + 1
-                nonfinite += int((~np.isfinite(means)).any(axis=1).sum())
-                if means_array is None:
-                    means_array = group.create_array(
-                        "means",
-                        shape=(n_images, means.shape[1]),
-                        chunks=(min(n_images, 4096), means.shape[1]),
-                        dtype="float32",
-                    )
-                    means_buffer = np.empty((n_images, means.shape[1]), dtype=np.float32)
-                means_buffer[start:stop] = means
-                if save_maps:
-                    maps = rec.maps[layer].numpy()
-                    if maps.ndim != 4:
-                        raise ExtractionError(
-                            f"layer {layer!r}: output has shape {list(maps.shape)}; full maps need [N, C, H, W]"
-                        )
-                    if maps_array is None:
-                        maps_array = group.create_array(
-                            "maps",
-                            shape=(n_images, *maps.shape[1:]),
-                            chunks=(min(maps_chunk_images, n_images), *maps.shape[1:]),
-                            dtype="float16",
-                        )
-                    maps_array[start:stop] = maps
-                bar.update(stop - start)
-        bar.close()
-        if nonfinite:
-            raise ExtractionError(
-                f"layer {layer!r}: {nonfinite} of {n_images} images gave NaN or infinite activations; store not written"
-            )
-        means_array[:] = means_buffer
-        ids = group.create_array("image_id", shape=(n_images,), dtype=str, chunks=(n_images,))
-        ids[:] = np.asarray(image_ids, dtype=object).astype(str)
-        group.attrs.update(
-            {
-                **(attrs or {}),
-                "layer": layer,
-                "n_images": n_images,
-                "n_channels": int(means_buffer.shape[1]),
-                "map_shape": list(rec.maps[layer].shape[1:]) if save_maps else None,
-                "package_versions": package_versions(),
-            }
-        )
+    with tempfile.TemporaryDirectory(dir=out_path.parent if out_path.parent.exists() else None) as scratch:
+        stores = extract_layers(model, loader, image_ids, {layer: save_maps}, Path(scratch) / "pass", **options)
+        publish_tree(stores[layer], out_path)
     return out_path
 
 
 def run_extraction(
+    model: ModelRef,
     *,
-    model_name: str,
-    model_spec: dict,
     dataset_name: str,
     manifest_path: str | os.PathLike,
-    layer: str,
-    out_path: str | os.PathLike,
-    data_dir: str | os.PathLike,
-    torch_home: str | os.PathLike,
-    save_maps: bool,
-    batch_size: int = 64,
-    num_workers: int = 2,
-    device: str = "auto",
-    maps_chunk_images: int = 32,
-    params: dict | None = None,
-) -> Path:
-    """The extraction stage: build the model, read the manifest, write the store."""
-    torch_device = pick_device(device)
-    model = build_model(model_name, model_spec, data_dir=data_dir, torch_home=torch_home)
-    resolve_layer(model, layer, model_name)  # one-line error listing valid layers
+    layers: Mapping[str, bool],
+    out_dir: str | os.PathLike,
+    run: RunSettings | None = None,
+) -> dict[str, Path]:
+    """The extraction stage: build the model, read the manifest, one pass writing a store per layer."""
+    run = run or RunSettings()
+    torch_device = pick_device(run.device)
+    network = load_model(model)
+    for layer in layers:
+        resolve_layer(network, layer, model.name)  # one-line error listing valid layers
     manifest = read_manifest(manifest_path)
-    dataset = ManifestDataset(manifest, build_transform(model_spec["preprocessing"]))
-    loader = make_loader(dataset, batch_size=batch_size, num_workers=num_workers, device=torch_device)
+    dataset = ManifestDataset(manifest, build_transform(model.spec["preprocessing"]))
+    loader = make_loader(dataset, batch_size=run.batch_size, num_workers=run.num_workers, device=torch_device)
     attrs = {
-        "model": model_name,
-        "arch": model_spec["arch"],
+        "model": model.name,
+        "arch": model.spec["arch"],
         "dataset": dataset_name,
-        "checkpoint_sha256": model_spec.get("sha256"),
-        "preprocessing": model_spec["preprocessing"],
+        "checkpoint_sha256": model.spec.get("sha256"),
+        "preprocessing": model.spec["preprocessing"],
         "device": str(torch_device),
-        "params": params or {},
+        "params": {"model": model.spec, "layers": dict(layers)},
     }
     print(
-        f"extracting {model_name} / {dataset_name} / {layer}: {len(manifest)} images on {torch_device}",
+        f"extracting {model.name} / {dataset_name}: {len(manifest)} images, one pass for {len(layers)} layer(s)"
+        f" ({', '.join(layers)}) on {torch_device}",
         flush=True,
     )
-    return extract_to_zarr(
-        model,
+    return extract_layers(
+        network,
         loader,
         list(manifest["image_id"]),
-        layer,
-        out_path,
-        save_maps=save_maps,
-        maps_chunk_images=maps_chunk_images,
+        layers,
+        out_dir,
+        maps_chunk_images=run.maps_chunk_images,
         device=torch_device,
         attrs=attrs,
     )

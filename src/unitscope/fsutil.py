@@ -94,3 +94,21 @@ def write_parquet(frame, path: str | os.PathLike) -> None:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as temp:
         temp.write_text(text)
+
+
+def publish_tree(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
+    """Give the finished folder `source` a second name, `destination`, by hard-linking every file (a copy where
+    links cannot be made, e.g. across devices): no extra space, and `destination` appears whole or not at all."""
+    source, destination = Path(source), Path(destination)
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: no such folder to publish as {destination}")
+    with atomic_path(destination) as temp:
+        shutil.copytree(source, temp, copy_function=_link_or_copy, symlinks=True)
+    return destination
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)

@@ -10,7 +10,7 @@ torchvision BasicBlock's shared `relu`), whose "output" would otherwise silently
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -64,8 +64,9 @@ class ActivationRecorder:
     """Record per-channel spatial means (and optionally full maps) of named layers.
 
     Use as `with ActivationRecorder(model, layers) as rec: model(x)`, then read `rec.means[layer]`
-    and `rec.maps[layer]` (CPU tensors of the last forward). With `stop_early=True` the forward pass
-    ends as soon as every requested layer has fired, skipping the rest of the network.
+    and `rec.maps[layer]` (CPU tensors of the last forward). `keep_maps` is True (every layer), False, or the
+    layers whose full maps are kept. With `stop_early=True` the forward pass ends as soon as every requested
+    layer has fired, skipping the rest of the network.
     """
 
     def __init__(
@@ -73,13 +74,13 @@ class ActivationRecorder:
         model: nn.Module,
         layers: list[str],
         *,
-        keep_maps: bool = False,
+        keep_maps: bool | Collection[str] = False,
         maps_dtype: torch.dtype = torch.float16,
         stop_early: bool = False,
     ):
         self.model = model
         self.layers = list(layers)
-        self.keep_maps = keep_maps
+        self.keep_maps = set(self.layers) if keep_maps is True else set(keep_maps or ())
         self.maps_dtype = maps_dtype
         self.stop_early = stop_early
         self.means: dict[str, torch.Tensor] = {}
@@ -105,7 +106,7 @@ class ActivationRecorder:
                 )
             detached = output.detach()
             self.means[layer] = spatial_mean(detached.float()).cpu()
-            if self.keep_maps:
+            if layer in self.keep_maps:
                 self.maps[layer] = detached.to(self.maps_dtype).cpu().clone()
             if self.stop_early and len(self.means) == len(self.layers):
                 raise StopForward

@@ -57,7 +57,20 @@ def pick_device(requested: str = "auto", key: str = "extraction.device") -> torc
     return device
 
 
+def loader_workers(requested: int) -> int:
+    """Image-decoding workers that fit in the job's threads: one per 4 threads torch was given (`use_threads`),
+    at most `requested`, and torch gives up a thread for each. On 2 threads that is none: a CNN's forward pass
+    costs more than decoding, so both threads go to torch; nothing runs beyond the threads the job was given."""
+    threads = torch.get_num_threads()
+    workers = min(int(requested), threads // 4)
+    if workers:
+        torch.set_num_threads(threads - workers)
+    return workers
+
+
 def make_loader(dataset, *, batch_size: int, num_workers: int, device: torch.device) -> DataLoader:
+    """In-order batches of `dataset`, decoded by `loader_workers(num_workers)` worker processes."""
+    num_workers = loader_workers(num_workers)
     return DataLoader(
         dataset,
         batch_size=batch_size,

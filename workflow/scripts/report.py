@@ -21,4 +21,5 @@ with log_to(snakemake.log[0]):
         html_path=snakemake.output.html,
         summary_path=snakemake.output.summary,
         units_dir=snakemake.output.units,
+        benchmarks_dir="benchmarks",  # every rule's benchmark: (read, not inputs: see report/cost.py)
     )

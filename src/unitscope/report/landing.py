@@ -16,6 +16,7 @@ import pandas as pd
 import yaml
 
 from unitscope.fsutil import atomic_path, write_text_atomic
+from unitscope.report.cost import cost_by_stage, read_benchmarks
 from unitscope.report.render import environment
 from unitscope.report.sections import read_section, unit_href, unit_page_name
 
@@ -123,8 +124,10 @@ def build_report(
     html_path: str | os.PathLike,
     summary_path: str | os.PathLike,
     units_dir: str | os.PathLike | None = None,
+    benchmarks_dir: str | os.PathLike | None = None,
 ) -> dict:
-    """Write the HTML report and the machine-readable summary; return the summary."""
+    """Write the HTML report and the machine-readable summary; return the summary. `benchmarks_dir` holds
+    Snakemake's per-job benchmark files, summed per stage in the report's cost table."""
     html_path = Path(html_path)
     datasets = [dataset_summary(name, pd.read_parquet(path)) for name, path in manifests.items()]
     models = [json.loads(Path(path).read_text()) for path in cards.values()]
@@ -147,6 +150,7 @@ def build_report(
             figures=relative_figures,
             config_yaml=yaml.safe_dump(config, sort_keys=False),
             versions=versions,
+            cost=cost_by_stage(read_benchmarks(benchmarks_dir)) if benchmarks_dir else [],
         )
     )
     write_text_atomic(html_path, html)
