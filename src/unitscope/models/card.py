@@ -19,7 +19,7 @@ from unitscope.models.errors import ModelError
 from unitscope.models.preprocessing import build_transform
 from unitscope.models.registry import CIFAR10_CLASSES, build_model, imagenet_categories, summary_layers
 from unitscope.models.weights import torchvision_weights
-from unitscope.runtime import use_threads
+from unitscope.runtime import loader_workers, use_threads
 from unitscope.stats import wilson_interval
 
 
@@ -100,7 +100,7 @@ def _evaluate(
         ManifestDataset(manifest, build_transform(preprocessing)),
         batch_size=batch_size,
         shuffle=False,
-        num_workers=num_workers,
+        num_workers=loader_workers(num_workers),  # only as the job's threads allow
     )
     predictions = np.full(len(manifest), -1, dtype=np.int64)
     if str(device) == "auto":

@@ -17,6 +17,7 @@ from sklearn.preprocessing import StandardScaler
 from unitscope.config import ModelRef, validate_config
 from unitscope.data.manifest import ManifestDataset, build_manifest, folder_layout, read_manifest, write_manifest
 from unitscope.extract import run_extraction
+from unitscope.fsutil import publish_tree
 from unitscope.hooks import ActivationRecorder
 from unitscope.models.preprocessing import build_transform
 from unitscope.models.registry import build_model
@@ -76,6 +77,16 @@ def manifests(tmp_path_factory, data_dir):
         paths[name] = str(folder / f"{name}.parquet")
         write_manifest(manifest, paths[name])
     return paths
+
+
+def one_store(manifest_path, dataset, layer, out, data_dir, torch_home):
+    """resnet20_cifar's store of `layer` on one dataset at `out`, as the extraction rules make it."""
+    ref = ModelRef(name="resnet20_cifar", spec=RESNET20, data_dir=str(data_dir), torch_home=str(torch_home))
+    run = RunSettings(num_workers=0)
+    stores = run_extraction(
+        ref, dataset_name=dataset, manifest_path=manifest_path, layers={layer: False}, out_dir=f"{out}.pass", run=run
+    )
+    publish_tree(stores[layer], out)
 
 
 def image_batch(manifests: dict, preprocessing: dict, per_set: dict | None = None) -> tuple[torch.Tensor, np.ndarray]:
@@ -393,18 +404,7 @@ def test_intervention_stage_on_real_stores_with_maps(tmp_path, manifests, data_d
     stores = {}
     for name, path in manifests.items():
         stores[name] = str(tmp_path / f"{name}.zarr")
-        run_extraction(
-            model_name="resnet20_cifar",
-            model_spec=RESNET20,
-            dataset_name=name,
-            manifest_path=path,
-            layer="layer2",
-            out_path=stores[name],
-            data_dir=data_dir,
-            torch_home=tmp_path,
-            save_maps=False,
-            num_workers=0,
-        )
+        one_store(path, name, "layer2", stores[name], data_dir, tmp_path)
     datasets = tuple(stores)
     run_selection(
         SelectionSettings(layer="layer2", datasets=datasets, percentile=10, fdr=0.05),
@@ -542,18 +542,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, manifests, data_dir):
     with pytest.raises(FacesError, match=r"faces.probe.folds: 5 folds need at least 5 images per class; have 3 faces"):
         stratified_folds(np.array([1, 1, 1, 0, 0, 0, 0, 0]), 5, 0)
     store = tmp_path / "faces.zarr"
-    run_extraction(
-        model_name="resnet20_cifar",
-        model_spec=RESNET20,
-        dataset_name="faces",
-        manifest_path=manifests["faces"],
-        layer="layer1",
-        out_path=store,
-        data_dir=data_dir,
-        torch_home=tmp_path,
-        save_maps=False,
-        num_workers=0,
-    )
+    one_store(manifests["faces"], "faces", "layer1", store, data_dir, tmp_path)
     with pytest.raises(FacesError, match=r"faces.zarr holds layer 'layer1', expected 'layer3'") as err:
         load_category_means({"faces": str(store)}, "faces", "layer3")
     assert "\n" not in str(err.value)

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from unitscope.data.manifest import ManifestDataset
 from unitscope.hooks import ActivationRecorder
 from unitscope.models.receptive_field import ReceptiveField, probe_window, receptive_field, window_origin
+from unitscope.runtime import loader_workers
 from unitscope.studies.nefesi.errors import NefesiError
 from unitscope.studies.nefesi.images import gather_crops
 from unitscope.studies.nefesi.topn import TopN, channels_last
@@ -197,8 +198,10 @@ def tensor_batches(images: torch.Tensor) -> ImageBatches:
 
 
 def manifest_batches(frame: pd.DataFrame, transform, *, num_workers: int = 0) -> ImageBatches:
-    """ImageBatches that decode the images of `frame` (column `path`) with a DataLoader."""
+    """ImageBatches that decode the images of `frame` (column `path`) with a DataLoader (workers only as the
+    job's threads allow: `runtime.loader_workers`)."""
     dataset = ManifestDataset(frame, transform)
+    num_workers = loader_workers(num_workers)
 
     def batches(indices: np.ndarray, chunk: int):
         subset = torch.utils.data.Subset(dataset, [int(i) for i in indices])

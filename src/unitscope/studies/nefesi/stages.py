@@ -4,9 +4,10 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 
-from unitscope.config import ModelRef
 from unitscope.data.manifest import ManifestDataset
 from unitscope.fsutil import atomic_path, write_parquet
 from unitscope.models.preprocessing import build_transform
@@ -26,18 +27,22 @@ from unitscope.studies.nefesi.hierarchy import (
 )
 from unitscope.studies.nefesi.images import dataset_image, image_table, model_inputs, nf_rgb
 from unitscope.studies.nefesi.indexes import layer_index_table
-from unitscope.studies.nefesi.plan import (
-    DecompositionSettings,
-    LayerFiguresSettings,
-    LayerSettings,
-    ModelFiguresSettings,
-    SectionSettings,
-    TopNSettings,
-)
 from unitscope.studies.nefesi.probes import LayerGeometry, layer_record, manifest_batches, probe_layer, probe_report
 from unitscope.studies.nefesi.storage import read_json, read_nf, write_json, write_nf
 from unitscope.studies.nefesi.topn import collect_top_n, exemplar_frame, inference_copy, read_top_n
 from unitscope.studies.nefesi.units import draw_unit_figures, merge_units, top_units
+
+if TYPE_CHECKING:  # annotations only: a stage's settings arrive as params, so plan.py is no code input
+    from unitscope.config import ModelRef
+    from unitscope.studies.nefesi.plan import (
+        DecompositionSettings,
+        LayerFiguresSettings,
+        LayerSettings,
+        ModelFiguresSettings,
+        SectionSettings,
+        TopNSettings,
+    )
+
 
 DEFAULT_RUN = RunSettings()  # run-only settings when a caller gives none (changes no result)
 
