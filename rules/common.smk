@@ -10,7 +10,8 @@ REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO / "src"))
 
 from unitscope.codedeps import entry_closure, module_closure  # noqa: E402
-from unitscope.config import ModelRef, check_paths, read_yaml, validate_config  # noqa: E402
+from unitscope.config import check_paths, read_yaml, validate_config  # noqa: E402
+from unitscope.settings import ModelRef  # noqa: E402
 from unitscope.errors import UnitscopeError  # noqa: E402
 from unitscope.data.manifest import listed_files, stat_fingerprint  # noqa: E402
 

@@ -143,11 +143,12 @@ def test_publishing_a_store_links_its_files_and_replaces_an_old_one_whole(tmp_pa
 
 
 def test_run_extraction_on_real_cifar_images_matches_the_model(data_dir, tmp_path, default_config):
-    from unitscope.config import ModelRef, validate_config
+    from unitscope.config import validate_config
     from unitscope.data.manifest import ManifestDataset
     from unitscope.models.preprocessing import build_transform
     from unitscope.models.registry import build_model
     from unitscope.runtime import RunSettings
+    from unitscope.settings import ModelRef
 
     config = validate_config(default_config)
     spec = config["models"]["resnet20_cifar"]

@@ -25,7 +25,6 @@ import zarr
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from unitscope.config import ModelRef
 from unitscope.data.manifest import ManifestDataset, read_manifest
 from unitscope.errors import UnitscopeError
 from unitscope.fsutil import atomic_path, publish_tree
@@ -33,6 +32,7 @@ from unitscope.hooks import ActivationRecorder
 from unitscope.models.preprocessing import build_transform
 from unitscope.models.registry import load_model, resolve_layer
 from unitscope.runtime import RunSettings, make_loader, pick_device
+from unitscope.settings import ModelRef
 
 VERSIONED_PACKAGES = ("torch", "torchvision", "numpy", "zarr", "pillow", "unitscope")
 

@@ -4,8 +4,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from unitscope.config import ModelRef
 from unitscope.logs import log_to
+from unitscope.settings import ModelRef
 from unitscope.studies.actmax.plan import RegistryTarget
 from unitscope.studies.actmax.stages import run_registry_target
 

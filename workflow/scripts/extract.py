@@ -5,10 +5,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
-from unitscope.config import ModelRef
 from unitscope.extract import run_extraction
 from unitscope.logs import log_to
 from unitscope.runtime import RunSettings, use_threads
+from unitscope.settings import ModelRef
 
 with log_to(snakemake.log[0]):
     use_threads(snakemake.threads)

@@ -4,9 +4,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from unitscope.config import ModelRef
 from unitscope.logs import log_to
 from unitscope.runtime import use_threads
+from unitscope.settings import ModelRef
 from unitscope.studies.faces.plan import HeatmapSettings
 from unitscope.studies.faces.stages import run_heatmaps
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
-from unitscope.config import ModelRef
 from unitscope.logs import log_to
 from unitscope.runtime import RunSettings, use_threads
+from unitscope.settings import ModelRef
 from unitscope.studies.nefesi.plan import TopNSettings
 from unitscope.studies.nefesi.stages import run_top_n
 

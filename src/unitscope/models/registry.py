@@ -12,7 +12,6 @@ import difflib
 import torchvision
 from torch import nn
 
-from unitscope.config import ModelRef
 from unitscope.models.cifar_resnet import cifar_resnet20, cifar_resnet56
 from unitscope.models.errors import ModelError
 from unitscope.models.toponet import toponet_resnet18
@@ -22,6 +21,7 @@ from unitscope.models.weights import (
     first_few,
     load_checkpoint,
 )
+from unitscope.settings import ModelRef
 
 __all__ = [
     "CIFAR10_CLASSES",

@@ -506,7 +506,7 @@ def test_config_defaults_are_the_issue_defaults_and_bad_values_name_their_key(de
 
 
 def test_registry_stage_writes_runs_table_and_grids(data_dir, default_config, tmp_path):
-    from unitscope.config import ModelRef
+    from unitscope.settings import ModelRef
     from unitscope.studies.actmax.plan import RegistryTarget
     from unitscope.studies.actmax.runs import load_run
     from unitscope.studies.actmax.stages import run_registry_target

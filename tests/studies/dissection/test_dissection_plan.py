@@ -8,7 +8,8 @@ import pytest
 from conftest import DATA_DIR
 from wfutil import study_config
 
-from unitscope.config import ConfigError, validate_config
+from unitscope.config import validate_config
+from unitscope.settings import SettingsError
 from unitscope.studies.dissection.plan import (
     DissectSettings,
     RotationSettings,
@@ -69,7 +70,7 @@ def test_settings_survive_params_and_stale_params_are_one_line(config):
     assert built.dissect["resnet20_cifar"].concepts.spec["size"] == 6
     assert built.section.rotation_mask_size == 45 and built.section.color_concepts
     stale = {key: value for key, value in built.rotation.as_params().items() if key != "seeds"}
-    with pytest.raises(ConfigError, match="RotationSettings: params have keys"):
+    with pytest.raises(SettingsError, match="RotationSettings: params have keys"):
         RotationSettings.from_params(stale)
 
 

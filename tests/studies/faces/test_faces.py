@@ -14,7 +14,7 @@ import torchvision
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from unitscope.config import ModelRef, validate_config
+from unitscope.config import validate_config
 from unitscope.data.manifest import ManifestDataset, build_manifest, folder_layout, read_manifest, write_manifest
 from unitscope.extract import run_extraction
 from unitscope.fsutil import publish_tree
@@ -22,6 +22,7 @@ from unitscope.hooks import ActivationRecorder
 from unitscope.models.preprocessing import build_transform
 from unitscope.models.registry import build_model
 from unitscope.runtime import RunSettings
+from unitscope.settings import ModelRef
 from unitscope.stats import empirical_p
 from unitscope.studies.faces.controls import control_table, matched_sets, random_sets
 from unitscope.studies.faces.inputs import CategoryMeans, FacesError

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from unitscope.config import ConfigError, Settings
+from unitscope.config import ConfigError
+from unitscope.settings import Settings
 from unitscope.studies.faces.plan import intervention_layer
 
 __all__ = [

@@ -49,7 +49,7 @@ from unitscope.studies.actmax.specs import UnitSpecs
 from unitscope.studies.actmax.units import select_study_units
 
 if TYPE_CHECKING:  # annotations only: a stage's code inputs are what it runs (unitscope.codedeps)
-    from unitscope.config import ModelRef
+    from unitscope.settings import ModelRef
     from unitscope.studies.actmax.plan import (
         AnalysisSettings,
         DatasetSettings,

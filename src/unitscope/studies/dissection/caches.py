@@ -19,10 +19,10 @@ import torch
 from torchvision import transforms
 from tqdm import tqdm
 
-from unitscope.config import ModelRef
 from unitscope.data.concepts import ConceptDataset, open_concepts
 from unitscope.hooks import ActivationRecorder
 from unitscope.models.registry import load_model, resolve_layer
+from unitscope.settings import ModelRef
 from unitscope.studies.dissection.dissect import MAX_COMBINATIONS, DissectionError, LabelBatch
 from unitscope.studies.dissection.plan import ConceptSource
 

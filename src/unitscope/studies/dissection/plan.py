@@ -13,7 +13,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from unitscope.config import ConfigError, Settings
+from unitscope.config import ConfigError
+from unitscope.settings import Settings
 
 
 def check_dissection(config: dict) -> dict:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from unitscope.config import ModelRef
 from unitscope.data.concepts import mask_shape
 from unitscope.fsutil import write_parquet
 from unitscope.report.sections import write_section
+from unitscope.settings import ModelRef
 from unitscope.studies.dissection.caches import (
     cache_activations,
     cache_labels,

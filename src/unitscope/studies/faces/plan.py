@@ -8,8 +8,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
-from unitscope.config import Settings
 from unitscope.errors import UnitscopeError
+from unitscope.settings import Settings
 
 # arch -> (intervention layer: the last conv block, probe layers: stem/stage outputs at five depths)
 ARCH_DEFAULTS: dict[str, tuple[str, list[str]]] = {

@@ -46,7 +46,7 @@ from unitscope.studies.faces.selection import read_selection, rule_agreement, se
 from unitscope.studies.faces.tail import build_tail, layer_cache
 
 if TYPE_CHECKING:  # annotations only: a stage's settings arrive as params, so plan.py is no code input
-    from unitscope.config import ModelRef
+    from unitscope.settings import ModelRef
     from unitscope.studies.faces.plan import (
         CategorySettings,
         HeatmapSettings,

@@ -10,8 +10,8 @@ import dataclasses
 import os
 from collections.abc import Mapping
 
-from unitscope.config import Settings
 from unitscope.errors import UnitscopeError
+from unitscope.settings import Settings
 
 REPORT_DIR = "results/report"
 

@@ -33,7 +33,7 @@ from unitscope.studies.nefesi.topn import collect_top_n, exemplar_frame, inferen
 from unitscope.studies.nefesi.units import draw_unit_figures, merge_units, top_units
 
 if TYPE_CHECKING:  # annotations only: a stage's settings arrive as params, so plan.py is no code input
-    from unitscope.config import ModelRef
+    from unitscope.settings import ModelRef
     from unitscope.studies.nefesi.plan import (
         DecompositionSettings,
         LayerFiguresSettings,
