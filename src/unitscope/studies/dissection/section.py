@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -16,8 +17,10 @@ import pandas as pd
 from unitscope.report.render import ci, fixed, render, render_text
 from unitscope.report.sections import table_rows, unit_hrefs
 from unitscope.studies.dissection.dissect import BOOTSTRAP_RESAMPLES
-from unitscope.studies.dissection.plan import SectionSettings
 from unitscope.studies.dissection.units import STUDY_UNITS_PER_LAYER, study_units, unit_image_name
+
+if TYPE_CHECKING:  # annotations only
+    from unitscope.studies.dissection.plan import SectionSettings
 
 STUDY = "dissection"
 TITLE = "Network dissection: units that detect concepts"

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from unitscope.data.concepts import mask_shape
 from unitscope.fsutil import write_parquet
 from unitscope.report.sections import write_section
-from unitscope.settings import ModelRef
 from unitscope.studies.dissection.caches import (
     cache_activations,
     cache_labels,
@@ -29,10 +29,13 @@ from unitscope.studies.dissection.caches import (
 from unitscope.studies.dissection.figures import depth_figure, rotation_figure, top_units_figure, write_unit_images
 from unitscope.studies.dissection.layer_dissection import concept_arrays, dissect_cached_layer
 from unitscope.studies.dissection.outputs import load_tallies, read_tables, write_tallies
-from unitscope.studies.dissection.plan import DissectSettings, RotationSettings, SectionSettings, UnitFigureSettings
 from unitscope.studies.dissection.rotation import rotation_rows
 from unitscope.studies.dissection.section import STUDY, TITLE, build_section, relative_figure
 from unitscope.studies.dissection.units import check_unit_images
+
+if TYPE_CHECKING:  # annotations only: a stage's settings arrive as params, so plan.py is no code input
+    from unitscope.settings import ModelRef
+    from unitscope.studies.dissection.plan import DissectSettings, RotationSettings, SectionSettings, UnitFigureSettings
 
 
 def run_dissection(
