@@ -11,6 +11,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 from unitscope.codedeps import entry_closure, module_closure  # noqa: E402
 from unitscope.config import check_paths, read_yaml, validate_config  # noqa: E402
+from unitscope.models.facts import resolve_preprocessing  # noqa: E402
+from unitscope.models.python_source import python_module_file  # noqa: E402
 from unitscope.settings import ModelRef  # noqa: E402
 from unitscope.errors import UnitscopeError  # noqa: E402
 from unitscope.data.manifest import listed_files, stat_fingerprint  # noqa: E402
@@ -35,6 +37,7 @@ configfile: CONFIG_FILE
 
 plan(validate_config, config)
 plan(check_paths, config)
+plan(resolve_preprocessing, config)  # entries without preprocessing take their weights' (surveyed once, cached)
 
 ENV = "../envs/unitscope.yaml"
 WILDCARD_SYNTAX = re.compile(r"[{}]")
@@ -165,12 +168,17 @@ def manifest_path(dataset):
 
 
 def model_checkpoint(wildcards):
-    """The checkpoint file as an input (so replacing it re-runs the model's stages)."""
-    checkpoint_file = config["models"][wildcards.model]["checkpoint"]
-    if checkpoint_file is None:
-        return []
-    path = Path(checkpoint_file)
-    return [str(path if path.is_absolute() else Path(data_dir()) / path)]
+    """The model's files as inputs (so replacing one re-runs the model's stages): its checkpoint, and the module
+    of a `python:` arch."""
+    spec = config["models"][wildcards.model]
+    files = []
+    if spec["checkpoint"] is not None:
+        path = Path(spec["checkpoint"])
+        files.append(str(path if path.is_absolute() else Path(data_dir()) / path))
+    if spec["arch"].startswith("python:"):
+        module_file = plan(python_module_file, wildcards.model, spec)
+        files += [os.path.relpath(module_file)] if module_file else []
+    return files
 
 
 def model_eval_manifest(wildcards):

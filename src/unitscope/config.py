@@ -71,6 +71,10 @@ def _describe(error: jsonschema.ValidationError) -> str:
         close = difflib.get_close_matches(str(error.instance), allowed, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return f"config key {key}: {error.instance!r} is not one of {', '.join(allowed)}{hint}"
+    if error.validator == "pattern" and "examples" in error.schema:
+        close = difflib.get_close_matches(str(error.instance), error.schema["examples"], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"config key {key}: {error.instance!r} is not valid{hint} ({error.schema['description']})"
     if error.validator == "pattern" and "description" in error.schema:
         return f"config key {key}: {error.instance!r} is not valid ({error.schema['description']})"
     return f"config key {key}: {error.message}"
@@ -98,14 +102,43 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     return config
 
 
+def _pair(value) -> tuple[int, int]:
+    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _source_prescribes(model: dict) -> bool:
+    """Whether the entry's source has its own preprocessing (torchvision weights' transforms, timm's config)."""
+    return model["arch"].startswith("timm.") or (model["arch"].startswith("torchvision.") and bool(model["weights"]))
+
+
 def _check_preprocessing(config: dict) -> None:
-    """A centre crop larger than the resized image would pad it with black: refuse, naming the model."""
+    """Checks of `preprocessing` the schema cannot express, each naming the model: present unless the source gives
+    one, a crop that fits the resized image (else it pads with black), one mean and std per input channel."""
     for name, model in config["models"].items():
         steps = model["preprocessing"]
-        if steps["crop"] > steps["resize"]:
+        where = f"config key models.{name}.preprocessing"
+        if steps is None:
+            if not _source_prescribes(model):
+                raise ConfigError(
+                    f"{where}: not set, and arch {model['arch']} has no preprocessing of its own; "
+                    "give resize, crop, mean and std"
+                )
+            continue
+        resize = steps["resize"]
+        crop = _pair(steps["crop"])
+        limit = (resize, resize) if isinstance(resize, int) else _pair(resize)
+        if crop[0] > limit[0] or crop[1] > limit[1]:
             raise ConfigError(
-                f"config key models.{name}.preprocessing.crop: {steps['crop']} is larger than resize "
-                f"({steps['resize']}); expected crop <= resize (the crop would pad the image with black)"
+                f"{where}.crop: {steps['crop']} is larger than resize ({resize}); expected crop <= resize "
+                "(the crop would pad the image with black)"
+            )
+        if len(steps["std"]) != len(steps["mean"]):
+            raise ConfigError(
+                f"{where}.std: {len(steps['std'])} values for {len(steps['mean'])} means; expected one per channel"
+            )
+        if model.get("in_channels") and model["in_channels"] != len(steps["mean"]):
+            raise ConfigError(
+                f"{where}.mean: {len(steps['mean'])} values, but models.{name}.in_channels is {model['in_channels']}"
             )
 
 

@@ -16,7 +16,7 @@ from unitscope.data.manifest import ManifestDataset, read_manifest
 from unitscope.fsutil import write_text_atomic
 from unitscope.hooks import hooked
 from unitscope.models.errors import ModelError
-from unitscope.models.preprocessing import build_transform
+from unitscope.models.preprocessing import build_transform, input_channels, input_size
 from unitscope.models.registry import CIFAR10_CLASSES, build_model, imagenet_categories, summary_layers
 from unitscope.models.weights import torchvision_weights
 from unitscope.runtime import loader_workers, use_threads
@@ -40,7 +40,7 @@ def _classes(spec: Mapping, num_outputs: int | None) -> dict:
     return {"n": num_outputs, "source": "unknown", "names": None}
 
 
-def _layer_table(model: nn.Module, crop: int) -> tuple[list[dict], int | None]:
+def _layer_table(model: nn.Module, input_shape: list[int]) -> tuple[list[dict], int | None]:
     """One dummy forward with hooks: output shape [C, H, W] (or [F]) of each summary layer."""
     names = summary_layers(model)
     modules = dict(model.named_modules())
@@ -55,7 +55,7 @@ def _layer_table(model: nn.Module, crop: int) -> tuple[list[dict], int | None]:
 
     device = next(model.parameters()).device
     with hooked(model, {n: hook_for(n) for n in names}), torch.inference_mode():
-        output = model(torch.zeros(1, 3, crop, crop, device=device))
+        output = model(torch.zeros(1, *input_shape, device=device))
     table = [
         {
             "name": n,
@@ -144,7 +144,8 @@ def model_card(
     """
     preprocessing = dict(spec["preprocessing"])
     ckpt_info = getattr(model, "unitscope_checkpoint", None)  # set by build_model: the bytes it loaded
-    layers, num_outputs = _layer_table(model, int(preprocessing["crop"]))
+    input_shape = [input_channels(preprocessing), *input_size(preprocessing)]
+    layers, num_outputs = _layer_table(model, input_shape)
     card = {
         "name": name,
         "arch": spec.get("arch"),
@@ -154,7 +155,7 @@ def model_card(
         "tau": spec.get("tau"),
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "preprocessing": preprocessing,
-        "input_shape": [3, int(preprocessing["crop"]), int(preprocessing["crop"])],
+        "input_shape": input_shape,
         "num_outputs": num_outputs,
         "classes": _classes(spec, num_outputs),
         "layers": layers,

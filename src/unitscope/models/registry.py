@@ -12,9 +12,8 @@ import difflib
 import torchvision
 from torch import nn
 
-from unitscope.models.cifar_resnet import cifar_resnet20, cifar_resnet56
 from unitscope.models.errors import ModelError
-from unitscope.models.toponet import toponet_resnet18
+from unitscope.models.sources import LOCAL_ARCHS, build_architecture
 from unitscope.models.weights import (
     build_torchvision,
     checkpoint_path,
@@ -36,12 +35,6 @@ __all__ = [
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
-LOCAL_ARCHS = {
-    "cifar_resnet20": cifar_resnet20,
-    "cifar_resnet56": cifar_resnet56,
-    "toponet_resnet18": toponet_resnet18,
-}
-
 
 def load_model(ref: ModelRef) -> nn.Module:
     """`build_model` for a stage's `ModelRef` (the settings object its rule was given)."""
@@ -51,21 +44,23 @@ def load_model(ref: ModelRef) -> nn.Module:
 def build_model(name: str, spec: dict, *, data_dir, torch_home) -> nn.Module:
     """The registry entry `models.<name>` as an eval-mode CPU model with frozen parameters.
 
-    `data_dir` resolves relative checkpoint paths; `torch_home` is the torch hub cache
-    (TORCH_HOME) used by torchvision archs (None: torch's current default).
+    torchvision entries with `weights` go through torchvision's loader (on checked bytes); every other entry is
+    its architecture (`sources.build_architecture`) plus its `checkpoint`, read safely and matched key by key.
+    `data_dir` resolves relative checkpoint paths; `torch_home` is the torch hub cache (TORCH_HOME) used by
+    torchvision weights (None: torch's current default).
     """
-    arch = spec.get("arch")
-    if not arch:
-        raise ModelError(f"model {name}: models.{name}.arch is not set")
-    if arch.startswith("torchvision."):
+    arch = spec.get("arch") or ""
+    if arch.startswith("torchvision.") and spec.get("weights"):
         model, checkpoint = build_torchvision(name, spec, arch, data_dir, torch_home)
-    elif arch in LOCAL_ARCHS:
-        path = checkpoint_path(name, spec, data_dir, required=True)
-        model = LOCAL_ARCHS[arch]()
-        checkpoint = load_checkpoint(name, spec, arch, model, path)
     else:
-        valid = ", ".join([*LOCAL_ARCHS, "torchvision.<name>"])
-        raise ModelError(f"model {name}: models.{name}.arch {arch!r} is not one of {valid}")
+        if arch.startswith("timm.") and spec.get("weights"):
+            raise ModelError(
+                f"model {name}: models.{name}.weights is for torchvision archs; give a timm model's weights as "
+                f"models.{name}.checkpoint (a .safetensors or .pth file)"
+            )
+        model = build_architecture(name, spec)
+        path = checkpoint_path(name, spec, data_dir, required=True)
+        checkpoint = load_checkpoint(name, spec, arch, model, path)
     model = model.to("cpu").eval()
     model.requires_grad_(False)
     model.unitscope_checkpoint = checkpoint  # {path, sha256, bytes} of the bytes loaded, for the card

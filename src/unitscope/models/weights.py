@@ -59,6 +59,11 @@ def first_few(items: list[str], n: int = SHOW) -> str:
 def checkpoint_path(name: str, spec: Mapping, data_dir, *, required: bool) -> Path | None:
     value = spec.get("checkpoint")
     if not value:
+        if required and str(spec.get("arch")).startswith("torchvision."):
+            raise ModelError(
+                f"model {name}: arch {spec.get('arch')} needs models.{name}.weights (a torchvision weights name) "
+                f"or models.{name}.checkpoint"
+            )
         if required:
             raise ModelError(
                 f"model {name}: models.{name}.checkpoint is not set; arch {spec.get('arch')} needs a checkpoint file"
@@ -96,9 +101,25 @@ def _check_sha256(name: str, spec: Mapping, path: Path, data: bytes) -> dict:
     return {"path": str(path), "sha256": actual, "bytes": len(data)}
 
 
+def _read_safetensors(name: str, path: Path, data: bytes) -> dict:
+    """A .safetensors file (timm's and Hugging Face's format): tensors only, nothing to unpickle."""
+    try:
+        from safetensors.torch import load
+    except ImportError:
+        raise ModelError(f"model {name}: checkpoint {path} is a .safetensors file; pip install safetensors") from None
+    try:
+        return load(data)
+    except Exception as err:
+        raise ModelError(
+            f"model {name}: cannot read checkpoint {path} as safetensors ({type(err).__name__}: {one_line(err, 150)})"
+        ) from None
+
+
 def _read_checkpoint(name: str, path: Path, data: bytes, *, trusted: bool):
-    """torch.load of `path`'s bytes `data` on CPU; weights_only=True unless trusted. Unreadable files become
-    ModelErrors."""
+    """torch.load of `path`'s bytes `data` on CPU; weights_only=True unless trusted (a .safetensors file is read
+    as such). Unreadable files become ModelErrors."""
+    if path.suffix == ".safetensors":
+        return _read_safetensors(name, path, data)
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=not trusted)
     except pickle.UnpicklingError as err:
@@ -281,26 +302,18 @@ def _build_with_weights(name: str, builder, weights, filename: str, data: bytes)
 
 
 def build_torchvision(name: str, spec: Mapping, arch: str, data_dir, torch_home) -> tuple[nn.Module, dict]:
-    """A torchvision model and the card entry of its checkpoint (the local file, or the hub cache's)."""
+    """A torchvision model with its `weights` enum (the local checkpoint, or the hub cache's file) and the card
+    entry of the bytes loaded. Entries without `weights` are built by `sources` and given their checkpoint."""
+    from unitscope.models.sources import torchvision_builder
+
     tv_arch = arch.split(".", 1)[1]
-    try:
-        builder = torchvision.models.get_model_builder(tv_arch)
-    except ValueError:
-        raise ModelError(f"model {name}: models.{name}.arch: torchvision has no model {tv_arch!r}") from None
+    builder = torchvision_builder(name, tv_arch)
     checkpoint = checkpoint_path(name, spec, data_dir, required=False)
-    weights_name = spec.get("weights")
-    if not weights_name:
-        if checkpoint is None:
-            raise ModelError(
-                f"model {name}: arch {arch} needs models.{name}.weights (a torchvision weights name) "
-                f"or models.{name}.checkpoint"
-            )
-        model = builder(weights=None)
-        return model, load_checkpoint(name, spec, arch, model, checkpoint)
-    weights = torchvision_weights(name, tv_arch, weights_name)
+    weights = torchvision_weights(name, tv_arch, spec["weights"])
     filename = os.path.basename(urlparse(weights.url).path)
     if checkpoint is None:
         with _torch_home(torch_home) as hub_dir:
             checkpoint = _weights_file(name, spec, weights, hub_dir / "checkpoints" / filename)
     data, info = _verified_weights(name, spec, weights, filename, checkpoint)
-    return _build_with_weights(name, builder, weights, filename, data), info
+    kwargs = dict(spec.get("kwargs") or {})
+    return _build_with_weights(name, lambda weights: builder(weights=weights, **kwargs), weights, filename, data), info

@@ -356,11 +356,11 @@ def test_schema_defaults_and_layer_resolution(default_config):
     assert faces["model"] == "mobilenet_v2_imagenet" and faces["selection"]["percentile"] == 5
     assert faces["interventions"]["n_random"] == 100 and faces["interventions"]["n_matched"] == 100
     assert faces["probe"]["folds"] == 5 and faces["selection"]["use"] == "top_percentile"
-    assert intervention_layer(faces, config["models"]) == "features.18"
-    assert len(probe_layers(faces, config["models"])) == 5
-    assert intervention_layer({**faces, "model": "resnet56_cifar"}, config["models"]) == "layer3"
+    assert intervention_layer(faces, config) == "features.18"
+    assert probe_layers(faces, config) == ["features.1", "features.3", "features.6", "features.13", "features.18"]
+    assert intervention_layer({**faces, "model": "resnet56_cifar"}, config) == "layer3"
     with pytest.raises(FacesConfigError, match="faces.model: model 'resnet18_imagenet' is disabled"):
-        intervention_layer({**faces, "model": "resnet18_imagenet"}, config["models"])
+        intervention_layer({**faces, "model": "resnet18_imagenet"}, config)
 
 
 # Which rules' settings a changed key reaches (FacesPlan fields): only those re-run, with their dependants.

@@ -307,7 +307,7 @@ def _faces_source(config: Mapping, where: str, model: str, layer: str) -> dict:
     faces = config.get("faces", {})
     if not faces.get("enabled", False):
         raise ConfigError(f"{where}.from_faces: the faces study is disabled (faces.enabled)")
-    face_layer = intervention_layer(faces, config.get("models", {}))
+    face_layer = intervention_layer(faces, config)
     inside = layer == face_layer or layer.startswith(f"{face_layer}.")
     if faces.get("model") != model or not inside:
         raise ConfigError(

@@ -1,6 +1,6 @@
 """Parse time (no torch): the faces study's settings, one frozen `Settings` per rule, built once from the validated
-config. Per-architecture defaults resolve `faces.layer: null` and `faces.probe_layers: null` here, so the rule file
-and the stages see the layer the study uses. Each rule gets only the settings that change its results.
+config. The model's graph (`unitscope.models.facts`, surveyed once and cached) resolves `faces.layer: null` and
+`faces.probe_layers: null` here, so the rule file and the stages see the layer the study uses. Each rule gets only the settings that change its results.
 """
 
 from __future__ import annotations
@@ -9,52 +9,42 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 from unitscope.errors import UnitscopeError
+from unitscope.models.facts import model_facts
 from unitscope.settings import Settings
-
-# arch -> (intervention layer: the last conv block, probe layers: stem/stage outputs at five depths)
-ARCH_DEFAULTS: dict[str, tuple[str, list[str]]] = {
-    "torchvision.mobilenet_v2": (
-        "features.18",
-        ["features.3", "features.6", "features.13", "features.16", "features.18"],
-    ),
-    "torchvision.resnet18": ("layer4", ["maxpool", "layer1", "layer2", "layer3", "layer4"]),
-    "toponet_resnet18": ("layer4", ["maxpool", "layer1", "layer2", "layer3", "layer4"]),
-    "cifar_resnet20": ("layer3", ["relu", "layer1", "layer2", "layer3.0", "layer3"]),
-    "cifar_resnet56": ("layer3", ["relu", "layer1", "layer2", "layer3.0", "layer3"]),
-}
-
 
 class FacesConfigError(UnitscopeError, ValueError):
     """The faces study's settings do not fit the rest of the config; one line naming the key."""
 
 
-def _arch(settings: dict, models: dict) -> str:
+def _check_model(settings: dict, models: Mapping) -> str:
     name = settings["model"]
     if name not in models:
         raise FacesConfigError(f"config key faces.model: unknown model {name!r} (models: {', '.join(models)})")
     if not models[name].get("enabled", True):
         raise FacesConfigError(f"config key faces.model: model {name!r} is disabled (models.{name}.enabled)")
-    return models[name]["arch"]
+    return name
 
 
-def intervention_layer(settings: dict, models: dict) -> str:
-    """`faces.layer`, or the architecture's last conv block when it is null."""
-    arch = _arch(settings, models)
+def intervention_layer(settings: dict, config: Mapping) -> str:
+    """`faces.layer`, or the model's last conv block (found from its graph: `unitscope.models.graph`) when null."""
+    name = _check_model(settings, config["models"])
     if settings.get("layer"):
         return settings["layer"]
-    if arch not in ARCH_DEFAULTS:
-        raise FacesConfigError(f"config key faces.layer: no default layer for arch {arch!r}; set faces.layer")
-    return ARCH_DEFAULTS[arch][0]
+    layer = model_facts(config, name)["last_block"]
+    if not layer:
+        raise FacesConfigError(f"config key faces.layer: model {name} has no layer with a 4-D output; set faces.layer")
+    return layer
 
 
-def probe_layers(settings: dict, models: dict) -> list[str]:
-    """`faces.probe_layers`, or five depths of the architecture when it is null."""
-    arch = _arch(settings, models)
+def probe_layers(settings: dict, config: Mapping) -> list[str]:
+    """`faces.probe_layers`, or five depths of the model (stage ends found from its graph) when null."""
+    name = _check_model(settings, config["models"])
     if settings.get("probe_layers"):
         return list(settings["probe_layers"])
-    if arch not in ARCH_DEFAULTS:
-        raise FacesConfigError(f"config key faces.probe_layers: no default for arch {arch!r}; list the layers")
-    return list(ARCH_DEFAULTS[arch][1])
+    layers = model_facts(config, name)["probe_layers"]
+    if not layers:
+        raise FacesConfigError(f"config key faces.probe_layers: model {name} has no 4-D layers; list the layers")
+    return list(layers)
 
 
 def check_datasets(settings: dict, datasets: dict) -> None:
@@ -81,7 +71,7 @@ def _datasets(config: Mapping) -> tuple[str, ...]:
 
 
 def _layer(config: Mapping) -> str:
-    return intervention_layer(config["faces"], config["models"])
+    return intervention_layer(config["faces"], config)
 
 
 class _ByDataset:
@@ -176,7 +166,7 @@ class ProbeSettings(_ByDataset, Settings):
     @classmethod
     def from_config(cls, config: Mapping) -> ProbeSettings:
         faces, datasets = config["faces"], _datasets(config)
-        layers = tuple(probe_layers(faces, config["models"]))
+        layers = tuple(probe_layers(faces, config))
         probe = faces["probe"]
         return cls(layers=layers, datasets=datasets, folds=probe["folds"], C=probe["C"], seed=config["seed"])
 
@@ -273,8 +263,8 @@ class FacesPlan:
     def from_config(cls, config: Mapping) -> FacesPlan:
         faces = config["faces"]
         check_datasets(faces, config["datasets"])  # the checks in the order their errors are reported
-        intervention_layer(faces, config["models"])
-        probe_layers(faces, config["models"])
+        intervention_layer(faces, config)
+        probe_layers(faces, config)
         return cls(
             model=faces["model"],
             selection=SelectionSettings.from_config(config),

@@ -1,0 +1,5 @@
+"""`python -m unitscope ...`: see `unitscope.cli`."""
+
+from unitscope.cli import main
+
+raise SystemExit(main())
