@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from unitscope.report.plotting import save_figure
-from unitscope.studies.actmax.grids import display_normalize  # noqa: E402
+from unitscope.studies.actmax.grids import display_normalize, display_tile  # noqa: E402
 from unitscope.studies.actmax.polysemanticity import most_polysemantic  # noqa: E402
 
 __all__ = [
@@ -48,7 +48,7 @@ def draw_figures(inputs, paths: Mapping[str, str], rho: float) -> None:
 
 
 def _show(ax, image: np.ndarray) -> None:
-    ax.imshow(display_normalize(image[None])[0].transpose(1, 2, 0), interpolation="nearest")
+    ax.imshow(display_tile(display_normalize(image[None])[0]), cmap="gray", interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
 

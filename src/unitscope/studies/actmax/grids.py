@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from unitscope.fsutil import atomic_path
 from unitscope.studies.actmax.runs import GROUP_COLUMNS
 
-__all__ = ["display_normalize", "save_grid", "save_unit_grids"]
+__all__ = ["display_normalize", "display_tile", "save_grid", "save_unit_grids"]
 
 
 def display_normalize(images: np.ndarray) -> np.ndarray:
@@ -25,8 +25,15 @@ def display_normalize(images: np.ndarray) -> np.ndarray:
     return (stretched * 255).round().astype(np.uint8)
 
 
+def display_tile(image: np.ndarray) -> np.ndarray:
+    """One uint8 image [C, H, W] -> what PIL and matplotlib show: [H, W] for one channel (grayscale), else
+    [H, W, C]."""
+    return image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+
+
 def save_grid(images: np.ndarray, path, *, scale: int = 3, row_labels=None, col_labels=None) -> None:
-    """[rows, cols, 3, H, W] -> one PNG (nearest upscaling, 2-px gaps, optional text labels)."""
+    """[rows, cols, C, H, W] (C = 3: RGB, C = 1: grayscale) -> one PNG (nearest upscaling, 2-px gaps, optional
+    text labels); H and W may differ."""
     rows, cols, _, height, width = images.shape
     cell_h, cell_w, gap = height * scale, width * scale, 2
     left = 34 if row_labels else 0
@@ -36,7 +43,7 @@ def save_grid(images: np.ndarray, path, *, scale: int = 3, row_labels=None, col_
     shown = display_normalize(images)
     for r in range(rows):
         for c in range(cols):
-            tile = Image.fromarray(shown[r, c].transpose(1, 2, 0)).resize((cell_w, cell_h), Image.NEAREST)
+            tile = Image.fromarray(display_tile(shown[r, c])).convert("RGB").resize((cell_w, cell_h), Image.NEAREST)
             canvas.paste(tile, (left + c * (cell_w + gap), top + r * (cell_h + gap)))
         if row_labels:
             draw.text((2, top + r * (cell_h + gap) + cell_h // 2 - 5), str(row_labels[r]), fill=(0, 0, 0))
@@ -56,7 +63,7 @@ def save_unit_grids(table: pd.DataFrame, snapshots: np.ndarray, snapshot_steps, 
         target = f"_class{first['target_class']}" if first["target_class"] >= 0 else ""
         name = f"{first['objective']}{position}{target}_{first['init']}_l2-{first['l2']:g}_tv-{first['tv']:g}.png"
         rows = group.index.to_numpy()
-        tiles = snapshots[:, rows].transpose(1, 0, 2, 3, 4)  # [seeds, snapshots, 3, H, W]
+        tiles = snapshots[:, rows].transpose(1, 0, 2, 3, 4)  # [seeds, snapshots, C, H, W]
         save_grid(
             tiles,
             out_dir / f"ch{int(first['channel']):03d}" / name,

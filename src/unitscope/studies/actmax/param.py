@@ -4,6 +4,10 @@ Two parameterisations: `pixel` (the image itself, clamped to [0, 1] after each A
 `fft_image` and `to_valid_rgb`: a 1/f-scaled Fourier spectrum, decorrelated colour, sigmoid), which 224-px
 ImageNet models need because plain pixels give high-frequency noise there. Every initialisation is an image
 (`initial_images`); for `fft` it is converted exactly into the spectrum that produces it.
+
+Images are [B, C, H, W] of any height and width (odd or not, H != W) and any number of channels. The colour
+decorrelation is ImageNet's RGB correlation, so it applies to 3-channel images only; any other channel count
+(a grayscale model's 1) goes through the spectrum and the sigmoid without mixing channels.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ __all__ = [
     "COLOR_DECORRELATION",
     "PARAMETERIZATIONS",
     "ImageParam",
+    "decorrelates_colour",
     "fft_image_to_spectrum",
     "image_param",
     "initial_images",
@@ -90,11 +95,18 @@ def _spectrum_scale(height: int, width: int, decay_power: float = 1.0) -> torch.
     return 1.0 / torch.clamp(freqs, min=1.0 / max(height, width)) ** decay_power  # [H, W//2 + 1]
 
 
+def decorrelates_colour(channels: int) -> bool:
+    """Whether images of `channels` channels get the colour decorrelation (RGB only)."""
+    return channels == COLOR_DECORRELATION.shape[0]
+
+
 def spectrum_to_image(spectrum: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Complex [B, 3, H, W//2+1] (unscaled) -> image in (0, 1): 1/f scaling, inverse FFT, colour mix, sigmoid."""
+    """Complex [B, C, H, W//2+1] (unscaled) -> image in (0, 1): 1/f scaling, inverse FFT, colour mix (C = 3 only),
+    sigmoid."""
     scaled = spectrum * _spectrum_scale(height, width).to(spectrum.device)
     image = torch.fft.irfftn(scaled, s=(height, width), norm="ortho") / FFT_MAGIC
-    image = torch.einsum("bchw,dc->bdhw", image, COLOR_DECORRELATION.to(image.device))
+    if decorrelates_colour(image.shape[1]):
+        image = torch.einsum("bchw,dc->bdhw", image, COLOR_DECORRELATION.to(image.device))
     return torch.sigmoid(image)
 
 
@@ -102,7 +114,8 @@ def fft_image_to_spectrum(images: torch.Tensor) -> torch.Tensor:
     """The inverse of `spectrum_to_image` (pixels clipped to [0.001, 0.999] so the logit is finite)."""
     height, width = images.shape[2:]
     pre = torch.logit(images.clamp(1e-3, 1 - 1e-3))
-    pre = torch.einsum("bdhw,cd->bchw", pre, torch.linalg.inv(COLOR_DECORRELATION).to(images.device))
+    if decorrelates_colour(images.shape[1]):
+        pre = torch.einsum("bdhw,cd->bchw", pre, torch.linalg.inv(COLOR_DECORRELATION).to(images.device))
     spectrum = torch.fft.rfftn(pre * FFT_MAGIC, s=(height, width), norm="ortho")
     return spectrum / _spectrum_scale(height, width).to(images.device)
 

@@ -1,9 +1,11 @@
 """Activation maximisation on a registry model (`unitscope.models.registry.build_model`), channel level: which
 channels (listed, or the faces study's first selected ones) and how they are optimised.
 
-224-px ImageNet models use the FFT / decorrelated-colour parameterisation with random transforms (lucent's
-approach), since plain pixels give high-frequency noise there; small inputs use plain pixels. Kept apart from
-the Colored-MNIST modules so that their stages do not depend on the model registry's or the faces study's code.
+Large inputs (224-px ImageNet models) use the FFT / decorrelated-colour parameterisation with random transforms
+(lucent's approach), since plain pixels give high-frequency noise there; small inputs use plain pixels. Works on
+any CNN: input size and channels come from the model's preprocessing (non-square, grayscale), the layer is any
+module path. Kept apart from the Colored-MNIST modules so that their stages do not depend on the model
+registry's or the faces study's code.
 """
 
 from __future__ import annotations
@@ -44,16 +46,20 @@ def target_channels(target: RegistryTarget, faces_selection=None) -> list[int]:
 
 
 def optimize_registry_target(model, model_name: str, spec: Mapping, target: RegistryTarget, channels: Sequence[int]):
-    """Optimise the target's channels (objectives x seeds, grey start) on the built `model`: FFT with transforms
-    for inputs of 64 px and more unless the target sets its parameterisation. Returns the result and the table's
-    extra columns (model, parameterization, unit_layer)."""
-    size = int(spec["preprocessing"]["crop"])
+    """Optimise the target's channels (objectives x seeds, grey start) on the built `model`, any CNN: images of
+    its input shape (`input_size`, `input_channels` of its preprocessing), normalised by its mean and std; FFT
+    with transforms when both sides are 64 px or more, unless the target sets its parameterisation. The target
+    layer may be any module path; the forward pass stops there. Returns the result and the table's extra
+    columns (model, parameterization, unit_layer)."""
+    from unitscope.models.preprocessing import input_channels, input_size  # torchvision: only this stage
+
+    preprocessing = spec["preprocessing"]
+    shape = (input_channels(preprocessing), *input_size(preprocessing))
     unit_layer = target.unit_layer or target.layer
-    if unit_layer != target.layer:
-        _check_same_channels(model, target.layer, unit_layer, size)
+    _check_layers(model, model_name, target.layer, unit_layer, shape)
     parameterization = target.parameterization
     if parameterization == "auto":
-        parameterization = "fft" if size >= 64 else "pixel"
+        parameterization = "fft" if min(shape[1:]) >= 64 else "pixel"
     rows = [
         {"channel": c, "objective": o, "seed": s, "init": "gray_noise", "l2": target.l2, "tv": target.tv}
         for c in channels
@@ -64,21 +70,29 @@ def optimize_registry_target(model, model_name: str, spec: Mapping, target: Regi
         model,
         target.layer,
         UnitSpecs.from_rows(rows),
-        image_shape=(3, size, size),
+        image_shape=shape,
         steps=int(target.steps),
         lr=float(target.lr),
         l2_center=0.5,
         parameterization=parameterization,
         transforms=parameterization == "fft",
-        input_mean=spec["preprocessing"]["mean"],
-        input_std=spec["preprocessing"]["std"],
+        input_mean=preprocessing["mean"],
+        input_std=preprocessing["std"],
     )
     return result, {"model": model_name, "parameterization": parameterization, "unit_layer": unit_layer}
 
 
-def _check_same_channels(model: torch.nn.Module, layer: str, unit_layer: str, size: int) -> None:
-    with ActivationRecorder(model, [layer, unit_layer]) as recorder, torch.inference_mode():
-        means = recorder(torch.zeros(1, 3, size, size))
+def _check_layers(model: torch.nn.Module, model_name: str, layer: str, unit_layer: str, shape) -> None:
+    """Both layers exist (else the registry's one-line error with the nearest name) and, when they differ, have
+    the same channels (one forward pass on a blank image, stopped once both have run)."""
+    from unitscope.models.registry import resolve_layer  # torchvision: only this stage
+
+    for name in dict.fromkeys((layer, unit_layer)):
+        resolve_layer(model, name, model_name)
+    if unit_layer == layer:
+        return
+    with ActivationRecorder(model, [layer, unit_layer], stop_early=True) as recorder, torch.inference_mode():
+        means = recorder(torch.zeros(1, *shape))
     if means[layer].shape[1] != means[unit_layer].shape[1]:
         raise ValueError(
             f"actmax registry target layer {layer!r} has {means[layer].shape[1]} channels, but the units it stands "

@@ -193,6 +193,11 @@ def _check_request(model, layer: str, specs: UnitSpecs, settings: RenderSettings
         )
     if settings.steps < 1 or settings.lr <= 0:
         raise ActmaxError(f"steps must be >= 1 and lr > 0 (got steps={settings.steps}, lr={settings.lr})")
+    channels = settings.image_shape[0]
+    for name in ("input_mean", "input_std"):
+        values = getattr(settings, name)
+        if values is not None and len(values) != channels:
+            raise ActmaxError(f"{name} has {len(values)} values; expected one per image channel ({channels})")
     try:
         get_module(model, layer)
     except HookError as err:  # its message lists valid layers
@@ -340,12 +345,13 @@ def _climb(
 
 @torch.no_grad()
 def _final_values(model, capture: _Capture, objective, specs: UnitSpecs, inputs: torch.Tensor, topk: int) -> dict:
-    """The final objective, the unit alone (D without its logit term) and the target logit (nan without one)."""
-    capture.stop = False
+    """The final objective, the unit alone (D without its logit term) and the target logit (nan without one).
+    The pass runs past the layer only when logits are needed."""
+    has_target = specs.target_class >= 0
+    capture.stop = LOGITS not in objective.needs and not bool(has_target.any())
     captured = _evaluate(model, capture, inputs)
     final_objective = objective(captured).cpu().numpy()
     final_unit = build_objective(capture.layer, specs, topk=topk, include_logits=False)(captured).cpu().numpy()
-    has_target = specs.target_class >= 0
     final_logit = np.full(len(specs), np.nan, dtype=np.float32)
     if bool(has_target.any()):
         logits = logit(specs.target_class)(captured).cpu().numpy()

@@ -1,6 +1,9 @@
 """Random transforms for activation maximisation (lucent's `transforms.standard_transforms`): each step sees the
 image padded, jittered, scaled and rotated at random, the same way for the whole batch, so the optimum must
 survive small shifts and turns instead of exploiting single pixels.
+
+Images may have any number of channels and any height and width: the rotation is a true rotation in pixels
+also when height != width (`affine_grid` works in coordinates normalised per axis, see `_rotation_scale`).
 """
 
 from __future__ import annotations
@@ -37,15 +40,19 @@ def random_transform(images: torch.Tensor, generator: torch.Generator, pad: int)
     angles = list(range(-10, 11)) + 5 * [0]
     scale = scales[int(torch.randint(len(scales), (1,), generator=generator))]
     angle = math.radians(angles[int(torch.randint(len(angles), (1,), generator=generator))])
-    theta = torch.tensor(
-        [
-            [math.cos(angle) / scale, -math.sin(angle) / scale, 0.0],
-            [math.sin(angle) / scale, math.cos(angle) / scale, 0.0],
-        ],
-        dtype=out.dtype,
-        device=out.device,
-    )
+    theta = _rotation_scale(angle, scale, out.shape[2], out.shape[3]).to(dtype=out.dtype, device=out.device)
     grid = nn.functional.affine_grid(theta.expand(out.shape[0], 2, 3), list(out.shape), align_corners=False)
     out = nn.functional.grid_sample(out, grid, mode="bilinear", padding_mode="border", align_corners=False)
     out = jitter(out, max(1, pad // 3))
     return nn.functional.interpolate(out, size=(height, width), mode="bilinear", align_corners=False)
+
+
+def _rotation_scale(angle: float, scale: float, height: int, width: int) -> torch.Tensor:
+    """The [2, 3] `affine_grid` matrix that turns by `angle` and zooms by `scale` about the centre.
+
+    affine_grid's x and y run over [-1, 1] each, so a pixel is 2/width wide and 2/height high: a rotation in
+    pixels is the normalised rotation with its off-diagonal terms scaled by the aspect ratio (both factors are
+    exactly 1 for a square image).
+    """
+    cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+    return torch.tensor([[cos, -sin * (height / width), 0.0], [sin * (width / height), cos, 0.0]])
