@@ -2,15 +2,18 @@
 layer's activation maps and every image's labels at mask resolution, in memmaps in a temporary folder
 (memory stays bounded by a batch of images).
 
-Input geometry (a choice, stated): each image is resized so that its shorter side equals the
-model's `preprocessing.resize` (the scale at which the model sees objects) and is not cropped, so
-the feature map covers the whole frame and is upsampled onto the whole label image.
+Input geometry (a choice, stated): each image is resized as the model's `preprocessing.resize` says (an int:
+the shorter side; [H, W]: exactly that size, as `build_transform` does), the scale at which the model sees
+objects, and is not cropped, so the feature map covers the whole frame and is upsampled onto the whole label
+image (an h x w map onto H x W masks, each axis on its own: neither needs to be square). The crop
+(`input_size`) is left out on purpose: a convolutional layer's maps need no fixed input size. Images are read
+with the model's `input_channels` (1: grayscale, 3: RGB); the concept masks do not depend on the model.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +23,8 @@ from torchvision import transforms
 from tqdm import tqdm
 
 from unitscope.data.concepts import ConceptDataset, open_concepts
-from unitscope.hooks import ActivationRecorder
+from unitscope.hooks import ActivationRecorder, HookError
+from unitscope.models.preprocessing import input_channels
 from unitscope.models.registry import load_model, resolve_layer
 from unitscope.settings import ModelRef
 from unitscope.studies.dissection.dissect import MAX_COMBINATIONS, DissectionError, LabelBatch
@@ -33,11 +37,27 @@ def batches(n: int, batch_size: int) -> Iterator[tuple[int, int]]:
         yield start, min(n, start + batch_size)
 
 
-def dissection_transform(preprocessing: dict):
-    """Shorter side to `preprocessing.resize` (bilinear, antialiased), no crop, then normalise."""
+def dissection_transform(preprocessing: Mapping, model_name: str = "model"):
+    """[grayscale] -> `preprocessing.resize` (bilinear, antialiased; the shorter side, or [H, W]), no crop,
+    then normalise. Concept images are RGB; a 1-channel model reads them as grayscale (PIL's "L")."""
+    channels = input_channels(preprocessing)
+    if channels not in (1, 3) or len(preprocessing["std"]) != channels:
+        raise DissectionError(
+            f"model {model_name}: preprocessing has {channels} means and {len(preprocessing['std'])} stds; "
+            "dissection expects one of each per input channel, 1 (grayscale) or 3 (RGB)"
+        )
+    resize = preprocessing["resize"]
+    if isinstance(resize, list | tuple):
+        if len(resize) != 2:
+            raise DissectionError(f"model {model_name}: preprocessing.resize {resize!r} is not an int or [H, W]")
+        resize = [int(resize[0]), int(resize[1])]
+    else:
+        resize = int(resize)
+    steps = [transforms.Grayscale(num_output_channels=1)] if channels == 1 else []
     return transforms.Compose(
         [
-            transforms.Resize(int(preprocessing["resize"]), antialias=True),
+            *steps,
+            transforms.Resize(resize, antialias=True),
             transforms.ToTensor(),
             transforms.Normalize([float(m) for m in preprocessing["mean"]], [float(s) for s in preprocessing["std"]]),
         ]
@@ -69,11 +89,14 @@ def cache_activations(
     transform,
     folder: Path,
     *,
+    model_name: str = "model",
     batch_size: int = 16,
     progress: bool = True,
 ) -> dict[str, np.memmap]:
-    """One forward pass over the concept images for all `layers`; maps go to float32 memmaps
-    [N, K, h, w] under `folder`."""
+    """One forward pass over the concept images for all `layers` (any module paths of any graph); maps go to
+    float32 memmaps [N, C, h, w] under `folder`. A layer whose output is not one [N, C, h, w] tensor, or a
+    forward pass that fails (an input too small for the network, the wrong channels), is a one-line
+    DissectionError naming `model_name` (and the layer)."""
     caches: dict[str, np.memmap] = {}
     n = len(concepts)
     bar = tqdm(total=n, desc="activations", unit="img", disable=not progress, mininterval=2)
@@ -82,9 +105,18 @@ def cache_activations(
         torch.inference_mode(),
     ):
         for start, stop in batches(n, batch_size):
-            rec(_image_batch(concepts, transform, start, stop))
+            images = _image_batch(concepts, transform, start, stop)
+            try:
+                rec(images)
+            except HookError as error:
+                raise DissectionError(f"model {model_name}: {error}") from error
+            except RuntimeError as error:  # e.g. the input too small for the network, or its channels wrong
+                first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise DissectionError(
+                    f"model {model_name}: the forward pass on images {list(images.shape)} failed: {first_line}"
+                ) from error
             for layer in layers:
-                _store_maps(caches, layer, rec.maps[layer], folder, n, start, stop)
+                _store_maps(caches, layer, rec.maps[layer], folder, n, start, stop, model_name=model_name)
             bar.update(stop - start)
     bar.close()
     return caches
@@ -103,19 +135,31 @@ def _image_batch(concepts: ConceptDataset, transform, start: int, stop: int) -> 
 
 
 def _store_maps(
-    caches: dict[str, np.memmap], layer: str, maps: torch.Tensor, folder: Path, n: int, start: int, stop: int
+    caches: dict[str, np.memmap],
+    layer: str,
+    maps: torch.Tensor,
+    folder: Path,
+    n: int,
+    start: int,
+    stop: int,
+    *,
+    model_name: str,
 ) -> None:
     """Check one batch of a layer's maps and write it into the layer's memmap (created on the first batch)."""
+    where = f"model {model_name} layer {layer!r}"
     if maps.dim() != 4:
-        raise DissectionError(f"layer {layer!r}: output shape {list(maps.shape)} is not [N, C, H, W]")
+        raise DissectionError(
+            f"{where}: output shape {list(maps.shape)} is not [N, C, h, w]; dissection needs a layer whose output "
+            "is one map per channel (a convolutional layer or block, before global pooling and flattening)"
+        )
     if layer not in caches:
         caches[layer] = np.lib.format.open_memmap(
             folder / f"{layer}.npy", mode="w+", dtype=np.float32, shape=(n, *maps.shape[1:])
         )
     if tuple(maps.shape[1:]) != caches[layer].shape[1:]:
-        raise DissectionError(f"layer {layer!r}: map shape changed between images")
+        raise DissectionError(f"{where}: map shape changed between images")
     if not torch.isfinite(maps).all():
-        raise DissectionError(f"layer {layer!r}: NaN or infinite activations on images {start}..{stop - 1}")
+        raise DissectionError(f"{where}: NaN or infinite activations on images {start}..{stop - 1}")
     caches[layer][start:stop] = maps.numpy()
 
 

@@ -1,17 +1,26 @@
 """One layer dissected over the cached maps and labels (see `caches`): its thresholds, the tally streamed
 over the images in batches, the unit table and the layer's summary (with bootstrap intervals over images),
-each unit's top activating images, and the arrays the tallies file keeps for the figures."""
+each unit's top activating images, and the arrays the tallies file keeps for the figures. `dissect_network`
+does it for any layers of any network (what the dissection stage runs once its model is built)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
 from unitscope.data.concepts import ConceptDataset
-from unitscope.studies.dissection.caches import LabelCache, batches
+from unitscope.studies.dissection.caches import (
+    LabelCache,
+    batches,
+    cache_activations,
+    cache_labels,
+    dissection_transform,
+)
 from unitscope.studies.dissection.dissect import (
     BOOTSTRAP_RESAMPLES,
     MAX_TALLY_BINS,
@@ -140,6 +149,47 @@ def dissect_cached_layer(
         flush=True,
     )
     return LayerDissection(units, row, arrays)
+
+
+def dissect_network(
+    network: torch.nn.Module,
+    concepts: ConceptDataset,
+    layers: Sequence[str],
+    preprocessing: Mapping,
+    *,
+    model_name: str,
+    shape: tuple[int, int],
+    quantile: float,
+    iou_threshold: float,
+    top_k: int,
+    seed: int,
+    folder: Path,
+    batch_size: int = 16,
+) -> list[LayerDissection]:
+    """Every one of `layers` (module paths of `network`, in order of depth) against the concepts, with masks of
+    `shape`: one forward pass (images read as `preprocessing` says, see `caches`), maps and labels cached in
+    memmaps under `folder` (which the caller removes)."""
+    transform = dissection_transform(preprocessing, model_name)
+    caches = cache_activations(
+        network, concepts, list(layers), transform, Path(folder), model_name=model_name, batch_size=batch_size
+    )
+    labels = cache_labels(concepts, shape, Path(folder))
+    return [
+        dissect_cached_layer(
+            caches[layer],
+            labels,
+            concepts,
+            model_name=model_name,
+            layer=layer,
+            depth=depth,
+            quantile=quantile,
+            iou_threshold=iou_threshold,
+            top_k=top_k,
+            seed=seed,
+            batch_size=batch_size,
+        )
+        for depth, layer in enumerate(layers)
+    ]
 
 
 def concept_arrays(concepts: ConceptDataset, shape: tuple[int, int]) -> dict[str, np.ndarray]:

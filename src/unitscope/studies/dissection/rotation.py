@@ -3,12 +3,14 @@
 A random orthogonal Q (det +1), fractional powers Q^alpha via the real Schur form with every rotation angle
 scaled by alpha, applied to the channel axis of the activations before thresholding (thresholds recomputed
 for the rotated units). Q^0 is the identity for every seed, so alpha = 0 is dissected once and shared by the
-seeds. Seed s draws Q from numpy's generator seeded with (config seed, s).
+seeds. Seed s draws Q from numpy's generator seeded with (config seed, s). Any layer whose output is
+[N, C, h, w] will do (`rotate_network`): Q is C x C, whatever C is.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,13 @@ import torch
 from tqdm import tqdm
 
 from unitscope.data.concepts import ConceptDataset
-from unitscope.studies.dissection.caches import LabelCache, batches
+from unitscope.studies.dissection.caches import (
+    LabelCache,
+    batches,
+    cache_activations,
+    cache_labels,
+    dissection_transform,
+)
 from unitscope.studies.dissection.dissect import DissectionError, concept_lookup, layer_summary, unit_thresholds
 from unitscope.studies.dissection.layer_dissection import dissect_layer, unit_table
 
@@ -135,3 +143,45 @@ def rotation_rows(
             bar.update(1)
     bar.close()
     return rows
+
+
+def rotate_network(
+    network: torch.nn.Module,
+    concepts: ConceptDataset,
+    layer: str,
+    preprocessing: Mapping,
+    *,
+    model_name: str,
+    shape: tuple[int, int],
+    alphas: list[float],
+    seeds: int,
+    quantile: float,
+    iou_threshold: float,
+    seed: int,
+    folder: Path,
+    batch_size: int = 16,
+) -> list[dict]:
+    """The rotation experiment on `layer` (a module path of `network`): its maps cached once (images read as
+    `preprocessing` says), then `rotation_rows` with masks of `shape`; memmaps go under `folder`."""
+    transform = dissection_transform(preprocessing, model_name)
+    maps = cache_activations(
+        network, concepts, [layer], transform, Path(folder), model_name=model_name, batch_size=batch_size
+    )[layer]
+    labels = cache_labels(concepts, shape, Path(folder))
+    print(
+        f"rotation: {model_name} {layer} ({maps.shape[1]} units) on {concepts.describe()}; "
+        f"masks {shape[0]}x{shape[1]}; alphas {list(alphas)}, {seeds} seeds",
+        flush=True,
+    )
+    return rotation_rows(
+        maps,
+        labels,
+        concepts,
+        alphas=list(alphas),
+        seeds=seeds,
+        quantile=quantile,
+        iou_threshold=iou_threshold,
+        seed=seed,
+        folder=Path(folder),
+        batch_size=batch_size,
+    )

@@ -19,17 +19,11 @@ import pandas as pd
 from unitscope.data.concepts import mask_shape
 from unitscope.fsutil import write_parquet
 from unitscope.report.sections import write_section
-from unitscope.studies.dissection.caches import (
-    cache_activations,
-    cache_labels,
-    dissection_transform,
-    open_concept_source,
-    open_inputs,
-)
+from unitscope.studies.dissection.caches import open_concept_source, open_inputs
 from unitscope.studies.dissection.figures import depth_figure, rotation_figure, top_units_figure, write_unit_images
-from unitscope.studies.dissection.layer_dissection import concept_arrays, dissect_cached_layer
+from unitscope.studies.dissection.layer_dissection import concept_arrays, dissect_network
 from unitscope.studies.dissection.outputs import load_tallies, read_tables, write_tallies
-from unitscope.studies.dissection.rotation import rotation_rows
+from unitscope.studies.dissection.rotation import rotate_network
 from unitscope.studies.dissection.section import STUDY, TITLE, build_section, relative_figure
 from unitscope.studies.dissection.units import check_unit_images
 
@@ -59,26 +53,20 @@ def run_dissection(
     units_path = Path(units_path)
     units_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=units_path.parent, prefix=".cache-") as tmp:
-        transform = dissection_transform(model.spec["preprocessing"])
-        caches = cache_activations(network, concepts, layers, transform, Path(tmp), batch_size=batch_size)
-        labels = cache_labels(concepts, shape, Path(tmp))
-        results = [
-            dissect_cached_layer(
-                caches[layer],
-                labels,
-                concepts,
-                model_name=model.name,
-                layer=layer,
-                depth=depth,
-                quantile=settings.quantile,
-                iou_threshold=settings.iou_threshold,
-                top_k=settings.top_images,
-                seed=settings.seed,
-                batch_size=batch_size,
-            )
-            for depth, layer in enumerate(layers)
-        ]
-        del caches, labels
+        results = dissect_network(
+            network,
+            concepts,
+            layers,
+            model.spec["preprocessing"],
+            model_name=model.name,
+            shape=shape,
+            quantile=settings.quantile,
+            iou_threshold=settings.iou_threshold,
+            top_k=settings.top_images,
+            seed=settings.seed,
+            folder=Path(tmp),
+            batch_size=batch_size,
+        )
     units = pd.concat([result.units for result in results], ignore_index=True)
     write_parquet(units, units_path)
     write_parquet(pd.DataFrame([result.row for result in results]), layers_path)
@@ -95,18 +83,13 @@ def run_rotation(settings: RotationSettings, model: ModelRef, *, out_path, batch
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".cache-") as tmp:
-        transform = dissection_transform(model.spec["preprocessing"])
-        maps = cache_activations(network, concepts, [layer], transform, Path(tmp), batch_size=batch_size)[layer]
-        labels = cache_labels(concepts, shape, Path(tmp))
-        print(
-            f"rotation: {model.name} {layer} ({maps.shape[1]} units) on {concepts.describe()}; "
-            f"masks {shape[0]}x{shape[1]}; alphas {alphas}, {settings.seeds} seeds",
-            flush=True,
-        )
-        rows = rotation_rows(
-            maps,
-            labels,
+        rows = rotate_network(
+            network,
             concepts,
+            layer,
+            model.spec["preprocessing"],
+            model_name=model.name,
+            shape=shape,
             alphas=alphas,
             seeds=settings.seeds,
             quantile=settings.quantile,
@@ -115,7 +98,6 @@ def run_rotation(settings: RotationSettings, model: ModelRef, *, out_path, batch
             folder=Path(tmp),
             batch_size=batch_size,
         )
-        del maps, labels
     table = pd.DataFrame([{"model": model.name, "layer": layer, **row} for row in rows])
     write_parquet(table, out_path)
     return table
