@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from safetensors.torch import save_file
+from anymodels import GRAY_PREPROCESSING, TINYGRAY_SOURCE, save_random_weights, write_user_module
 
 from unitscope.config import ConfigError, validate_config
 from unitscope.fsutil import sha256_file
@@ -27,49 +27,18 @@ from unitscope.models.registry import build_model
 from unitscope.models.sources import build_architecture, source_preprocessing
 
 REPO = Path(__file__).resolve().parents[2]
-GRAY = {"resize": [40, 56], "crop": [40, 56], "mean": [0.5], "std": [0.25]}
-TINYGRAY = '''
-from torch import nn
-
-
-class TinyGray(nn.Sequential):
-    def __init__(self, classes=10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
-        self.relu1 = nn.ReLU()
-        self.pool1 = nn.MaxPool2d(2)
-        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
-        self.relu2 = nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.fc = nn.Linear(16, classes)
-
-
-def tiny_gray(classes=10):
-    return TinyGray(classes)
-'''
-
-
-def _saved(model: torch.nn.Module, path: Path, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    for parameter in model.parameters():
-        parameter.data.normal_(0, 0.05)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path)) if path.suffix == ".safetensors" else torch.save(state, path)
-    return path
+GRAY = GRAY_PREPROCESSING
+TINYGRAY = TINYGRAY_SOURCE
 
 
 @pytest.fixture
 def user_module(tmp_path) -> Path:
-    folder = tmp_path / "mymodels"
-    folder.mkdir()
-    (folder / "tinygray.py").write_text(TINYGRAY)
-    return folder
+    return write_user_module(tmp_path / "mymodels")
 
 
 def test_any_torchvision_builder_with_a_local_checkpoint(tmp_path):
     spec = {"arch": "torchvision.squeezenet1_1", "kwargs": {"num_classes": 7}}
-    path = _saved(build_architecture("sq", spec), tmp_path / "sq.pth", seed=1)
+    path = save_random_weights(build_architecture("sq", spec), tmp_path / "sq.pth", seed=1)
     spec |= {"checkpoint": str(path), "sha256": sha256_file(path)}
     model = build_model("sq", spec, data_dir=tmp_path, torch_home=None)
     assert not model.training and model(torch.zeros(1, 3, 64, 64)).shape == (1, 7)
@@ -97,7 +66,7 @@ def test_preprocessing_comes_from_the_weights_own_transforms():
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_timm_model_from_a_local_checkpoint(tmp_path, suffix):
     spec = {"arch": "timm.resnet18", "kwargs": {"num_classes": 5}}
-    path = _saved(build_architecture("t", spec), tmp_path / f"resnet18{suffix}", seed=2)
+    path = save_random_weights(build_architecture("t", spec), tmp_path / f"resnet18{suffix}", seed=2)
     model = build_model("t", spec | {"checkpoint": str(path)}, data_dir=tmp_path, torch_home=None)
     assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 5)
     with pytest.raises(ModelError, match=r"weights is for torchvision archs"):
@@ -108,7 +77,7 @@ def test_timm_model_from_a_local_checkpoint(tmp_path, suffix):
 
 def test_own_module_one_channel_non_square(tmp_path, user_module):
     spec = {"arch": "python:tinygray:tiny_gray", "python_path": [str(user_module)], "preprocessing": GRAY}
-    path = _saved(build_architecture("g", spec), tmp_path / "g.pth", seed=3)
+    path = save_random_weights(build_architecture("g", spec), tmp_path / "g.pth", seed=3)
     model = build_model("g", spec | {"checkpoint": str(path)}, data_dir=tmp_path, torch_home=None)
     assert model(torch.zeros(1, 1, 40, 56)).shape == (1, 10)
     facts = compute_facts("g", spec)
@@ -160,7 +129,8 @@ def test_facts_are_cached_and_a_tampered_cache_is_recomputed(tmp_path, user_modu
     facts_module._MEMORY.clear()
     monkeypatch.setattr(facts_module, "_run_subprocess", lambda name, spec: compute_facts(name, spec))
     assert model_facts(config, "g")["last_block"] == "relu2"
-    (user_module / "tinygray.py").write_text(TINYGRAY.replace("(8, 16", "(8, 160").replace("(16, classes", "(160, classes"))
+    wider = TINYGRAY.replace("(8, 16", "(8, 160").replace("(16, classes", "(160, classes")
+    (user_module / "tinygray.py").write_text(wider)
     monkeypatch.setattr(facts_module, "_run_subprocess", survey)  # a fresh process imports the edited module
     assert model_facts(config, "g")["layers"] != first["layers"]  # the module's bytes are part of the key
 
