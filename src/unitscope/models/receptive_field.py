@@ -1,4 +1,4 @@
-"""Receptive fields of conv/pool layers, from the module graph, and measured by gradients.
+"""Receptive fields of a layer's units: exact arithmetic on the module graph, or gradient supports on any graph.
 
 `receptive_field(model, layer)` traces the model with torch.fx (the layer kept whole as one node, then
 traced inside) and carries, through every node, the field of unit (0, 0) along each axis:
@@ -11,10 +11,14 @@ A convolution or pooling with kernel k, stride s, padding p and dilation d maps 
 (J·s, o − p·J, S + d·(k − 1)·J); pointwise modules (BatchNorm, ReLU, …) keep it; a node with several
 inputs (a residual add, a concatenation) takes the union of their fields; strided slicing (`x[:, :, ::2]`)
 and `F.pad` shift and stretch it. Unit (y, x) then sees input rows o_h + y·J_h … o_h + y·J_h + S_h − 1.
-Anything the tracer meets that it cannot account for is an error naming the operation, never a guess.
+Anything the tracer meets that it cannot account for is an error naming the operation, never a guess. This
+arithmetic is exact and input-size free: it is the reference, and the fast path for chain networks.
 
-`empirical_receptive_field` measures the same thing: the input pixels with a non-zero gradient of one
-unit (summed over channels). Tests compare the two.
+`gradient_receptive_field(model, layer, input_size)` works on any graph (concatenations, branches, functional
+calls, squeeze-and-excitation, attention): it measures the gradient support of a few units on a copy of the
+model where every path adds a positive amount, and derives size, stride and offset from them. A unit that
+sees the whole input (a globally pooled value multiplied back) gets a field marked `whole` along that axis.
+`layer_receptive_field` is what studies call: the arithmetic where it applies, the measurement otherwise.
 
 `probe_window` gives, for one unit, the smallest input window (aligned to the layer's stride grid, within
 the image) on which the layer computes that unit exactly as on the whole image: stride-aligned so every
@@ -27,12 +31,14 @@ from __future__ import annotations
 import copy
 import math
 import operator
+import weakref
 from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from unitscope.errors import UnitscopeError
 from unitscope.hooks import StopForward, get_module, hooked
@@ -41,8 +47,11 @@ __all__ = [
     "ReceptiveField",
     "ReceptiveFieldError",
     "empirical_receptive_field",
+    "gradient_receptive_field",
+    "layer_receptive_field",
     "probe_window",
     "receptive_field",
+    "window_origin",
 ]
 
 
@@ -52,16 +61,20 @@ class ReceptiveFieldError(UnitscopeError, ValueError):
 
 @dataclass(frozen=True)
 class ReceptiveField:
-    """Field of the units of one layer, per axis (rows, columns), in input pixels."""
+    """Field of the units of one layer, per axis (rows, columns), in input pixels.
+
+    `whole[axis]`: every unit sees the whole input along that axis (size = the input's extent, offset 0; the
+    stride is then only the map's spacing). Such a field does not move with the unit."""
 
     size: tuple[int, int]
     stride: tuple[int, int]
     offset: tuple[int, int]
+    whole: tuple[bool, bool] = (False, False)
 
     def box(self, y: int, x: int) -> tuple[int, int, int, int]:
         """(top, left, bottom, right) of unit (y, x)'s field; bottom/right exclusive; may leave the image."""
-        top = self.offset[0] + y * self.stride[0]
-        left = self.offset[1] + x * self.stride[1]
+        top = self.offset[0] + (0 if self.whole[0] else y * self.stride[0])
+        left = self.offset[1] + (0 if self.whole[1] else x * self.stride[1])
         return top, left, top + self.size[0], left + self.size[1]
 
     def centre(self, y: int, x: int) -> tuple[float, float]:
@@ -69,7 +82,25 @@ class ReceptiveField:
         return (top + bottom - 1) / 2, (left + right - 1) / 2
 
     def as_dict(self) -> dict:
-        return {"size": list(self.size), "stride": list(self.stride), "offset": list(self.offset)}
+        """size, stride, offset (and `whole` only where an axis is whole, so other records keep their keys)."""
+        record = {"size": list(self.size), "stride": list(self.stride), "offset": list(self.offset)}
+        if any(self.whole):
+            record["whole"] = list(self.whole)
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict) -> ReceptiveField:
+        whole = tuple(bool(w) for w in record.get("whole", (False, False)))
+        return cls(tuple(record["size"]), tuple(record["stride"]), tuple(record["offset"]), whole)
+
+    def describe(self) -> str:
+        """One phrase for a log line: '27×27 px, stride 8×8, offset -13,-13' or the whole input."""
+        if all(self.whole):
+            return f"every unit sees the whole {self.size[0]}×{self.size[1]} px input"
+        (height, width), (jump_y, jump_x), (top, left) = self.size, self.stride, self.offset
+        text = f"{height}×{width} px, stride {jump_y}×{jump_x}, offset {top},{left}"
+        axes = [name for name, whole in zip(("rows", "columns"), self.whole, strict=True) if whole]
+        return text + (f" (the whole input along its {axes[0]})" if axes else "")
 
 
 @dataclass(frozen=True)
@@ -239,6 +270,8 @@ def _propagate(module: nn.Module, graph: fx.Graph, field_in, *, prefix: str, lea
             fields[node] = _GLOBAL
         elif node.op == "call_module":
             sub = modules[node.target]
+            if len(tensor_args) != 1:  # e.g. a DenseNet layer called with the list of earlier maps
+                raise ReceptiveFieldError(f"{what}: a module called with {len(tensor_args)} inputs is not supported")
             (source,) = tensor_args
             field = fields[source]
             if isinstance(sub, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d):
@@ -292,42 +325,265 @@ def receptive_field(model: nn.Module, layer: str) -> ReceptiveField:
     return ReceptiveField((rows.size, cols.size), (rows.jump, cols.jump), (rows.start, cols.start))
 
 
-def _linearised(model: nn.Module) -> nn.Module:
-    """A float64 copy with every pointwise non-linearity replaced by identity, so no path is silenced."""
-    clone = copy.deepcopy(model).double()
-    for _name, module in list(clone.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, nn.ReLU | nn.ReLU6 | nn.LeakyReLU | nn.Hardswish | nn.SiLU | nn.GELU):
-                setattr(module, child_name, nn.Identity())
+# ----------------------------------------------------------------------------------------------
+# the field of any graph, from the gradient support of its units
+
+# Functions that only ever shrink a unit's support (a dead ReLU, a saturated gate, a clamp): identity in the
+# support copy. Matched by name so that modules, torch.* functions and Tensor methods are all caught.
+_IDENTITY_FUNCTIONS = frozenset(
+    "relu relu_ relu6 hardtanh hardtanh_ leaky_relu leaky_relu_ elu elu_ selu selu_ celu celu_ gelu silu mish "
+    "hardswish hardsigmoid sigmoid sigmoid_ tanh tanh_ softplus prelu rrelu rrelu_ threshold threshold_ "
+    "logsigmoid hardshrink softshrink clamp clamp_ clip clip_ clamp_min clamp_min_ clamp_max clamp_max_".split()
+)
+
+
+def _average_pool(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """A max pool's geometry as an average: every position of each window passes gradient, not only the max."""
+    stride = stride if stride not in (None, [], ()) else kernel_size
+    if _pair(dilation) == (1, 1):
+        return F.avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad=True)
+    kernel = _pair(kernel_size)
+    weight = input.new_ones(input.shape[1], 1, *kernel) / (kernel[0] * kernel[1])
+    return F.conv2d(input, weight, stride=stride, padding=padding, dilation=dilation, groups=input.shape[1])
+
+
+def _finite_pad(input, pad, mode="constant", value=None):
+    """F.pad, with an infinite fill (timm pads max pools with -inf) made 0: the pool is an average here."""
+    if value is not None and not math.isfinite(value):
+        value = 0.0
+    return F.pad(input, pad, mode=mode, value=value)
+
+
+class _SupportMode(TorchFunctionMode):
+    """While active: non-linearities are identity, max pools are average pools of the same geometry, global max
+    (amax) is a mean, infinite padding is 0. Nothing else changes."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in _IDENTITY_FUNCTIONS and args and isinstance(args[0], torch.Tensor):
+            return args[0]
+        if name in ("max_pool2d", "max_pool2d_with_indices"):
+            out = _average_pool(*args, **kwargs)
+            return (out, torch.zeros_like(out, dtype=torch.long)) if name.endswith("indices") else out
+        if name in ("adaptive_max_pool2d", "adaptive_max_pool2d_with_indices"):
+            out = F.adaptive_avg_pool2d(args[0], args[1] if len(args) > 1 else kwargs["output_size"])
+            return (out, torch.zeros_like(out, dtype=torch.long)) if name.endswith("indices") else out
+        if name == "amax":
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", ())
+            keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+            return args[0].mean(dim=dim if dim not in ((), []) else None, keepdim=keepdim)
+        if name == "pad":
+            return _finite_pad(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+def _support_copy(model: nn.Module, seed: int) -> nn.Module:
+    """A float64 CPU copy in eval mode whose weights are positive: every weight tensor (2+ dims) random in
+    [0.5, 1.5) divided by its fan-in (each output's weights sum to about 1, so values stay near 1 however deep
+    the layer); every vector parameter (bias, norm scale) 1; BatchNorm statistics mean 0, variance 1; other
+    buffers as they are. The original weights are never copied (placeholders stand in for them)."""
+    with torch.inference_mode(False):  # a caller's inference mode would make tensors autograd cannot use
+        return _positive(_placeholder_copy(model), seed)
+
+
+def _placeholder_copy(model: nn.Module) -> nn.Module:
+    memo: dict = {}
+    for buffer in model.buffers():
+        memo[id(buffer)] = buffer.detach().to("cpu", torch.float64 if buffer.is_floating_point() else None).clone()
+    for param in model.parameters():
+        if param.is_floating_point():
+            memo[id(param)] = nn.Parameter(torch.empty(param.shape, dtype=torch.float64), requires_grad=False)
+    return copy.deepcopy(model, memo).eval().to(device="cpu", dtype=torch.float64)
+
+
+def _positive(clone: nn.Module, seed: int) -> nn.Module:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in clone.parameters():
+            if not param.is_floating_point():
+                continue
+            if param.dim() >= 2:
+                param.uniform_(0.5, 1.5, generator=generator).div_(max(1, param[0].numel()))
+            else:
+                param.fill_(1.0)
+        for name, buffer in clone.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.zero_()
+            elif name.endswith("running_var"):
+                buffer.fill_(1.0)
     return clone
 
 
-def empirical_receptive_field(
-    model: nn.Module, layer: str, unit: tuple[int, int], input_size: tuple[int, int], *, seed: int = 0
-) -> tuple[int, int, int, int]:
-    """(top, left, bottom, right) of the input pixels whose gradient of unit (y, x) is non-zero.
+def _unit_positions(length: int) -> torch.Tensor:
+    """Six positions along one axis of a map: the first two, the middle two, the last two (repeats if short)."""
+    middle = (length - 1) // 2
+    return torch.tensor([0, 1, middle, middle + 1, length - 2, length - 1]).clamp(0, length - 1)
 
-    The unit's output summed over channels is differentiated with respect to a random input, on a float64
-    copy of the model whose non-linearities are removed (a dead ReLU would hide part of the field); the box
-    is therefore the field clipped to the image.
-    """
-    linear = _linearised(model).eval()
-    generator = torch.Generator().manual_seed(seed)
-    image = torch.randn(1, 3, *input_size, generator=generator, dtype=torch.float64, requires_grad=True)
+
+def _layer_output(support: nn.Module, layer: str, image: torch.Tensor) -> torch.Tensor:
+    """The first output of `layer` on `image` (with the graph for autograd), under `_SupportMode`."""
     captured = {}
 
     def grab(_module, _inputs, output):
         captured["out"] = output
         raise StopForward
 
-    with torch.enable_grad(), hooked(linear, {layer: grab}):
+    with hooked(support, {layer: grab}), _SupportMode():
         try:
-            linear(image)
+            support(image)
         except StopForward:
             pass
-        output = captured["out"]
-        y, x = unit
-        output[0, :, y, x].sum().backward()
+    if "out" not in captured:
+        raise ReceptiveFieldError(f"layer {layer!r} is not called in the model's forward pass")
+    output = captured["out"]
+    if not isinstance(output, torch.Tensor) or output.dim() != 4:
+        shape = list(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise ReceptiveFieldError(f"layer {layer!r} has no spatial map (output {shape}, expected [N, C, H, W])")
+    return output
+
+
+def _supports(support: nn.Module, layer: str, size, channels: int, generator: torch.Generator):
+    """Gradient supports of six units per axis of `layer` on an input of `size`, in one batched backward pass.
+
+    Returns per axis (unit positions [6], first supported pixel [6], last supported pixel + 1 [6]) and the
+    layer's map size. Item i of the batch differentiates unit (rows[i], cols[i]) only.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        image = torch.rand(6, channels, *size, generator=generator, dtype=torch.float64) + 0.5
+        image.requires_grad_(True)
+        output = _layer_output(support, layer, image)
+        height, width = output.shape[-2:]
+        ys, xs = _unit_positions(height), _unit_positions(width)
+        output[torch.arange(6), :, ys, xs].sum().backward()
+    touched = image.grad.abs().sum(dim=1) > 0  # [6, H, W]
+    if not touched.flatten(1).any(dim=1).all():
+        raise ReceptiveFieldError(f"layer {layer!r}: a unit's output has a zero gradient everywhere")
+    axes = []
+    for units, seen in ((ys, touched.any(dim=2)), (xs, touched.any(dim=1))):  # seen: [6, extent]
+        index = torch.arange(seen.shape[1])
+        first = torch.where(seen, index, seen.shape[1]).amin(dim=1)
+        last = torch.where(seen, index, -1).amax(dim=1) + 1
+        axes.append((units, first, last))
+    return axes, (int(height), int(width))
+
+
+_IRREGULAR = "irregular"
+
+
+def _resolve_axis(units: torch.Tensor, first: torch.Tensor, last: torch.Tensor, extent: int):
+    """(jump, offset, size) of one axis from the supports of its units, or None when every support is cut by
+    the input's border (the field does not fit), or _IRREGULAR when neighbouring units are not a fixed number of
+    pixels apart (no regular grid).
+
+    A support edge counts only where the input's border did not cut it (first > 0, last < extent): the stride
+    from two neighbouring units' uncut edges, the offset from the uncut starts, the end from the uncut ends."""
+    open_first, open_last = first > 0, last < extent
+    neighbours = (units.view(1, -1) - units.view(-1, 1)) == 1  # [i, j]: unit j follows unit i
+    jumps = torch.cat(
+        [
+            (first.view(1, -1) - first.view(-1, 1))[neighbours & open_first.view(-1, 1) & open_first.view(1, -1)],
+            (last.view(1, -1) - last.view(-1, 1))[neighbours & open_last.view(-1, 1) & open_last.view(1, -1)],
+        ]
+    ).unique()
+    if len(jumps) > 1 or (len(jumps) == 1 and int(jumps[0]) < 1):
+        return _IRREGULAR
+    if not len(jumps) or not open_first.any() or not open_last.any():
+        return None
+    jump = int(jumps[0])
+    start = int((first - units * jump)[open_first].min())
+    end = int((last - units * jump)[open_last].max())
+    return _Axis(jump, start, end - start)
+
+
+def gradient_receptive_field(
+    model: nn.Module, layer: str, input_size: tuple[int, int], *, channels: int = 3, seed: int = 0
+) -> ReceptiveField:
+    """The receptive field of `layer`'s units for any graph, from the gradient support of six units per axis.
+
+    A support is the set of input pixels with a non-zero gradient of one unit (summed over channels). It is
+    computed on a float64 copy (`_support_copy`) whose weights are positive and whose non-linearities are
+    identity and max pools average pools (`_SupportMode`, which also catches functional calls in `forward`):
+    every path from a pixel to the unit then adds a positive amount, so no pixel's gradient is zero because a
+    ReLU is inactive, a max pool routed it elsewhere or paths cancelled; the support is the set of pixels the
+    unit depends on structurally, the field the arithmetic of `receptive_field` gives (tests check equality on
+    chain networks). This was preferred to a union over random inputs of the real model, which can only
+    approach the field from below (a path through a position that is never the max stays hidden).
+
+    Stride and offset come from units whose support the border does not cut, so when none fits, the input is
+    doubled along that axis (at most 4x the area of `input_size`). An axis that still does not fit (every unit
+    sees the whole input, as after squeeze-and-excitation or attention, or the field is larger than 4 inputs)
+    is reported as the whole input: `whole` is True for it, its size is the input's and its offset 0.
+    """
+    get_module(model, layer)
+    support = _support_copy(model, seed)
+    generator = torch.Generator().manual_seed(seed)
+    size, found, nominal_map = list(input_size), [None, None], None
+    while True:
+        axes, map_size = _supports(support, layer, tuple(size), channels, generator)
+        nominal_map = nominal_map or map_size
+        for axis in range(2):
+            if found[axis] is None:
+                found[axis] = _resolve_axis(*axes[axis], size[axis])
+        pending = [axis for axis in range(2) if found[axis] is None]
+        grown = [extent * (2 if axis in pending else 1) for axis, extent in enumerate(size)]
+        if not pending or grown[0] * grown[1] > 4 * input_size[0] * input_size[1]:
+            break
+        size = grown
+    whole = tuple(not isinstance(axis, _Axis) for axis in found)
+    fields = [
+        _Axis(max(1, round(extent / cells)), 0, extent) if is_whole else axis
+        for axis, is_whole, extent, cells in zip(found, whole, input_size, nominal_map, strict=True)
+    ]
+    return ReceptiveField(
+        (fields[0].size, fields[1].size), (fields[0].jump, fields[1].jump), (fields[0].start, fields[1].start), whole
+    )
+
+
+_MEASURED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(layer, size, channels): field}
+
+
+def layer_receptive_field(
+    model: nn.Module, layer: str, input_size: tuple[int, int], *, channels: int = 3
+) -> ReceptiveField:
+    """The field of `layer` for any model: the exact arithmetic (`receptive_field`) where it applies (chain
+    networks: fast, input-size free), else the gradient supports (`gradient_receptive_field`, with a log line
+    saying why). Measured fields are cached per model, layer, input size and channels."""
+    try:
+        return receptive_field(model, layer)
+    except ReceptiveFieldError as err:
+        reason = str(err)
+    cache = _MEASURED.setdefault(model, {})
+    key = (layer, tuple(input_size), int(channels))
+    if key not in cache:
+        cache[key] = gradient_receptive_field(model, layer, tuple(input_size), channels=channels)
+        print(
+            f"receptive field of {layer!r}: the module graph does not give it ({reason}); measured from "
+            f"gradient supports on {input_size[0]}×{input_size[1]} px inputs: {cache[key].describe()}",
+            flush=True,
+        )
+    return cache[key]
+
+
+def empirical_receptive_field(
+    model: nn.Module,
+    layer: str,
+    unit: tuple[int, int],
+    input_size: tuple[int, int],
+    *,
+    seed: int = 0,
+    channels: int = 3,
+) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of the input pixels with a non-zero gradient of unit (y, x), summed over
+    channels, on the positive support copy of `gradient_receptive_field` (so the box is the field clipped to
+    the image)."""
+    support = _support_copy(model, seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.inference_mode(False), torch.enable_grad():
+        image = torch.rand(1, channels, *input_size, generator=generator, dtype=torch.float64) + 0.5
+        image.requires_grad_(True)
+        output = _layer_output(support, layer, image)
+        output[0, :, unit[0], unit[1]].sum().backward()
     nonzero = (image.grad[0].abs().sum(dim=0) > 0).nonzero()
     if len(nonzero) == 0:
         raise ReceptiveFieldError(f"layer {layer!r}: unit {unit} has a zero gradient everywhere")

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from unitscope.data.manifest import ManifestDataset, read_manifest
-from unitscope.models.preprocessing import build_transform
+from unitscope.models.preprocessing import build_transform, input_channels, input_size
 from unitscope.models.receptive_field import ReceptiveField
 from unitscope.studies.nefesi.errors import NefesiError
 
@@ -81,22 +81,24 @@ def dataset_image(images: pd.DataFrame, dataset: str, index: int, source) -> pd.
 
 def model_inputs(rows: pd.DataFrame, preprocessing: dict) -> torch.Tensor:
     """The images of `rows` (rows of a target's image table) as the model saw them in the top-N pass: resized,
-    centre-cropped and normalised, [len(rows), 3, H, W]."""
+    centre-cropped and normalised, [len(rows), K, H, W] (K: the model's input channels, 1 or 3)."""
     dataset = ManifestDataset(rows, build_transform(preprocessing))
     if not len(dataset):
-        crop = int(preprocessing["crop"])
-        return torch.zeros(0, 3, crop, crop)
+        return torch.zeros(0, input_channels(preprocessing), *input_size(preprocessing))
     return torch.stack([dataset[i][0] for i in range(len(dataset))])
 
 
 def nf_rgb(nf: torch.Tensor, mean, std) -> np.ndarray:
-    """Neuron Features (or images) from normalised space [C, 3, h, w] to displayable sRGB [C, h, w, 3] in [0, 1]."""
-    pixels = nf * torch.tensor(list(std)).view(1, 3, 1, 1) + torch.tensor(list(mean)).view(1, 3, 1, 1)
-    return pixels.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    """Neuron Features (or images) from normalised space [C, K, h, w] (K = len(mean): 3, RGB, or 1, grayscale,
+    shown as gray) to displayable sRGB [C, h, w, 3] in [0, 1]."""
+    channels = len(list(mean))
+    pixels = nf * torch.tensor(list(std)).view(1, channels, 1, 1) + torch.tensor(list(mean)).view(1, channels, 1, 1)
+    return pixels.clamp(0, 1).expand(-1, 3, -1, -1).permute(0, 2, 3, 1).numpy()
 
 
 def gather_crops(images, slots, tops, lefts, rows, cols) -> torch.Tensor:
-    """Crops [R, 3, len(rows), len(cols)] at (tops + rows, lefts + cols) of images[slots]; 0 outside."""
+    """Crops [R, K, len(rows), len(cols)] (K: the images' channels) at (tops + rows, lefts + cols) of
+    images[slots]; 0 outside."""
     height, width = images.shape[-2:]
     rr = torch.as_tensor(tops)[:, None] + torch.as_tensor(rows)[None, :]
     cc = torch.as_tensor(lefts)[:, None] + torch.as_tensor(cols)[None, :]
@@ -106,19 +108,18 @@ def gather_crops(images, slots, tops, lefts, rows, cols) -> torch.Tensor:
         :,
         rr.clamp(0, height - 1)[:, :, None],
         cc.clamp(0, width - 1)[:, None, :],
-    ]  # [R, h, w, 3]
+    ]  # [R, h, w, K]
     return (crops * inside.unsqueeze(-1)).permute(0, 3, 1, 2)
 
 
 def layer_field(info: dict) -> ReceptiveField:
     """The receptive field a layer's layer.json records."""
-    field = info["receptive_field"]
-    return ReceptiveField(tuple(field["size"]), tuple(field["stride"]), tuple(field["offset"]))
+    return ReceptiveField.from_dict(info["receptive_field"])
 
 
 def exemplar_crops(images, field, ys, xs, extent, mean, std) -> np.ndarray:
     """The crops a Neuron Feature averages: unit (y, x)'s field, cut to the layer's visible `extent` (layer.json
-    nf_extent), from its model-input image (normalised [k, 3, H, W]), mean colour where the field leaves the image
+    nf_extent), from its model-input image (normalised [k, K, H, W]), mean colour where the field leaves the image
     (the same cut as probes.probe_layer). sRGB [k, h, w, 3] in [0, 1], as the NFs in nf.npz."""
     boxes = np.array([field.box(int(y), int(x)) for y, x in zip(ys, xs, strict=True)], dtype=np.int64).reshape(-1, 4)
     (row0, row1), (col0, col1) = extent

@@ -7,7 +7,8 @@ With R(T)ₙ the response of a channel to its n-th exemplar crop under transform
 * color:       CI = clip(1 − Σₙ R(gray)ₙ / Σₙ R(id)ₙ, 0, 1); gray = luminance Y = 0.299 R + 0.587 G + 0.114 B
                copied to the three channels (in pixel space, before normalisation). Dominant colour names of
                the NF: each NF pixel gets the nearest of 11 basic colour terms in CIELab; names covering at
-               least `color_name_share` of the NF's pixels are listed with their shares.
+               least `color_name_share` of the NF's pixels are listed with their shares. A grayscale model (one
+               input channel) sees no colour: its colour index does not apply and is NaN (`GRAYSCALE_NOTE`).
 * orientation: ratio(θ) = Σₙ R(rot θ)ₙ / Σₙ R(id)ₙ for θ = s, 2s, …, 360° − s (s = 15° by default);
                OI = clip(1 − meanθ ratio(θ), 0, 1). Preferred angle: the dominant edge orientation of the
                NF (structure tensor of its luminance; 0° = horizontal edge, counter-clockwise), with its
@@ -31,6 +32,8 @@ import torch
 from unitscope.studies.nefesi.images import nf_rgb
 from unitscope.studies.nefesi.probes import LUMA, LayerProbes
 from unitscope.studies.nefesi.topn import TopN
+
+GRAYSCALE_NOTE = "grayscale input (1 channel): the colour index does not apply and is left empty (NaN)"
 
 # Basic colour terms (Berlin & Kay) with representative sRGB values; NF pixels are named by nearest in CIELab.
 COLOR_TERMS = {
@@ -175,9 +178,11 @@ def selectivity_table(
     population_threshold: float = 0.1,
     color_name_share: float = 0.2,
 ) -> pd.DataFrame:
-    """One row per channel: the four indexes and what they rest on (see the module docstring)."""
+    """One row per channel: the four indexes and what they rest on (see the module docstring); the colour index
+    and gray ratio are NaN for a grayscale model (one value in `mean`)."""
     present = top.image >= 0
     ratio, dead = transform_ratios(top, probes)
+    colour = len(list(mean)) > 1
     names = [t.name for t in probes.transforms]
     gray = names.index("gray")
     rotations = [i for i, t in enumerate(probes.transforms) if t.kind == "rotate"]
@@ -192,8 +197,8 @@ def selectivity_table(
         "top_activation": top.values[:, 0].numpy(),
         "mean_exemplar_activation": torch.where(present, top.values, torch.nan).nanmean(dim=1).numpy(),
         "dead": dead.numpy(),
-        "color_index": np.clip(1 - ratio[:, gray], 0, 1),
-        "gray_ratio": ratio[:, gray],
+        "color_index": np.clip(1 - ratio[:, gray], 0, 1) if colour else np.full(top.channels, np.nan),
+        "gray_ratio": ratio[:, gray] if colour else np.full(top.channels, np.nan),
         "color_names": nf["color_names"],
         "dominant_color": nf["dominant_color"],
         "orientation_index": np.clip(1 - rotation_mean, 0, 1),

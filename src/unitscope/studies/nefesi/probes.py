@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from unitscope.data.manifest import ManifestDataset
 from unitscope.hooks import ActivationRecorder
-from unitscope.models.receptive_field import ReceptiveField, probe_window, receptive_field, window_origin
+from unitscope.models.receptive_field import ReceptiveField, layer_receptive_field, probe_window, window_origin
 from unitscope.runtime import loader_workers
 from unitscope.studies.nefesi.errors import NefesiError
 from unitscope.studies.nefesi.images import gather_crops
@@ -96,14 +96,15 @@ def apply_transform(
 ) -> torch.Tensor:
     """Transform the crop region of each window, leaving the rest as is.
 
-    windows [B, 3, P, Q] normalised images; regions [B, 4] (top, left, bottom, right) in window pixels
-    (bottom/right exclusive); mean, std [3] of the normalisation; centres [B, 2] (row, col) in window pixels
-    about which rotations and mirrors act (default: the region's centre). Content is taken only from the region
-    (elsewhere: the mean colour, 0 after normalisation) and written only into it.
+    windows [B, K, P, Q] normalised images (K = 3 channels, RGB, or 1, grayscale: its gray transform changes
+    nothing); regions [B, 4] (top, left, bottom, right) in window pixels (bottom/right exclusive); mean, std [K]
+    of the normalisation; centres [B, 2] (row, col) in window pixels about which rotations and mirrors act
+    (default: the region's centre). Content is taken only from the region (elsewhere: the mean colour, 0 after
+    normalisation) and written only into it.
     """
-    if transform.kind == "identity":
+    batch, channels, height, width = windows.shape
+    if transform.kind == "identity" or (transform.kind == "gray" and channels == 1):
         return windows
-    batch, _, height, width = windows.shape
     rows = torch.arange(height, dtype=torch.float32).view(1, height, 1)
     cols = torch.arange(width, dtype=torch.float32).view(1, 1, width)
     top, left, bottom, right = (regions[:, i].float().view(batch, 1, 1) for i in range(4))
@@ -153,9 +154,16 @@ class LayerGeometry:
     map_size: tuple[int, int]
 
     @classmethod
-    def of(cls, model: nn.Module, layer: str, image_size: tuple[int, int], map_size: tuple[int, int]):
-        field = receptive_field(model, layer)
+    def of(
+        cls, model: nn.Module, layer: str, image_size: tuple[int, int], map_size: tuple[int, int], channels: int = 3
+    ):
+        """The geometry of `layer` on `channels` x `image_size` inputs (`layer_receptive_field`: any graph)."""
+        field = layer_receptive_field(model, layer, tuple(image_size), channels=channels)
         return cls(field, probe_window(field, image_size), tuple(image_size), tuple(map_size))
+
+    def whole_image(self) -> LayerGeometry:
+        """The same field, probed on whole images (window = image): for layers not computed locally."""
+        return LayerGeometry(self.field, tuple(self.image_size), self.image_size, self.map_size)
 
     def probe_layout(self, y: np.ndarray, x: np.ndarray):
         """Per unit: window origin (top, left), unit position in the window's map, and in window coordinates
@@ -182,7 +190,7 @@ class LayerGeometry:
         return extents[0], extents[1]
 
 
-# Given sorted image indices, yields (indices, normalised images [b, 3, H, W]) chunk by chunk, in that order.
+# Given sorted image indices, yields (indices, normalised images [b, K, H, W]) chunk by chunk, in that order.
 ImageBatches = Callable[[np.ndarray, int], Iterable[tuple[np.ndarray, torch.Tensor]]]
 
 
@@ -218,12 +226,13 @@ class LayerProbes:
 
     transforms: list[Transform]
     responses: torch.Tensor  # [C, N, T]
-    nf: torch.Tensor  # [C, 3, h, w] weighted mean of crops (normalised space), cut to the visible extent
+    nf: torch.Tensor  # [C, K, h, w] weighted mean of crops (normalised space, K input channels), visible extent
     nf_extent: tuple[tuple[int, int], tuple[int, int]]
     children: torch.Tensor | None  # [C, N, K] max of each shallower channel over the unit's cone
     probes: int
     forwards: int
     seconds: float
+    geometry: LayerGeometry | None = None  # the field and probe window the probes used
 
 
 def per_channel_responses(
@@ -242,8 +251,8 @@ def per_channel_responses(
     model; the response is read at the exemplar's location. Returns [len(channels), N, T]."""
     mean_t = torch.tensor(list(mean), dtype=torch.float32)
     std_t = torch.tensor(list(std), dtype=torch.float32)
-    field = receptive_field(model, layer)
     height, width = images.shape[-2:]
+    field = layer_receptive_field(model, layer, (height, width), channels=images.shape[1])
     transform_list = transforms(rotation_step)
     channels = list(range(top.channels)) if channels is None else list(channels)
     out = torch.full((len(channels), top.n, len(transform_list)), float("nan"))
@@ -307,10 +316,12 @@ def probe_layer(
     shallower channel over the unit's cone (the shallower units it is computed from).
     """
     started = time.perf_counter()
-    geometry = LayerGeometry.of(model, layer, image_size, top.map_size)
-    prober = _LayerProber(layer, top, geometry, transforms(rotation_step), mean, std, torch.device(device))
+    mean, std, device = list(mean), list(std), torch.device(device)
+    geometry = LayerGeometry.of(model, layer, image_size, top.map_size, channels=len(mean))
+    geometry = local_geometry(model, layer, geometry, len(mean), device, tolerance)
+    prober = _LayerProber(layer, top, geometry, transforms(rotation_step), mean, std, device)
     if shallower is not None:
-        prober.follow(shallower, receptive_field(model, shallower))
+        prober.follow(shallower, layer_receptive_field(model, shallower, tuple(image_size), channels=len(mean)))
     record = [layer] if shallower is None else [shallower, layer]
     total = len(prober.probes.keys) * len(prober.transforms)
     bar = tqdm(total=total, desc=f"probes {layer}", unit="probe", disable=not progress, mininterval=2)
@@ -322,6 +333,46 @@ def probe_layer(
             prober.run_chunk(recorder, chunk_images, images.float(), batch_size, bar)
     bar.close()
     return prober.result(started, tolerance)
+
+
+def local_geometry(
+    model: nn.Module, layer: str, geometry: LayerGeometry, channels: int, device, tolerance: float = 1e-3
+) -> LayerGeometry:
+    """`geometry` when its probe windows reproduce the whole-image activations of five units (corners, centre)
+    on a random image; otherwise the same field probed on whole images, with a log line. Windows fail where a
+    layer is not computed locally (padding that depends on the input's size, a field that is the whole image);
+    whole images are slower but give the same number by construction."""
+    if any(geometry.field.whole):
+        print(
+            f"{layer}: {geometry.field.describe()} (e.g. squeeze-and-excitation or attention): its crops, probe "
+            "windows and Neuron Features cover the image along that axis",
+            flush=True,
+        )
+    if tuple(geometry.window) == tuple(geometry.image_size):
+        return geometry
+    height, width = geometry.map_size
+    ys, xs = np.array([0, 0, height - 1, height - 1, height // 2]), np.array([0, width - 1, 0, width - 1, width // 2])
+    origins, positions, _ = geometry.probe_layout(ys, xs)
+    image = torch.randn(1, channels, *geometry.image_size, generator=torch.Generator().manual_seed(0))
+    (rows, cols), units = geometry.window, torch.arange(len(ys))
+    windows = torch.stack([image[0, :, top : top + rows, left : left + cols] for top, left in origins.tolist()])
+    with (
+        torch.inference_mode(),
+        ActivationRecorder(model, [layer], keep_maps=True, maps_dtype=torch.float32, stop_early=True) as recorder,
+    ):
+        recorder(channels_last(image.to(device)))
+        whole = recorder.maps[layer][0][:, torch.as_tensor(ys), torch.as_tensor(xs)].T  # [5, C]
+        recorder(channels_last(windows.to(device)))
+        probed = recorder.maps[layer][units, :, torch.as_tensor(positions[:, 0]), torch.as_tensor(positions[:, 1])]
+    error, scale = float((probed - whole).abs().max()), float(whole.abs().max())
+    if error <= tolerance * max(scale, 1.0):
+        return geometry
+    print(
+        f"{layer}: {rows}×{cols} px probe windows change its activations by up to {error:.3g} (largest "
+        f"{scale:.3g}): the layer is not computed locally, so it is probed on whole images",
+        flush=True,
+    )
+    return geometry.whole_image()
 
 
 @dataclass
@@ -356,7 +407,7 @@ class ProbeSet:
 class _Chunk:
     """The probes of one chunk of images (their windows) and the exemplar slots they answer for (readouts)."""
 
-    windows: torch.Tensor  # [U, 3, P, Q] normalised probe windows
+    windows: torch.Tensor  # [U, K, P, Q] normalised probe windows (K input channels)
     regions: torch.Tensor  # [U, 4] crop region in the window
     centres: torch.Tensor  # [U, 2] transform centre in the window
     read_ex: np.ndarray  # [R] exemplar slot of each readout
@@ -383,7 +434,7 @@ class _LayerProber:
         self.children: torch.Tensor | None = None
         self.extent = geometry.visible_extent()
         (row0, row1), (col0, col1) = self.extent
-        self.nf = torch.zeros(top.channels, 3, row1 - row0, col1 - col0)
+        self.nf = torch.zeros(top.channels, len(self.mean), row1 - row0, col1 - col0)
         self.weights = top.weights().reshape(-1)
         self.forwards = 0
 
@@ -447,7 +498,7 @@ class _LayerProber:
     def _forward(self, recorder, chunk: _Chunk, b_probe: np.ndarray, b_transform: np.ndarray) -> None:
         """One batch of (probe, transform) items through the model; read out the exemplars they answer for."""
         window_h, window_w = self.geometry.window
-        inputs = torch.empty(len(b_probe), 3, window_h, window_w)
+        inputs = torch.empty(len(b_probe), chunk.windows.shape[1], window_h, window_w)
         for t in np.unique(b_transform):
             rows = np.flatnonzero(b_transform == t)
             members = torch.as_tensor(b_probe[rows])
@@ -504,6 +555,7 @@ class _LayerProber:
             len(self.probes.keys),
             self.forwards,
             time.perf_counter() - started,
+            self.geometry,
         )
 
 
@@ -548,10 +600,12 @@ def layer_record(
     images: int,
     classes: int,
     shallower: str | None,
+    notes: list[str] | None = None,
 ) -> dict:
     """What layer.json records about a layer's probes, with the number of images and classes of the image set
-    and the shallower layer its hierarchy weights refer to."""
-    return {
+    and the shallower layer its hierarchy weights refer to; `notes` (e.g. a grayscale model's colour index),
+    when there are any."""
+    record = {
         "model": model_name,
         "layer": layer,
         "channels": top.channels,
@@ -572,6 +626,9 @@ def layer_record(
         "identity_max_abs_error": identity_error(probes, top),
         "shallower": shallower,
     }
+    if notes:
+        record["notes"] = list(notes)
+    return record
 
 
 def probe_report(info: dict, probes: LayerProbes, channels: int) -> str:
@@ -594,7 +651,10 @@ def _cone_boxes(deep: LayerGeometry, shallow: ReceptiveField, y, x, origins) -> 
     out = []
     for axis, unit in enumerate((y, x)):
         stride, offset, size = shallow.stride[axis], shallow.offset[axis], shallow.size[axis]
-        lo = deep.field.offset[axis] + unit * deep.field.stride[axis]
+        if shallow.whole[axis]:  # every shallow unit sees the whole image: the whole shallow map
+            out.append((np.zeros_like(unit), np.full_like(unit, np.iinfo(np.int64).max // 2)))
+            continue
+        lo = deep.field.offset[axis] + (0 if deep.field.whole[axis] else unit * deep.field.stride[axis])
         hi = lo + deep.field.size[axis]
         base = origins[:, axis] // stride
         first = -((-(lo - offset)) // stride) - base  # ceil

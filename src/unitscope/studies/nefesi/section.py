@@ -55,10 +55,11 @@ def layer_summary(table: pd.DataFrame, info: dict, color_threshold: float) -> di
         summary[f"{name}_index_mean"] = mean
         summary[f"{name}_index_ci95"] = interval
         summary[f"{name}_index_n"] = n
-    selective = int((alive["color_index"] > color_threshold).sum())
+    coloured = alive[alive["color_index"].notna()]  # none for a grayscale model: its colour index is NaN
+    selective = int((coloured["color_index"] > color_threshold).sum())
     summary["color_selective"] = selective
-    summary["color_selective_share"] = selective / len(alive) if len(alive) else None
-    summary["color_selective_ci95"] = list(wilson_interval(selective, len(alive))) if len(alive) else None
+    summary["color_selective_share"] = selective / len(coloured) if len(coloured) else None
+    summary["color_selective_ci95"] = list(wilson_interval(selective, len(coloured))) if len(coloured) else None
     summary["mean_population_code"] = float(alive["population_code"].mean()) if len(alive) else None
     summary["mean_top_class_share"] = float(alive["top_class_share"].mean()) if len(alive) else None
     summary["probe_windows"] = info["forwards"]
@@ -139,6 +140,12 @@ def _estimate(mean: float | None, interval: list[float] | None) -> str:
     return fixed(mean) + (f" {ci(interval)}" if interval else "")
 
 
+def _field_text(summary: dict, info: dict):
+    """The field's size, or that its units see the whole image (layer.json marks such axes `whole`)."""
+    whole = info["receptive_field"].get("whole", [False, False])
+    return f"{summary['receptive_field']} (whole image)" if any(whole) else summary["receptive_field"]
+
+
 def layer_table(results: ModelResults) -> dict:
     """Per layer: channels, field, each index's mean with its interval, the color-selective share, probe work."""
     rows = []
@@ -150,9 +157,11 @@ def layer_table(results: ModelResults) -> dict:
             {
                 "layer": layer,
                 "channels (dead)": f"{s['channels']} ({s['dead_channels']})",
-                "field (px)": s["receptive_field"],
+                "field (px)": _field_text(s, info),
                 "color index": _estimate(s["color_index_mean"], s["color_index_ci95"]),
-                "color-selective": f"{s['color_selective']}/{s['channels'] - s['dead_channels']} = {pct(share, 0)}"
+                "color-selective": "n/a (no colour index)"
+                if share is None
+                else f"{s['color_selective']}/{s['channels'] - s['dead_channels']} = {pct(share, 0)}"
                 + (f" {ci(share_ci, percent=True, digits=0)}" if share_ci else ""),
                 "orientation index": _estimate(s["orientation_index_mean"], s["orientation_index_ci95"]),
                 "symmetry index": _estimate(s["symmetry_index_mean"], s["symmetry_index_ci95"]),

@@ -10,8 +10,8 @@ import pandas as pd
 
 from unitscope.data.manifest import ManifestDataset
 from unitscope.fsutil import atomic_path, write_parquet
-from unitscope.models.preprocessing import build_transform
-from unitscope.models.receptive_field import receptive_field
+from unitscope.models.preprocessing import build_transform, input_channels, input_size
+from unitscope.models.receptive_field import layer_receptive_field
 from unitscope.models.registry import load_model, resolve_layer
 from unitscope.report.sections import write_section
 from unitscope.runtime import RunSettings, make_loader, pick_device
@@ -25,9 +25,9 @@ from unitscope.studies.nefesi.hierarchy import (
     hierarchy_tree,
     hierarchy_weights,
 )
-from unitscope.studies.nefesi.images import dataset_image, image_table, model_inputs, nf_rgb
-from unitscope.studies.nefesi.indexes import layer_index_table
-from unitscope.studies.nefesi.probes import LayerGeometry, layer_record, manifest_batches, probe_layer, probe_report
+from unitscope.studies.nefesi.images import dataset_image, image_table, layer_field, model_inputs, nf_rgb
+from unitscope.studies.nefesi.indexes import GRAYSCALE_NOTE, layer_index_table
+from unitscope.studies.nefesi.probes import layer_record, manifest_batches, probe_layer, probe_report
 from unitscope.studies.nefesi.storage import read_json, read_nf, write_json, write_nf
 from unitscope.studies.nefesi.topn import collect_top_n, exemplar_frame, inference_copy, read_top_n
 from unitscope.studies.nefesi.units import draw_unit_figures, merge_units, top_units
@@ -60,14 +60,16 @@ def run_top_n(
     its manifest path}, the datasets of `settings`."""
     layers, top_n, device = list(settings.layers), settings.top_n, pick_device(run.device)
     network = inference_copy(load_model(model)).to(device)
+    preprocessing = model.spec["preprocessing"]
     for layer in layers:
         resolve_layer(network, layer, model.name)
-        receptive_field(network, layer)  # fail now, not after the pass, if the field cannot be computed
+        # fail now, not after the pass, if the layer has no field (no spatial map)
+        layer_receptive_field(network, layer, input_size(preprocessing), channels=input_channels(preprocessing))
     images = image_table(
         manifests, max_images=settings.max_images, class_by=settings.class_by, label_names=settings.label_names
     )
     loader = make_loader(
-        ManifestDataset(images, build_transform(model.spec["preprocessing"])),
+        ManifestDataset(images, build_transform(preprocessing)),
         batch_size=run.batch_size,
         num_workers=run.num_workers,
         device=device,
@@ -101,15 +103,16 @@ def run_layer(
     exemplars, images = pd.read_parquet(exemplars_path), pd.read_parquet(images_path)
     top = read_top_n(exemplars, layer)
     preprocessing = model.spec["preprocessing"]
-    mean, std, crop = preprocessing["mean"], preprocessing["std"], int(preprocessing["crop"])
+    mean, std, size = preprocessing["mean"], preprocessing["std"], input_size(preprocessing)
     batches = manifest_batches(images, build_transform(preprocessing), num_workers=run.num_workers)
     print(f"{model.name} {layer}: {top.channels} channels, top-{top.n}, map {top.map_size}", flush=True)
+    notes = [GRAYSCALE_NOTE] if input_channels(preprocessing) == 1 else []
     probes = probe_layer(
         network,
         layer,
         top,
         batches,
-        image_size=(crop, crop),
+        image_size=size,
         mean=mean,
         std=std,
         rotation_step=settings.rotation_step,
@@ -130,13 +133,13 @@ def run_layer(
         color_name_share=settings.color_name_share,
     )
     weights = None if shallower is None else hierarchy_weights(probes.children, top, read_top_n(exemplars, shallower))
-    geometry = LayerGeometry.of(network, layer, (crop, crop), top.map_size)
-    info = layer_record(model.name, layer, top, probes, geometry, len(images), images["class"].nunique(), shallower)
+    classes = images["class"].nunique()
+    info = layer_record(model.name, layer, top, probes, probes.geometry, len(images), classes, shallower, notes)
     write_parquet(table, out_table)
     write_parquet(hierarchy_frame(layer, shallower, weights), out_hierarchy)
     write_nf(nf_rgb(probes.nf, mean, std), out_nf)
     write_json(info, out_info)
-    print(probe_report(info, probes, top.channels), flush=True)
+    print(probe_report(info, probes, top.channels), *notes, sep="\n", flush=True)
     return table
 
 
@@ -201,8 +204,10 @@ def run_decomposition(
     image = model_inputs(rows, preprocessing)[0]
     maps = image_maps(network, layer, image)
     top = read_top_n(pd.read_parquet(exemplars_path), layer)
-    field = receptive_field(network, layer)
     info = read_json(info_path)
+    field = layer_field(info)  # the field the probes and Neuron Features used
+    if all(field.whole):
+        print(f"{layer}: {field.describe()}; every field overlaps every other, so one unit is kept", flush=True)
     kept = decompose_image(
         maps, field, top.values[:, 0], tuple(image.shape[-2:]), count=settings.channels, max_overlap=max_overlap
     )
