@@ -272,10 +272,9 @@ def test_mean_ablation_of_every_channel_gives_constant_activations(request, mani
         torch.testing.assert_close(pooled[0, 0], fill)
 
 
-def test_layer_off_the_main_chain_is_a_one_line_error(resnet20, mobilenet):
-    with pytest.raises(FacesError, match=r"cannot intervene at layer 'layer2.1.conv1'") as err:
-        build_tail(resnet20, "layer2.1.conv1", "resnet20_cifar")
-    assert "\n" not in str(err.value) and "layer2" in str(err.value)
+def test_a_layer_a_skip_crosses_is_re_run_whole_and_the_head_is_an_error(resnet20, mobilenet):
+    tail = build_tail(resnet20, "layer2.1.conv1", "resnet20_cifar")  # the block's shortcut crosses the layer
+    assert tail.rerun and "crosses the layer" in tail.path and not tail.pool_first
     with pytest.raises(FacesError, match="classifier"):
         build_tail(mobilenet, "classifier", "mobilenet_v2_imagenet")
 

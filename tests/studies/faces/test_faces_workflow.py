@@ -137,7 +137,7 @@ def test_faces_study_on_a_cifar_resnet_at_its_default_layer(tmp_path):
     assert summary["model"] == "resnet20_cifar" and summary["layer"] == "layer3"
     assert summary["selection"]["top_percentile"] == 4  # ceil(64 * 5%)
     probes = pd.read_parquet(results / "faces" / "probes.parquet")
-    assert list(probes["layer"]) == ["relu", "layer1", "layer2", "layer3.0", "layer3"]
+    assert list(probes["layer"]) == ["layer1", "layer2.1", "layer2", "layer3.1", "layer3"]  # found from the graph
     assert probes["accuracy"].between(0, 1).all() and probes["n_images"].eq(38).all()
     conditions = pd.read_parquet(results / "faces" / "conditions.parquet").set_index("condition")
     assert conditions.loc["intact", "kl_faces"] == 0 and conditions.loc["lesion", "kl_faces"] > 0

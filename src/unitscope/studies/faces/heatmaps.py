@@ -54,10 +54,16 @@ def upsampled(maps: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 
 
 def pictures(batch: torch.Tensor, preprocessing: dict) -> np.ndarray:
-    """The preprocessed images as shown: normalisation undone, [n, H, W, 3] in [0, 1]."""
-    mean = torch.tensor(preprocessing["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(preprocessing["std"]).view(1, 3, 1, 1)
-    return (batch * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    """The preprocessed images as shown: normalisation undone, [n, H, W, 3] in [0, 1] (a 1-channel model's
+    grayscale input repeated into gray RGB)."""
+    mean = torch.tensor(preprocessing["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(preprocessing["std"]).view(1, -1, 1, 1)
+    shown = (batch * std + mean).clamp(0, 1)
+    return (
+        shown.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).numpy()
+        if shown.shape[1] == 1
+        else shown.permute(0, 2, 3, 1).numpy()
+    )
 
 
 def heatmap_table(maps: torch.Tensor, images: list[dict], channels: list[int]) -> pd.DataFrame:

@@ -1,6 +1,7 @@
 """Parse time (no torch): the faces study's settings, one frozen `Settings` per rule, built once from the validated
 config. The model's graph (`unitscope.models.facts`, surveyed once and cached) resolves `faces.layer: null` and
-`faces.probe_layers: null` here, so the rule file and the stages see the layer the study uses. Each rule gets only the settings that change its results.
+`faces.probe_layers: null` here, so the rule file and the stages see the layer the study uses. Each rule gets only
+the settings that change its results.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from unitscope.errors import UnitscopeError
 from unitscope.models.facts import model_facts
 from unitscope.settings import Settings
+
 
 class FacesConfigError(UnitscopeError, ValueError):
     """The faces study's settings do not fit the rest of the config; one line naming the key."""
