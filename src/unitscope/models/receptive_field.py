@@ -330,9 +330,12 @@ def receptive_field(model: nn.Module, layer: str) -> ReceptiveField:
 
 # Functions that only ever shrink a unit's support (a dead ReLU, a saturated gate, a clamp): identity in the
 # support copy. Matched by name so that modules, torch.* functions and Tensor methods are all caught.
+# Gates (squeeze-and-excitation multiplies a map by a sigmoid of its pooled self): as identities, every gated block
+# would square the values and overflow; a bounded map whose derivative is never zero keeps them finite.
+_GATE_FUNCTIONS = frozenset("sigmoid sigmoid_ hardsigmoid".split())
 _IDENTITY_FUNCTIONS = frozenset(
     "relu relu_ relu6 hardtanh hardtanh_ leaky_relu leaky_relu_ elu elu_ selu selu_ celu celu_ gelu silu mish "
-    "hardswish hardsigmoid sigmoid sigmoid_ tanh tanh_ softplus prelu rrelu rrelu_ threshold threshold_ "
+    "hardswish tanh tanh_ softplus prelu rrelu rrelu_ threshold threshold_ "
     "logsigmoid hardshrink softshrink clamp clamp_ clip clip_ clamp_min clamp_min_ clamp_max clamp_max_".split()
 )
 
@@ -363,6 +366,8 @@ class _SupportMode(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name in _IDENTITY_FUNCTIONS and args and isinstance(args[0], torch.Tensor):
             return args[0]
+        if name in _GATE_FUNCTIONS and args and isinstance(args[0], torch.Tensor):
+            return args[0] / (1 + args[0].abs())
         if name in ("max_pool2d", "max_pool2d_with_indices"):
             out = _average_pool(*args, **kwargs)
             return (out, torch.zeros_like(out, dtype=torch.long)) if name.endswith("indices") else out
