@@ -14,6 +14,7 @@ import json
 
 import pandas as pd
 import pytest
+import timm
 from anymodels import GRAY_PREPROCESSING, save_random_weights, write_user_module
 from conftest import DATA_DIR
 from wfutil import copy_workflow, disable_studies, snakemake, tiny_config, write_config
@@ -63,7 +64,9 @@ def test_cards_show_the_input_and_preprocessing_of_each_source(own_models_run):
     assert gray["input_shape"] == [1, 40, 56]
     card = json.loads((own_models_run / "results/models/timm_mnv3/card.json").read_text())
     assert card["input_shape"] == [3, 224, 224]  # timm's pretrained config, as no preprocessing was given
-    assert card["preprocessing"]["interpolation"] == "bicubic" and card["preprocessing"]["resize"] == 235
+    timm_config = timm.get_pretrained_cfg("mobilenetv3_small_050")
+    assert card["preprocessing"]["interpolation"] == timm_config.interpolation
+    assert card["preprocessing"]["resize"] == int(224 / timm_config.crop_pct)
 
 
 def test_faces_runs_at_the_layer_found_from_the_graph(own_models_run):

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import yaml
 import zarr
+from conftest import DATA_DIR
 from slurm_cluster import ClusterUnavailable, ensure_installed, job_states, slurm_cluster
-from wfutil import REPO, SNAKEMAKE, copy_workflow, write_config
+from wfutil import REPO, SNAKEMAKE, copy_workflow, disable_studies, tiny_config, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +31,17 @@ def test_profile_lets_the_user_choose_partition_and_requests_gpu_for_extraction(
     assert profile["executor"] == "slurm"
     assert profile["set-resources"]["extract"]["gpu"] == 1
     assert "slurm_partition" not in profile["default-resources"]  # left to the user (commented placeholder)
+
+
+def test_the_slurm_profile_gives_its_own_threads_not_the_local_ones(tmp_path):
+    """As the workflow profile, profiles/slurm replaces profiles/default: extraction jobs get the 8 threads their
+    8-CPU allocation pays for, not the local profile's 2 (which `--profile` would let win)."""
+    workdir = copy_workflow(tmp_path / "wf")
+    write_config(workdir, disable_studies(tiny_config(DATA_DIR)))
+    command = [SNAKEMAKE, "-n", "--cores", "16", "--workflow-profile", "profiles/slurm", "--executor", "local"]
+    out = subprocess.run([*command, "report"], cwd=workdir, capture_output=True, text=True, timeout=300).stdout
+    threads = {rule: int(n) for rule, n in re.findall(r"rule (\w+):(?:\n\s+[^\n]*?)*?\n\s+threads: (\d+)", out)}
+    assert threads.get("extract") == 8 and threads.get("model_card") == 4, out[-2000:]
 
 
 def cluster_profile(workdir) -> str:
@@ -64,7 +76,7 @@ def test_tiny_workflow_under_slurm_matches_local_run(tmp_path, tiny_local_run):
     workdir = copy_workflow(tmp_path / "wf")
     write_config(workdir, config)
     with slurm_cluster(tmp_path / "slurm") as cluster:
-        command = ["timeout", "-k", "10", "900", SNAKEMAKE, "--profile", cluster_profile(workdir), "report"]
+        command = ["timeout", "-k", "10", "900", SNAKEMAKE, "--workflow-profile", cluster_profile(workdir), "report"]
         result = subprocess.run(command, cwd=workdir, env=cluster["env"], capture_output=True, text=True)
         assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
         states = job_states(cluster["env"])

@@ -3,14 +3,15 @@ on the chain networks, equal to a brute-force measurement on branching and conca
 whole input where a globally pooled value is multiplied back (squeeze-and-excitation).
 
 Every model has random weights (torchvision `weights=None`, seeded with `torch.manual_seed(0)`), in eval mode with
-`requires_grad_(False)`, as the registry builds them.
+`requires_grad_(False)`, as the registry builds them (`anymodels.get_model`).
 """
 
 import copy
+import functools
 
 import pytest
 import torch
-import torchvision
+from anymodels import get_model
 from torch import nn
 
 from unitscope.hooks import StopForward, hooked
@@ -27,48 +28,18 @@ from unitscope.models.receptive_field import (
 from unitscope.studies.actmax.colored_mnist import ColoredMnistCNN
 
 
-class TinyGray(nn.Module):
-    """A user's own module: 1 x 40 x 56 grayscale input, max pool, global average pool, linear head."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
-        self.relu1 = nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
-        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
-        self.relu2 = nn.ReLU()
-        self.gap = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, 10)
-
-    def forward(self, x):
-        x = self.relu2(self.conv2(self.pool(self.relu1(self.conv1(x)))))
-        return self.fc(self.gap(x).flatten(1))
-
-
 def build(name: str) -> nn.Module:
+    """The chain networks of this package, or `get_model`'s (each seeded with 0, eval mode, frozen)."""
+    makers = {"resnet20": cifar_resnet20, "colored_mnist": ColoredMnistCNN}
+    if name not in makers:
+        return get_model(name)
     torch.manual_seed(0)
-    makers = {
-        "resnet20": cifar_resnet20,
-        "colored_mnist": ColoredMnistCNN,
-        "tiny_gray": TinyGray,
-        "googlenet": lambda: torchvision.models.get_model(
-            "googlenet", weights=None, aux_logits=False, init_weights=False
-        ),
-    }
-    maker = makers.get(name, lambda: torchvision.models.get_model(name, weights=None))
-    return maker().eval().requires_grad_(False)
+    return makers[name]().eval().requires_grad_(False)
 
 
 @pytest.fixture(scope="module")
 def models(one_torch_thread):
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            cache[name] = build(name)
-        return cache[name]
-
-    return get
+    return functools.cache(build)
 
 
 def layer_output(model: nn.Module, layer: str, images: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Activation maximisation of registry targets on any CNN (issue 13): torchvision and timm models and a user's
 1-channel, non-square module, with the FFT parameterisation and with plain pixels.
 
-Every model has random weights (seeded with `torch.manual_seed`) and small inputs (32-56 px, odd and non-square
+Every model has random weights (seeded: `anymodels.get_model`) and small inputs (32-56 px, odd and non-square
 sizes among them), and is frozen as the registry freezes it (eval mode, `requires_grad_(False)`). Target layers
 sit where real targets do: inside a residual block before its addition, a DenseNet concatenation, a ConvNeXt
 stage's block, a GoogLeNet branch, a timm model's stage.
@@ -9,11 +9,10 @@ stage's block, a GoogLeNet branch, a timm model's stage.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 import torch
+from anymodels import get_model
 from PIL import Image
 from torch import nn
 
@@ -28,64 +27,20 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
-class TinyGray(nn.Module):
-    """A user's own module: 1 x 40 x 56 grayscale input."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
-        self.relu1 = nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
-        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
-        self.relu2 = nn.ReLU()
-        self.head = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, 10)
-
-    def forward(self, x):
-        x = self.pool(self.relu1(self.conv1(x)))
-        return self.fc(torch.flatten(self.head(self.relu2(self.conv2(x))), 1))
-
-
-def _torchvision(name: str, **kwargs):
-    import torchvision
-
-    return torchvision.models.get_model(name, weights=None, **kwargs)
-
-
-def _timm(name: str):
-    import timm
-
-    return timm.create_model(name, pretrained=False)
-
-
-# name: (builder, target layer, channels, head module that must not run, crop, mean/std)
+# model key (`get_model`): (target layer, channels, head module that must not run, crop, mean/std)
 ARCHS = {
-    "resnet50": (lambda: _torchvision("resnet50"), "layer2.0.bn3", [0, 300], "fc", [33, 47], IMAGENET),
-    "densenet121": (lambda: _torchvision("densenet121"), "features.denseblock2", [0, 500], "classifier", 32, IMAGENET),
-    "convnext_tiny": (lambda: _torchvision("convnext_tiny"), "features.3.1", [0, 5], "classifier", [48, 40], IMAGENET),
-    "googlenet": (
-        lambda: _torchvision("googlenet", aux_logits=False, init_weights=False),
-        "inception3a.branch3.1.bn",  # inside a branch, before BasicConv2d's functional in-place ReLU
-        [0, 7],
-        "fc",
-        [36, 45],
-        IMAGENET,
-    ),
-    "timm_mobilenetv3": (lambda: _timm("mobilenetv3_small_050"), "blocks.2", [0, 3], "classifier", 48, IMAGENET),
-    "tiny_gray": (TinyGray, "conv2", [0, 5], "fc", [40, 56], {"mean": [0.5], "std": [0.25]}),
+    "resnet50": ("layer2.0.bn3", [0, 300], "fc", [33, 47], IMAGENET),
+    "densenet121": ("features.denseblock2", [0, 500], "classifier", 32, IMAGENET),
+    "convnext_tiny": ("features.3.1", [0, 5], "classifier", [48, 40], IMAGENET),
+    # inside a branch, before BasicConv2d's functional in-place ReLU
+    "googlenet": ("inception3a.branch3.1.bn", [0, 7], "fc", [36, 45], IMAGENET),
+    "timm_mobilenetv3_small_050": ("blocks.2", [0, 3], "classifier", 48, IMAGENET),
+    "tiny_gray": ("conv2", [0, 5], "fc", [40, 56], {"mean": [0.5], "std": [0.25]}),
 }
 
 
-@functools.cache
-def _model(name: str) -> nn.Module:
-    torch.manual_seed(0)
-    model = ARCHS[name][0]().eval()
-    model.requires_grad_(False)
-    return model
-
-
 def _spec(name: str) -> dict:
-    crop, norm = ARCHS[name][4], ARCHS[name][5]
+    crop, norm = ARCHS[name][3], ARCHS[name][4]
     return {"preprocessing": {"resize": crop, "crop": crop, **norm}}
 
 
@@ -109,8 +64,8 @@ def _target(layer: str, parameterization: str, *, steps: int = 12, **extra) -> R
 @pytest.mark.parametrize("parameterization", ["fft", "pixel"])
 @pytest.mark.parametrize("name", list(ARCHS))
 def test_registry_target_climbs_on_any_cnn_and_stops_at_its_layer(name, parameterization):
-    _, layer, channels, head, _, norm = ARCHS[name]
-    model, spec = _model(name), _spec(name)
+    layer, channels, head, _, norm = ARCHS[name]
+    model, spec = get_model(name), _spec(name)
     from unitscope.models.preprocessing import input_channels, input_size
 
     shape = (input_channels(spec["preprocessing"]), *input_size(spec["preprocessing"]))
@@ -135,18 +90,19 @@ def test_a_wrong_layer_is_the_registrys_one_line_error_with_the_nearest_name():
     from unitscope.models.errors import ModelError
 
     with pytest.raises(ModelError) as err:
-        optimize_registry_target(_model("resnet50"), "resnet50", _spec("resnet50"), _target("layer2.0.bn4", "fft"), [0])
+        target = _target("layer2.0.bn4", "fft")
+        optimize_registry_target(get_model("resnet50"), "resnet50", _spec("resnet50"), target, [0])
     message = str(err.value)
     assert "resnet50 has no layer 'layer2.0.bn4'" in message and "'layer2.0.bn3'" in message and "\n" not in message
     with pytest.raises(ModelError, match="tiny_gray has no layer 'conv2.0'"):
         target = _target("conv2", "pixel", unit_layer="conv2.0")
-        optimize_registry_target(_model("tiny_gray"), "tiny_gray", _spec("tiny_gray"), target, [0])
+        optimize_registry_target(get_model("tiny_gray"), "tiny_gray", _spec("tiny_gray"), target, [0])
 
 
 def test_unit_layer_channels_are_checked_on_a_grayscale_non_square_input():
     target = _target("conv2", "pixel", steps=1, unit_layer="conv1")
     with pytest.raises(ValueError, match=r"'conv2' has 16 channels, but the units it stands for \('conv1'\) have 8"):
-        optimize_registry_target(_model("tiny_gray"), "tiny_gray", _spec("tiny_gray"), target, [0])
+        optimize_registry_target(get_model("tiny_gray"), "tiny_gray", _spec("tiny_gray"), target, [0])
 
 
 @pytest.mark.parametrize("shape", [(1, 33, 47), (3, 33, 47), (1, 40, 56), (3, 28, 28)])
@@ -176,7 +132,7 @@ def test_grayscale_non_square_runs_give_grayscale_grids(tmp_path):
     from unitscope.studies.actmax.section import registry_outputs
 
     target = _target("conv2", "fft", steps=2)
-    result, extra = optimize_registry_target(_model("tiny_gray"), "tiny_gray", _spec("tiny_gray"), target, [0, 5])
+    result, extra = optimize_registry_target(get_model("tiny_gray"), "tiny_gray", _spec("tiny_gray"), target, [0, 5])
     table = save_run(result, tmp_path / "conv2.npz", tmp_path / "conv2.parquet", extra=extra)
     assert save_unit_grids(table, result.snapshots, result.snapshot_steps, tmp_path / "grids") == 2
     registry = registry_outputs([("tiny_gray", "conv2", tmp_path / "conv2.npz", tmp_path / "conv2.parquet")], tmp_path)

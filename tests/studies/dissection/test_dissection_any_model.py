@@ -2,7 +2,7 @@
 with a 1-channel, non-square input, each dissected at a layer inside its graph (residual, dense and inception
 blocks, stages) on a few CamVid frames.
 
-Every model has random weights (seeded with `torch.manual_seed`): the tests check that the study runs and
+Every model has random weights (seeded: `anymodels.get_model`): the tests check that the study runs and
 that its numbers are well formed, not what the units detect. Inputs are small (shorter side 48-64 px) and
 the masks coarse (30 x 40) so the whole module stays fast.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from anymodels import GRAY_PREPROCESSING, get_model
 
 from unitscope.data.concepts import CamVidConcepts
 from unitscope.studies.dissection.caches import cache_activations, dissection_transform
@@ -28,44 +28,9 @@ from unitscope.studies.dissection.layer_dissection import dissect_network
 from unitscope.studies.dissection.rotation import rotate_network
 
 RGB = {"resize": 56, "crop": 48, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-GRAY = {"resize": [40, 56], "crop": [40, 56], "mean": [0.5], "std": [0.25]}  # 1 x 40 x 56, as the model reads it
+GRAY = GRAY_PREPROCESSING  # 1 x 40 x 56, as the model reads it
 MASKS = (30, 40)  # CamVid's 360 x 480 labels at shorter side 30
 SETTINGS = {"quantile": 0.02, "iou_threshold": 0.04, "seed": 0, "shape": MASKS}
-
-
-class TinyGray(nn.Module):
-    """A user module reading 1 x 40 x 56 images (grayscale, not square)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
-        self.relu1 = nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
-        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
-        self.relu2 = nn.ReLU()
-        self.head = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, 10)
-
-    def forward(self, x):
-        x = self.pool(self.relu1(self.conv1(x)))
-        x = self.head(self.relu2(self.conv2(x)))
-        return self.fc(torch.flatten(x, 1))
-
-
-def build(name: str) -> nn.Module:
-    """A seeded random-weight model in eval mode with frozen parameters (as the registry builds them)."""
-    import timm
-    import torchvision
-
-    torch.manual_seed(0)
-    if name == "tiny_gray":
-        model = TinyGray()
-    elif name.startswith("timm."):
-        model = timm.create_model(name.removeprefix("timm."), pretrained=False)
-    else:
-        extra = {"aux_logits": False, "init_weights": False} if name == "googlenet" else {}
-        model = torchvision.models.get_model(name, weights=None, **extra)
-    return model.eval().requires_grad_(False)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +45,7 @@ CASES = [
     ("googlenet", ["inception3a.branch2"], [128], RGB),  # one branch of an inception block
     ("efficientnet_b0", ["features.3.1.block"], [40], RGB),  # inside an MBConv block (stochastic depth after)
     ("convnext_tiny", ["features.1.0"], [96], RGB),  # a ConvNeXt block (its inner layers are channels-last)
-    ("timm.mobilenetv3_small_050", ["blocks.2"], [24], RGB),  # a timm stage
+    ("timm_mobilenetv3_small_050", ["blocks.2"], [24], RGB),  # a timm stage
     ("tiny_gray", ["conv1", "conv2"], [8, 16], GRAY),  # 1 channel, 40 x 56: maps 40 x 56 and 20 x 28
 ]
 
@@ -90,7 +55,7 @@ def test_dissection_of_any_model_gives_an_iou_per_channel_and_concept(
     name, layers, channels, preprocessing, frames, tmp_path, one_torch_thread
 ):
     results = dissect_network(
-        build(name), frames, layers, preprocessing, model_name=name, top_k=2, folder=tmp_path, **SETTINGS
+        get_model(name), frames, layers, preprocessing, model_name=name, top_k=2, folder=tmp_path, **SETTINGS
     )
     code_category, _ = concept_lookup(frames)
     concept_codes = frames.concepts["code"].to_numpy()
@@ -116,11 +81,11 @@ def test_gray_non_square_input_and_its_maps_upsampled_onto_the_masks(frames, tmp
     assert image.shape == (1, 40, 56)
     gray = np.asarray(frames.image(0).convert("L").resize((56, 40), 2), dtype=np.float32) / 255  # 2: bilinear
     np.testing.assert_allclose(image[0].numpy() * 0.25 + 0.5, gray, atol=0.02)
-    maps = cache_activations(build("tiny_gray"), frames, ["conv1", "conv2"], transform, tmp_path, progress=False)
+    maps = cache_activations(get_model("tiny_gray"), frames, ["conv1", "conv2"], transform, tmp_path, progress=False)
     assert maps["conv1"].shape == (4, 8, 40, 56) and maps["conv2"].shape == (4, 16, 20, 28)
     labels = label_batch([frames.annotation(i, MASKS) for i in range(len(frames))], frames.categories, MASKS)
     results = dissect_network(
-        build("tiny_gray"),
+        get_model("tiny_gray"),
         frames,
         ["conv1", "conv2"],
         GRAY,
@@ -141,12 +106,12 @@ def test_gray_non_square_input_and_its_maps_upsampled_onto_the_masks(frames, tmp
 def test_a_layer_without_maps_is_a_one_line_error_naming_model_and_layer(frames, tmp_path):
     with pytest.raises(DissectionError, match=r"^model tiny_gray layer 'fc': output shape \[4, 10\] is not \[N, C"):
         dissect_network(
-            build("tiny_gray"), frames, ["fc"], GRAY, model_name="tiny_gray", top_k=2, folder=tmp_path, **SETTINGS
+            get_model("tiny_gray"), frames, ["fc"], GRAY, model_name="tiny_gray", top_k=2, folder=tmp_path, **SETTINGS
         )
     with pytest.raises(DissectionError, match=r"^model tiny_gray: the forward pass on images \[4, 3, 40, 56\]"):
         rgb = {**GRAY, "mean": RGB["mean"], "std": RGB["std"]}  # 3-channel images into a 1-channel model
         dissect_network(
-            build("tiny_gray"), frames, ["conv1"], rgb, model_name="tiny_gray", top_k=2, folder=tmp_path, **SETTINGS
+            get_model("tiny_gray"), frames, ["conv1"], rgb, model_name="tiny_gray", top_k=2, folder=tmp_path, **SETTINGS
         )
     with pytest.raises(DissectionError, match=r"^model tiny_gray: preprocessing has 2 means"):
         dissection_transform({**GRAY, "mean": [0.5, 0.5], "std": [0.2, 0.2]}, "tiny_gray")
@@ -154,7 +119,7 @@ def test_a_layer_without_maps_is_a_one_line_error_naming_model_and_layer(frames,
 
 def test_rotation_experiment_on_a_dense_layer(frames, tmp_path, one_torch_thread):
     """densenet121's dense layer (32 channels): alpha 0 is the layer as dissected; alpha 1 its units rotated."""
-    network, layer = build("densenet121"), "features.denseblock2.denselayer3"
+    network, layer = get_model("densenet121"), "features.denseblock2.denselayer3"
     rows = rotate_network(
         network, frames, layer, RGB, model_name="densenet121", alphas=[0, 1], seeds=2, folder=tmp_path, **SETTINGS
     )

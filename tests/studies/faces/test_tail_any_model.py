@@ -1,7 +1,7 @@
 """The faces study's interventions on any CNN: the tail after the layer, cut out of the torch.fx graph, or full
 hooked re-runs where it cannot be (a skip or branch crossing the layer, a layer run twice, a model fx cannot trace).
 
-Every model has random weights drawn under a fixed seed (`anymodel.get_model`), runs in eval mode on 2 random
+Every model has random weights drawn under a fixed seed (`anymodels.get_model`), runs in eval mode on 2 random
 inputs of 32 px (AlexNet 64 px; the 1-channel user module 40 x 56), so these tests need no download.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from anymodel import get_images, get_model
+from anymodels import get_images, get_model
 from torch import nn
 
 from unitscope.data.manifest import build_manifest, folder_layout, read_manifest, write_manifest

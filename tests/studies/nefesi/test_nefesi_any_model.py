@@ -4,16 +4,15 @@ MobileNetV3 layer with squeeze-and-excitation (every unit sees the whole image) 
 non-square input, on 8 real CIFAR-10 images drawn into a manifest.
 
 Every model has random weights (seeded with `torch.manual_seed(0)`), in eval mode with `requires_grad_(False)`, as
-the registry builds them.
+the registry builds them (`anymodels.get_model`).
 """
 
 import json
 
 import numpy as np
 import pytest
-import timm
 import torch
-import torchvision
+from anymodels import GRAY_PREPROCESSING, get_model
 from torch import nn
 
 from unitscope.data.manifest import ManifestDataset, build_manifest, folder_layout, write_manifest
@@ -33,36 +32,15 @@ CIFAR_SOURCE = {
     "label_column": "label",
 }
 RGB = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-GRAY = {"mean": [0.5], "std": [0.25]}
 INDEXES = ["color_index", "orientation_index", "symmetry_index", "class_index"]
 
 
-class TinyGray(nn.Module):
-    """A user's own module: 1 x 40 x 56 grayscale input, max pool, global average pool, linear head."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
-        self.relu1 = nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
-        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
-        self.relu2 = nn.ReLU()
-        self.gap = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, 10)
-
-    def forward(self, x):
-        x = self.relu2(self.conv2(self.pool(self.relu1(self.conv1(x)))))
-        return self.fc(self.gap(x).flatten(1))
-
-
+# model key (`get_model`) -> the layer analysed
 MODELS = {
-    "densenet121": (
-        lambda: torchvision.models.get_model("densenet121", weights=None),
-        "features.denseblock1.denselayer2",
-    ),
-    "timm_resnet18": (lambda: timm.create_model("resnet18", pretrained=False), "layer1.0"),
-    "mobilenet_v3_small": (lambda: torchvision.models.get_model("mobilenet_v3_small", weights=None), "features.1"),
-    "tiny_gray": (TinyGray, "relu2"),
+    "densenet121": "features.denseblock1.denselayer2",
+    "timm_resnet18": "layer1.0",
+    "mobilenet_v3_small": "features.1",
+    "tiny_gray": "relu2",
 }
 
 
@@ -77,11 +55,10 @@ def images(data_dir, tmp_path_factory, one_torch_thread):
 
 def analyse(name: str, images):
     """What the nefesi_layer stage computes for one layer (top-N, probes, index table), as its stage calls it."""
-    maker, layer = MODELS[name]
-    torch.manual_seed(0)
-    network = inference_copy(maker().eval().requires_grad_(False))
+    layer = MODELS[name]
+    network = inference_copy(get_model(name))
     colour = name != "tiny_gray"
-    preprocessing = {"resize": 48, "crop": 48, **RGB} if colour else {"resize": [40, 56], "crop": [40, 56], **GRAY}
+    preprocessing = {"resize": 48, "crop": 48, **RGB} if colour else GRAY_PREPROCESSING
     mean, std = preprocessing["mean"], preprocessing["std"]
     transform = build_transform(preprocessing)
     dataset = ManifestDataset(images, transform)
