@@ -168,3 +168,27 @@ def test_registry_entry_errors_name_the_key(default_config, change, message):
     config["models"]["m"].setdefault("preprocessing", GRAY)
     with pytest.raises(ConfigError, match=message):
         validate_config(config)
+
+
+def test_timm_pretrained_weights_come_from_the_hugging_face_cache(tmp_path, monkeypatch):
+    """`weights: pretrained` reads timm's file from the Hugging Face cache under resources_dir (here a cache laid out
+    as huggingface_hub writes it, offline), checks its sha256 and loads it like any checkpoint."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    spec = {"arch": "timm.resnet18", "weights": "pretrained"}
+    repo = tmp_path / "huggingface" / "models--timm--resnet18.a1_in1k"  # timm's default tag of resnet18
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    weights = repo / "snapshots" / ("0" * 40) / "model.safetensors"
+    save_random_weights(build_architecture("t", spec), weights, seed=4)
+    spec["sha256"] = sha256_file(weights)
+    model = build_model("t", spec, data_dir=tmp_path, torch_home=tmp_path / "torch")
+    assert model.unitscope_checkpoint["path"] == str(weights) and model(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)
+    with pytest.raises(ModelError, match=r"sha256"):
+        build_model("t", spec | {"sha256": "f" * 64}, data_dir=tmp_path, torch_home=tmp_path / "torch")
+    with pytest.raises(
+        ModelError, match=r"cannot get timm/resnet18.a2_in1k/model.safetensors .*set models.t.checkpoint"
+    ):
+        build_model("t", spec | {"weights": "a2_in1k"}, data_dir=tmp_path, torch_home=tmp_path / "torch")

@@ -8,6 +8,7 @@ Where the weights come from and how they are checked is `unitscope.models.weight
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 
 import torchvision
 from torch import nn
@@ -19,6 +20,7 @@ from unitscope.models.weights import (
     checkpoint_path,
     first_few,
     load_checkpoint,
+    timm_weights_file,
 )
 from unitscope.settings import ModelRef
 
@@ -45,7 +47,8 @@ def build_model(name: str, spec: dict, *, data_dir, torch_home) -> nn.Module:
     """The registry entry `models.<name>` as an eval-mode CPU model with frozen parameters.
 
     torchvision entries with `weights` go through torchvision's loader (on checked bytes); every other entry is
-    its architecture (`sources.build_architecture`) plus its `checkpoint`, read safely and matched key by key.
+    its architecture (`sources.build_architecture`) plus its `checkpoint` (for timm entries with `weights` and no
+    checkpoint: timm's pretrained file in the Hugging Face cache), read safely and matched key by key.
     `data_dir` resolves relative checkpoint paths; `torch_home` is the torch hub cache (TORCH_HOME) used by
     torchvision weights (None: torch's current default).
     """
@@ -53,13 +56,10 @@ def build_model(name: str, spec: dict, *, data_dir, torch_home) -> nn.Module:
     if arch.startswith("torchvision.") and spec.get("weights"):
         model, checkpoint = build_torchvision(name, spec, arch, data_dir, torch_home)
     else:
-        if arch.startswith("timm.") and spec.get("weights"):
-            raise ModelError(
-                f"model {name}: models.{name}.weights is for torchvision archs; give a timm model's weights as "
-                f"models.{name}.checkpoint (a .safetensors or .pth file)"
-            )
         model = build_architecture(name, spec)
-        path = checkpoint_path(name, spec, data_dir, required=True)
+        path = checkpoint_path(name, spec, data_dir, required=not (arch.startswith("timm.") and spec.get("weights")))
+        if path is None:  # timm's pretrained weights, from the Hugging Face cache beside the torch hub cache
+            path = timm_weights_file(name, spec, Path(torch_home).parent / "huggingface" if torch_home else None)
         checkpoint = load_checkpoint(name, spec, arch, model, path)
     model = model.to("cpu").eval()
     model.requires_grad_(False)

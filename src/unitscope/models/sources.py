@@ -134,7 +134,9 @@ def source_preprocessing(name: str, spec: Mapping) -> dict | None:
             "interpolation": _interpolation(tv.interpolation),
         }
     if arch.startswith("timm."):
-        cfg = _timm(name).get_pretrained_cfg(arch.split(".", 1)[1])
+        from unitscope.models.weights import timm_pretrained_name
+
+        cfg = _timm(name).get_pretrained_cfg(timm_pretrained_name(spec))
         if cfg is None:
             return None
         channels, height, width = cfg.input_size

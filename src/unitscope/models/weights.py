@@ -317,3 +317,35 @@ def build_torchvision(name: str, spec: Mapping, arch: str, data_dir, torch_home)
     data, info = _verified_weights(name, spec, weights, filename, checkpoint)
     kwargs = dict(spec.get("kwargs") or {})
     return _build_with_weights(name, lambda weights: builder(weights=weights, **kwargs), weights, filename, data), info
+
+
+# ----------------------------------------------------------------------------------------------
+# timm
+
+
+def timm_pretrained_name(spec: Mapping) -> str:
+    """timm's name of the entry's pretrained weights: `<arch>` (`weights: pretrained`: timm's default tag) or
+    `<arch>.<tag>` (`weights: a1_in1k`)."""
+    arch = str(spec["arch"]).split(".", 1)[1]
+    tag = str(spec.get("weights") or "pretrained")
+    return arch if tag == "pretrained" else f"{arch}.{tag}"
+
+
+def timm_weights_file(name: str, spec: Mapping, hub_cache) -> Path:
+    """The safetensors file of timm's pretrained weights in the Hugging Face cache `hub_cache` (downloaded there
+    when online and missing). The file is then read and checked like any checkpoint, never handed to timm's loader."""
+    import timm
+    from huggingface_hub import hf_hub_download
+
+    pretrained = timm_pretrained_name(spec)
+    config = timm.models.get_pretrained_cfg(pretrained)
+    if config is None or not config.hf_hub_id:
+        raise ModelError(f"model {name}: timm has no pretrained weights {pretrained!r} on the Hugging Face hub")
+    repo, filename = config.hf_hub_id, "model.safetensors"
+    try:
+        return Path(hf_hub_download(repo, filename, cache_dir=str(hub_cache) if hub_cache else None))
+    except Exception as err:
+        raise ModelError(
+            f"model {name}: cannot get {repo}/{filename} from the Hugging Face hub or its cache {hub_cache} "
+            f"({type(err).__name__}: {one_line(err, 150)}); offline, set models.{name}.checkpoint to a local copy"
+        ) from None
