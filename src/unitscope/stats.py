@@ -1,7 +1,8 @@
 """The statistics every study reports with, each defined once: Wilson intervals for proportions,
 percentile-bootstrap intervals, empirical p-values against control draws, and Benjamini-Hochberg FDR.
 
-Light on purpose (numpy and scipy only): section and plan code imports it without torch.
+Light on purpose (numpy only at import): section and plan code imports it without torch, and scipy (seconds to
+import) loads only when a stage computes FDR.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy import stats as _scipy_stats
 
 Z95 = 1.959963984540054  # the two-sided 95% normal quantile
 
@@ -57,4 +57,6 @@ def empirical_p(selected: float, null: np.ndarray, direction: str) -> float:
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (q-values) of `p`, clipped to [0, 1] first."""
+    from scipy import stats as _scipy_stats  # seconds to import: only the stages that compute FDR load it
+
     return _scipy_stats.false_discovery_control(np.clip(p, 0.0, 1.0), method="bh")

@@ -69,8 +69,6 @@ def test_timm_model_from_a_local_checkpoint(tmp_path, suffix):
     path = save_random_weights(build_architecture("t", spec), tmp_path / f"resnet18{suffix}", seed=2)
     model = build_model("t", spec | {"checkpoint": str(path)}, data_dir=tmp_path, torch_home=None)
     assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 5)
-    with pytest.raises(ModelError, match=r"weights is for torchvision archs"):
-        build_model("t", spec | {"weights": "x", "checkpoint": str(path)}, data_dir=tmp_path, torch_home=None)
     with pytest.raises(ModelError, match=r"timm has no model 'resnet_18'; did you mean"):
         build_architecture("t", {"arch": "timm.resnet_18"})
 

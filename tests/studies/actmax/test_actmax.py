@@ -18,8 +18,9 @@ from unitscope.studies.actmax.colored_mnist import ColoredMnistCNN, colorize, lo
 from unitscope.studies.actmax.image_metrics import hue_histograms, image_color_shape
 from unitscope.studies.actmax.objectives import LOGITS, build_objective, channel_mean, l2_penalty, neuron, tv_penalty
 from unitscope.studies.actmax.param import fft_image_to_spectrum, initial_images, spectrum_to_image
-from unitscope.studies.actmax.polysemanticity import polysemanticity, seed_similarities
+from unitscope.studies.actmax.polysemanticity import polysemanticity
 from unitscope.studies.actmax.render import optimize_inputs
+from unitscope.studies.actmax.similarity import seed_similarities
 from unitscope.studies.actmax.specs import ActmaxError, UnitSpecs
 from unitscope.studies.actmax.units import select_units
 
@@ -427,7 +428,10 @@ def test_registry_targets_are_checked_against_the_model_registry():
 def test_registry_target_from_faces_needs_the_faces_study_on_its_model_and_layer():
     from unitscope.studies.actmax.plan import registry_targets
 
-    models = {"mobilenet_v2_imagenet": {"enabled": True, "arch": "torchvision.mobilenet_v2"}}
+    preprocessing = {"resize": 232, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    models = {
+        "mobilenet_v2_imagenet": {"enabled": True, "arch": "torchvision.mobilenet_v2", "preprocessing": preprocessing}
+    }
     faces = {"enabled": True, "model": "mobilenet_v2_imagenet", "layer": None}
     target = {**REGISTRY_DEFAULTS, "model": "mobilenet_v2_imagenet", "layer": "features.18.1", "from_faces": 3}
 

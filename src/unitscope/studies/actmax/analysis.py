@@ -23,8 +23,9 @@ from unitscope.studies.actmax.activations import layer_activations
 from unitscope.studies.actmax.color_shape import color_shape_table
 from unitscope.studies.actmax.image_metrics import image_color_shape
 from unitscope.studies.actmax.interpolation import interpolate_seeds
-from unitscope.studies.actmax.polysemanticity import most_polysemantic, polysemanticity, seed_similarities
+from unitscope.studies.actmax.polysemanticity import most_polysemantic, polysemanticity
 from unitscope.studies.actmax.runs import GROUP_COLUMNS, load_run
+from unitscope.studies.actmax.similarity import seed_similarities
 
 if TYPE_CHECKING:
     from unitscope.studies.actmax.plan import AnalysisSettings

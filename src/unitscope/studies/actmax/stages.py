@@ -12,6 +12,9 @@ Artifacts (under results/actmax/):
   registry/<model>/<layer>.*      the same for registry models (optional)
   analysis/                       polysemanticity, image metrics, interpolation, the run table (CSV)
   section.json                    the report section (figures under results/report/figures/actmax/)
+
+Every stage but the report trains, runs or optimises the CNN and imports its torch modules inside the function:
+torch takes seconds to import, and the report stage (figures, unit images, section) never needs it.
 """
 
 from __future__ import annotations
@@ -22,34 +25,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
-import torch
 
 from unitscope.fsutil import atomic_path, write_text_atomic
-from unitscope.runtime import use_threads
-from unitscope.studies.actmax.analysis import analyse_layer, combine_layers, write_analysis
-from unitscope.studies.actmax.color_shape import color_shape_probe
-from unitscope.studies.actmax.colored_mnist import (
-    IMAGE_SHAPE,
-    ColoredMnist,
-    build_colored_mnist,
-    evaluate_model,
-    load_colored_mnist,
-    load_mnist_sources,
-    load_trained_model,
-    save_colored_mnist,
-    train_model,
-)
 from unitscope.studies.actmax.grids import save_unit_grids
-from unitscope.studies.actmax.image_metrics import image_color_shape
-from unitscope.studies.actmax.registry import optimize_registry_target, target_channels
-from unitscope.studies.actmax.render import optimize_inputs
 from unitscope.studies.actmax.runs import chosen_neurons, read_selection, save_run, unit_rows
 from unitscope.studies.actmax.section import ReportInputs, mnist_unit_images, registry_outputs, write_actmax_section
-from unitscope.studies.actmax.specs import UnitSpecs
-from unitscope.studies.actmax.units import select_study_units
 
 if TYPE_CHECKING:  # annotations only: a stage's code inputs are what it runs (unitscope.codedeps)
     from unitscope.settings import ModelRef
+    from unitscope.studies.actmax.colored_mnist import ColoredMnist
     from unitscope.studies.actmax.plan import (
         AnalysisSettings,
         DatasetSettings,
@@ -75,6 +59,9 @@ __all__ = [
 
 def run_build_dataset(settings: DatasetSettings, *, mnist_dir, out_path) -> ColoredMnist:
     """Stage: the Colored-MNIST arrays (.npz); prints the colour-class agreement per split."""
+    # torch: only the stages that build, train or run the networks import it
+    from unitscope.studies.actmax.colored_mnist import build_colored_mnist, load_mnist_sources, save_colored_mnist
+
     data = build_colored_mnist(
         load_mnist_sources(mnist_dir), rho=settings.rho, seed=settings.seed, target=settings.color_target
     )
@@ -89,6 +76,12 @@ def run_train(
     settings: TrainingSettings, *, data_path, checkpoint_path, info_path, evaluation_path, threads: int = 1
 ) -> dict:
     """Stage: train the CNN, write its state_dict, its JSON description and the evaluation table (JSON)."""
+    # torch: only the stages that build, train or run the networks import it
+    import torch
+
+    from unitscope.runtime import use_threads
+    from unitscope.studies.actmax.colored_mnist import evaluate_model, load_colored_mnist, train_model
+
     use_threads(threads)
     data = load_colored_mnist(data_path)
     model, info = train_model(
@@ -116,6 +109,10 @@ def run_train(
 
 def run_select_units(settings: UnitSettings, *, data_path, checkpoint_path, info_path, out_path) -> dict:
     """Stage: units.json. Channels ranked on the unbiased evaluation set; D's target from the biased set."""
+    # torch: only the stages that build, train or run the networks import it
+    from unitscope.studies.actmax.colored_mnist import load_colored_mnist, load_trained_model
+    from unitscope.studies.actmax.units import select_study_units
+
     data = load_colored_mnist(data_path)
     model = load_trained_model(checkpoint_path, info_path)
     selection = select_study_units(
@@ -135,6 +132,10 @@ def run_select_units(settings: UnitSettings, *, data_path, checkpoint_path, info
 
 def run_probe(settings: ProbeSettings, *, data_path, checkpoint_path, info_path, units_path, out_path) -> pd.DataFrame:
     """Stage: probe.parquet, colour-swap vs digit-swap changes for every channel and every chosen neuron."""
+    # torch: only the stages that build, train or run the networks import it
+    from unitscope.studies.actmax.color_shape import color_shape_probe
+    from unitscope.studies.actmax.colored_mnist import load_colored_mnist, load_trained_model
+
     data = load_colored_mnist(data_path)
     model = load_trained_model(checkpoint_path, info_path)
     selection = read_selection(units_path)
@@ -169,6 +170,12 @@ def run_optimize_layer(
     threads: int = 1,
 ) -> pd.DataFrame:
     """Stage: every unit-run of one layer of the Colored-MNIST CNN, optimised together."""
+    # torch: only the stages that build, train or run the networks import it
+    from unitscope.runtime import use_threads
+    from unitscope.studies.actmax.colored_mnist import IMAGE_SHAPE, load_trained_model
+    from unitscope.studies.actmax.render import optimize_inputs
+    from unitscope.studies.actmax.specs import UnitSpecs
+
     use_threads(threads)
     model = load_trained_model(checkpoint_path, info_path)
     selection = read_selection(units_path, layer=layer)
@@ -210,7 +217,10 @@ def run_registry_target(
     sits inside it (the faces layer features.18 for features.18.1); its channel count must match. The table
     records it.
     """
-    from unitscope.models.registry import load_model  # torchvision: seconds to import, only this stage needs it
+    # torch and torchvision: seconds to import, only the stages that run the networks import them
+    from unitscope.models.registry import load_model
+    from unitscope.runtime import use_threads
+    from unitscope.studies.actmax.registry import optimize_registry_target, target_channels
 
     use_threads(threads)
     channels = target_channels(settings, faces_selection)
@@ -240,6 +250,12 @@ def run_analysis(
     threads: int = 1,
 ) -> dict:
     """Stage: image metrics, polysemanticity (+ interpolation), colour-vs-shape table, the full run table."""
+    # torch: only the stages that build, train or run the networks import it
+    from unitscope.runtime import use_threads
+    from unitscope.studies.actmax.analysis import analyse_layer, combine_layers, write_analysis
+    from unitscope.studies.actmax.colored_mnist import load_colored_mnist, load_trained_model
+    from unitscope.studies.actmax.image_metrics import image_color_shape
+
     use_threads(threads)
     data = load_colored_mnist(data_path)
     model = load_trained_model(checkpoint_path, info_path)

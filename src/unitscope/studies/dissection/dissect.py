@@ -53,7 +53,6 @@ BAND_TARGET = 12  # outputs per band: tiles are about BAND_TARGET^2 pixels (prun
 MAX_COMBINATIONS = 1 << 16  # distinct per-pixel code tuples beyond which label layers are looked up one by one
 MAX_TALLY_BINS = 1 << 26  # bins of one bincount (images x units x labels)
 MAX_PER_IMAGE = 1 << 26  # per-image counts (images x units x concepts) kept for bootstrap intervals
-BOOTSTRAP_RESAMPLES = 200  # resamples of images behind each layer's 95% intervals
 
 
 class DissectionError(UnitscopeError, ValueError):

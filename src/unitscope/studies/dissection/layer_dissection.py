@@ -22,7 +22,6 @@ from unitscope.studies.dissection.caches import (
     dissection_transform,
 )
 from unitscope.studies.dissection.dissect import (
-    BOOTSTRAP_RESAMPLES,
     MAX_TALLY_BINS,
     BilinearGrid,
     Tally,
@@ -33,6 +32,7 @@ from unitscope.studies.dissection.dissect import (
     tally_batch,
     unit_thresholds,
 )
+from unitscope.studies.dissection.outputs import BOOTSTRAP_RESAMPLES
 
 
 def dissect_layer(

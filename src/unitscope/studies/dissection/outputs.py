@@ -10,6 +10,8 @@ import pandas as pd
 
 from unitscope.fsutil import atomic_path
 
+BOOTSTRAP_RESAMPLES = 200  # resamples of images behind each layer's 95% intervals (in the layer table)
+
 
 def read_tables(paths) -> pd.DataFrame:
     """The Parquet tables at `paths`, one after the other."""

@@ -16,7 +16,7 @@ import pandas as pd
 
 from unitscope.report.render import ci, fixed, render, render_text
 from unitscope.report.sections import table_rows, unit_hrefs
-from unitscope.studies.dissection.dissect import BOOTSTRAP_RESAMPLES
+from unitscope.studies.dissection.outputs import BOOTSTRAP_RESAMPLES
 from unitscope.studies.dissection.units import STUDY_UNITS_PER_LAYER, study_units, unit_image_name
 
 if TYPE_CHECKING:  # annotations only

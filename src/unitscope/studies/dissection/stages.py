@@ -6,6 +6,9 @@ a temporary folder beside their outputs (`caches`), and remove the folder when d
 `run_unit_figures` draws one layer's units; `run_section` draws the summary figures and writes the section.
 Each takes its rule's settings object (studies.dissection.plan) and, where a model is built, its `ModelRef`;
 `batch_size` (`dissection.batch_size`) is run-only and changes no result.
+
+The stages that run the network or upsample maps (dissection, rotation, unit figures) import their modules
+inside the function: torch and torchvision take seconds to import, and the section stage never needs them.
 """
 
 from __future__ import annotations
@@ -19,11 +22,8 @@ import pandas as pd
 from unitscope.data.concepts import mask_shape
 from unitscope.fsutil import write_parquet
 from unitscope.report.sections import write_section
-from unitscope.studies.dissection.caches import open_concept_source, open_inputs
 from unitscope.studies.dissection.figures import depth_figure, rotation_figure, top_units_figure, write_unit_images
-from unitscope.studies.dissection.layer_dissection import concept_arrays, dissect_network
 from unitscope.studies.dissection.outputs import load_tallies, read_tables, write_tallies
-from unitscope.studies.dissection.rotation import rotate_network
 from unitscope.studies.dissection.section import STUDY, TITLE, build_section, relative_figure
 from unitscope.studies.dissection.units import check_unit_images
 
@@ -46,6 +46,10 @@ def run_dissection(
     Writes the unit table and the layer table (parquet) and an npz holding, per layer, the summed
     counts, the thresholds, and each unit's top-`top_images` images with their activation maps (figures).
     """
+    # torch and torchvision: only the stages that run the network import them
+    from unitscope.studies.dissection.caches import open_inputs
+    from unitscope.studies.dissection.layer_dissection import concept_arrays, dissect_network
+
     layers = list(settings.layers)
     concepts, network = open_inputs(model, layers, settings.concepts, settings.seed)
     shape = mask_shape(concepts.label_size, settings.mask_size)
@@ -77,6 +81,10 @@ def run_dissection(
 
 def run_rotation(settings: RotationSettings, model: ModelRef, *, out_path, batch_size: int = 16) -> pd.DataFrame:
     """The rotation experiment: dissect the units Q^alpha A of one layer, per alpha and seed (see `rotation`)."""
+    # torch, torchvision and scipy: only the stages that run the network import them
+    from unitscope.studies.dissection.caches import open_inputs
+    from unitscope.studies.dissection.rotation import rotate_network
+
     layer, alphas = settings.layer, list(settings.alphas)
     concepts, network = open_inputs(model, [layer], settings.concepts, settings.seed)
     shape = mask_shape(concepts.label_size, settings.mask_size)
@@ -108,6 +116,8 @@ def run_unit_figures(
 ) -> list[str]:
     """The figure of the top `figure_units` units of `model`'s `layer` (out_path) and the directory of its study
     units' figures (images_dir); returns the latter's file names."""
+    from unitscope.studies.dissection.caches import open_concept_source  # torch: the figures upsample maps
+
     concepts = open_concept_source(settings.concepts, settings.seed)
     units, tallies = pd.read_parquet(units_path), load_tallies(tallies_path)
     top_units_figure(units, tallies, concepts, model=model, layer=layer, n_units=settings.figure_units, path=out_path)

@@ -16,7 +16,6 @@ import os
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from unitscope.stats import benjamini_hochberg
 from unitscope.studies.faces.inputs import CategoryMeans, FacesError
@@ -36,6 +35,8 @@ def top_percentile(face_means: np.ndarray, percentile: float) -> np.ndarray:
 
 def welch_greater(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-column Welch t and one-sided p (mean of a > mean of b). Columns constant in both sets: t 0, p 1."""
+    from scipy import stats  # seconds to import: the section and category stages use this module without it
+
     a, b = a.astype(np.float64), b.astype(np.float64)
     constant = (a.var(axis=0) == 0) & (b.var(axis=0) == 0)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -3,6 +3,10 @@
 Each reads its inputs, calls the algorithm modules (selection, pca, categories, probe, interventions,
 heatmaps, section) and writes its tables and figure. The expensive intervention stage writes tables only,
 so a change to a figure re-draws without re-running the network.
+
+The stages that run the network or fit torch probes (probes, interventions, heatmaps) import their algorithm
+modules inside the function: torch and torchvision take seconds to import, and the table-only stages (selection,
+pca, categories, the interventions figure, the section) never need them.
 """
 
 from __future__ import annotations
@@ -13,13 +17,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
 from unitscope.fsutil import write_parquet
-from unitscope.models.preprocessing import build_transform
-from unitscope.models.registry import load_model, resolve_layer
 from unitscope.report.sections import write_section
-from unitscope.runtime import RunSettings, pick_device
 from unitscope.studies.faces.categories import category_table, selectivity_table
 from unitscope.studies.faces.controls import control_table, draw_controls
 from unitscope.studies.faces.figures import (
@@ -30,22 +30,13 @@ from unitscope.studies.faces.figures import (
     probes_figure,
     selection_figure,
 )
-from unitscope.studies.faces.heatmaps import channel_maps, example_images, heatmap_table, pictures, upsampled
 from unitscope.studies.faces.inputs import FacesError, derived_rng, load_category_means, open_layer_store
-from unitscope.studies.faces.interventions import (
-    ablation_fill,
-    build_conditions,
-    condition_readouts,
-    condition_table,
-)
-from unitscope.studies.faces.pca import pca_curves, pca_table
-from unitscope.studies.faces.probe import layer_probe
-from unitscope.studies.faces.readouts import Readout
+from unitscope.studies.faces.pca import pca_table
 from unitscope.studies.faces.section import TITLE, body_html, conclusion_text, summary, units
 from unitscope.studies.faces.selection import read_selection, rule_agreement, selected_channels, selection_table
-from unitscope.studies.faces.tail import build_tail, layer_cache
 
 if TYPE_CHECKING:  # annotations only: a stage's settings arrive as params, so plan.py is no code input
+    from unitscope.runtime import RunSettings
     from unitscope.settings import ModelRef
     from unitscope.studies.faces.plan import (
         CategorySettings,
@@ -56,8 +47,6 @@ if TYPE_CHECKING:  # annotations only: a stage's settings arrive as params, so p
         SectionSettings,
         SelectionSettings,
     )
-
-DEFAULT_RUN = RunSettings()  # run-only settings when a caller gives none (changes no result)
 
 
 def run_selection(
@@ -131,6 +120,8 @@ def run_probes(
 ) -> pd.DataFrame:
     """Cross-validated face-vs-non-face accuracy per layer (`stores` layer by layer, each in `datasets` order);
     coefficients of the probe fit on every image (standardised units) saved per layer and channel."""
+    from unitscope.studies.faces.probe import layer_probe  # torch and sklearn: only this stage fits probes
+
     rows, coefficient_tables = [], []
     for depth, (layer, layer_stores) in enumerate(settings.by_layer(stores).items()):
         data = load_category_means(layer_stores, settings.face_dataset, layer)
@@ -156,9 +147,26 @@ def run_interventions(
     out_conditions: str | os.PathLike,
     out_controls: str | os.PathLike,
     out_pca: str | os.PathLike | None = None,
-    run: RunSettings = DEFAULT_RUN,
+    run: RunSettings | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The intervention stage: every condition's readouts (conditions table) and the control comparison."""
+    """The intervention stage: every condition's readouts (conditions table) and the control comparison.
+    `run`: run-only settings (device, batch size, loader workers); the defaults when None (changes no result)."""
+    # torch and torchvision: only the stages that run the network import them
+    import torch
+
+    from unitscope.models.registry import load_model
+    from unitscope.runtime import RunSettings, pick_device
+    from unitscope.studies.faces.condition_pca import pca_curves
+    from unitscope.studies.faces.interventions import (
+        ablation_fill,
+        build_conditions,
+        condition_readouts,
+        condition_table,
+    )
+    from unitscope.studies.faces.readouts import Readout
+    from unitscope.studies.faces.tail import build_tail, layer_cache
+
+    run = run or RunSettings()
     clock, s = time.perf_counter(), settings
     device = pick_device(run.device)
     network = load_model(model).to(device)
@@ -217,6 +225,11 @@ def run_heatmaps(
     out_figure: str | os.PathLike,
 ) -> pd.DataFrame:
     """Maps of the first `n_channels` selected channels on `n_examples` images of each dataset (in order)."""
+    # torch and torchvision: only the stages that run the network import them
+    from unitscope.models.preprocessing import build_transform
+    from unitscope.models.registry import load_model, resolve_layer
+    from unitscope.studies.faces.heatmaps import channel_maps, example_images, heatmap_table, pictures, upsampled
+
     network = load_model(model)
     resolve_layer(network, settings.layer, model.name)
     chosen = selected_channels(pd.read_parquet(selection), settings.rule)[: settings.n_channels].tolist()

@@ -8,16 +8,22 @@ strongest under every exemplar of c.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
-import torch
 
 from unitscope.studies.nefesi.errors import NefesiError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def hierarchy_weights(children: torch.Tensor, top, shallow_top) -> np.ndarray:
     """[C_deep, C_shallow] weights from `children` [C, N, K] (each shallow channel's maximum over the cone of each
     exemplar, from the probes) and the top-N exemplars (`TopN`) of the deep and the shallow layer."""
+    import torch  # seconds to import: the model-figures stage uses the rest of this module without it
+
     weights = top.weights().double()  # [C, N]
     values = torch.nan_to_num(children.double(), nan=0.0)  # [C, N, K]
     combined = torch.einsum("cn,cnk->ck", weights, values)

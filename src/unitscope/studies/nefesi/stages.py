@@ -1,6 +1,9 @@
 """The nefesi study's stages: one `run_*` function per rule of rules/nefesi.smk, called by its workflow script
 (workflow/scripts/nefesi_*.py). Each reads its inputs, calls the modules that compute (`topn`, `probes`,
-`indexes`, `hierarchy`, `decomposition`, `units`, `section`) and draw (`figures`), and writes its outputs."""
+`indexes`, `hierarchy`, `decomposition`, `units`, `section`) and draw (`figures`), and writes its outputs.
+
+The stages that run the network or crop images with it (top-N, layer, decomposition, section) import those
+modules inside the function: torch and torchvision take seconds to import, and the figure stages never need them."""
 
 from __future__ import annotations
 
@@ -8,15 +11,9 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from unitscope.data.manifest import ManifestDataset
 from unitscope.fsutil import atomic_path, write_parquet
-from unitscope.models.preprocessing import build_transform, input_channels, input_size
-from unitscope.models.receptive_field import layer_receptive_field
-from unitscope.models.registry import load_model, resolve_layer
 from unitscope.report.sections import write_section
-from unitscope.runtime import RunSettings, make_loader, pick_device
 from unitscope.studies.nefesi import section
-from unitscope.studies.nefesi.decomposition import decompose_image, decomposition_record, image_maps
 from unitscope.studies.nefesi.figures import draw_decomposition, draw_hierarchy, draw_histograms, draw_layer_figures
 from unitscope.studies.nefesi.hierarchy import (
     hierarchy_frame,
@@ -25,14 +22,10 @@ from unitscope.studies.nefesi.hierarchy import (
     hierarchy_tree,
     hierarchy_weights,
 )
-from unitscope.studies.nefesi.images import dataset_image, image_table, layer_field, model_inputs, nf_rgb
-from unitscope.studies.nefesi.indexes import GRAYSCALE_NOTE, layer_index_table
-from unitscope.studies.nefesi.probes import layer_record, manifest_batches, probe_layer, probe_report
 from unitscope.studies.nefesi.storage import read_json, read_nf, write_json, write_nf
-from unitscope.studies.nefesi.topn import collect_top_n, exemplar_frame, inference_copy, read_top_n
-from unitscope.studies.nefesi.units import draw_unit_figures, merge_units, top_units
 
 if TYPE_CHECKING:  # annotations only: a stage's settings arrive as params, so plan.py is no code input
+    from unitscope.runtime import RunSettings
     from unitscope.settings import ModelRef
     from unitscope.studies.nefesi.plan import (
         DecompositionSettings,
@@ -44,9 +37,6 @@ if TYPE_CHECKING:  # annotations only: a stage's settings arrive as params, so p
     )
 
 
-DEFAULT_RUN = RunSettings()  # run-only settings when a caller gives none (changes no result)
-
-
 def run_top_n(
     settings: TopNSettings,
     model: ModelRef,
@@ -54,10 +44,20 @@ def run_top_n(
     manifests: dict[str, str],
     out_exemplars,
     out_images,
-    run: RunSettings = DEFAULT_RUN,
+    run: RunSettings | None = None,
 ) -> None:
     """One pass over the target's images: the top-N exemplars of every channel of every layer. manifests: {dataset:
-    its manifest path}, the datasets of `settings`."""
+    its manifest path}, the datasets of `settings`. `run`: run-only settings, the defaults when None."""
+    # torch and torchvision: only the stages that run the network import them
+    from unitscope.data.manifest import ManifestDataset
+    from unitscope.models.preprocessing import build_transform, input_channels, input_size
+    from unitscope.models.receptive_field import layer_receptive_field
+    from unitscope.models.registry import load_model, resolve_layer
+    from unitscope.runtime import RunSettings, make_loader, pick_device
+    from unitscope.studies.nefesi.images import image_table
+    from unitscope.studies.nefesi.topn import collect_top_n, exemplar_frame, inference_copy
+
+    run = run or RunSettings()
     layers, top_n, device = list(settings.layers), settings.top_n, pick_device(run.device)
     network = inference_copy(load_model(model)).to(device)
     preprocessing = model.spec["preprocessing"]
@@ -93,11 +93,21 @@ def run_layer(
     out_nf,
     out_hierarchy,
     out_info,
-    run: RunSettings = DEFAULT_RUN,
+    run: RunSettings | None = None,
     probe_batch_size: int = 256,
 ) -> pd.DataFrame:
     """Probes, Neuron Features, the index table and the hierarchy weights of one layer. `probe_batch_size` probe
-    windows per forward pass (nefesi.probe_batch_size; like `run`, it changes no result)."""
+    windows per forward pass (nefesi.probe_batch_size; like `run`, it changes no result; `run` None: the defaults)."""
+    # torch and torchvision: only the stages that run the network import them
+    from unitscope.models.preprocessing import build_transform, input_channels, input_size
+    from unitscope.models.registry import load_model
+    from unitscope.runtime import RunSettings, pick_device
+    from unitscope.studies.nefesi.images import nf_rgb
+    from unitscope.studies.nefesi.indexes import GRAYSCALE_NOTE, layer_index_table
+    from unitscope.studies.nefesi.probes import layer_record, manifest_batches, probe_layer, probe_report
+    from unitscope.studies.nefesi.topn import inference_copy, read_top_n
+
+    run = run or RunSettings()
     layer, shallower, device = settings.layer, settings.shallower, pick_device(run.device)
     network = inference_copy(load_model(model)).to(device)
     exemplars, images = pd.read_parquet(exemplars_path), pd.read_parquet(images_path)
@@ -197,6 +207,12 @@ def run_decomposition(
     out_record,
 ) -> dict:
     """Image decomposition of the `index`-th image of `dataset` in the target's image table at `settings.layer`."""
+    # torch and torchvision: only the stages that run the network import them
+    from unitscope.models.registry import load_model
+    from unitscope.studies.nefesi.decomposition import decompose_image, decomposition_record, image_maps
+    from unitscope.studies.nefesi.images import dataset_image, layer_field, model_inputs, nf_rgb
+    from unitscope.studies.nefesi.topn import inference_copy, read_top_n
+
     layer, max_overlap = settings.layer, settings.max_overlap
     rows = dataset_image(pd.read_parquet(images_path), dataset, index, images_path)
     network = inference_copy(load_model(model))  # as top-N
@@ -224,6 +240,8 @@ def run_section(settings: SectionSettings, *, models: dict[str, dict], out_secti
     """The report section (section.json) and one figure per singled-out unit (its NF beside its top
     `settings.unit_exemplars` crops) in the folder `out_units` (written whole, then renamed into place). models:
     {name: its files, plan.NefesiPlan.section_models}."""
+    from unitscope.studies.nefesi.units import draw_unit_figures, merge_units, top_units  # torch: crops exemplars
+
     recorded = settings.recorded()
     contexts, units, summary = [], [], {"settings": recorded, "layers": {}}
     with atomic_path(out_units) as folder:
