@@ -76,7 +76,8 @@ def test_faces_runs_at_the_layer_found_from_the_graph(own_models_run):
     probes = pd.read_parquet(results / "faces/probes.parquet")
     assert list(probes["layer"]) == ["conv1", "relu1", "pool1", "conv2", "relu2"]  # five depths from the graph
     conditions = pd.read_parquet(results / "faces/conditions.parquet")
-    assert len(conditions) == 1 + 2 + 2 * 4 + 2 * 4 + 16 and conditions["n_faces"].iloc[0] == 12
+    selected = 1  # ceil(16 channels x 5%), each also lesioned alone
+    assert len(conditions) == 1 + 2 + 2 * 4 + 2 * 4 + selected and conditions["n_faces"].iloc[0] == 12
     controls = pd.read_parquet(results / "faces/controls.parquet")
     assert controls["p_value"].between(0, 1).all()
 
