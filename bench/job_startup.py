@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import signal
 import statistics
 import subprocess
 import sys
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     scripts = sorted(path.stem for path in (ROOT / "workflow" / "scripts").glob("*.py"))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # `timeout` stops it: still remove the worktree
     with tempfile.TemporaryDirectory() as folder:
         old = Path(folder) / "before"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), args.before], check=True,
