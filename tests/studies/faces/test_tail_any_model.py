@@ -206,9 +206,16 @@ def get_googlenet_with_aux():
     return model.eval().requires_grad_(False)
 
 
+def _datasets(manifests):
+    from unitscope.data.manifest import ManifestDataset
+    from unitscope.models.preprocessing import build_transform
+
+    return [ManifestDataset(read_manifest(path), build_transform(CIFAR_PRE)) for path in manifests.values()]
+
+
 def test_layer_cache_keeps_the_images_for_re_runs(tmp_path, data_dir):
     """On real images (4 faces, 2 scenes, 2 objects) through a random-weight CIFAR ResNet-20, at a layer inside a
-    residual block: the cache is the preprocessed images in the stores' order, the means the layer's."""
+    residual block: the cache is the preprocessed images in the stores' order, the means the stores' (the layer's)."""
     import yaml
     from conftest import REPO
 
@@ -223,8 +230,10 @@ def test_layer_cache_keeps_the_images_for_re_runs(tmp_path, data_dir):
     torch.manual_seed(0)
     model = cifar_resnet20().eval().requires_grad_(False)
     tail = build_tail(model, "layer2.1.conv1", "resnet20_cifar")
-    data = CategoryMeans(None, None, np.asarray(ids, dtype=object), "faces", ("scenes", "objects"))
-    images, means = layer_cache(model, tail, data, manifests, CIFAR_PRE, batch_size=3)
+    pixels = torch.cat([torch.stack([d[i][0] for i in range(len(d))]) for d in _datasets(manifests)])
+    stored = layer_outputs(model, "layer2.1.conv1", pixels)[1].numpy()  # what extraction stores for these images
+    data = CategoryMeans(stored, None, np.asarray(ids, dtype=object), "faces", ("scenes", "objects"))
+    images, means = layer_cache(model, tail, data, manifests, CIFAR_PRE, batch_size=3)  # the model is not run
     assert tail.rerun and list(images.shape) == [8, 3, 32, 32]
     torch.testing.assert_close(means, layer_outputs(model, "layer2.1.conv1", images)[1])
     ablate, fill = random_conditions(32), means.mean(0)

@@ -541,37 +541,50 @@ def condition_outputs(
     bar.close()
 
 
+def _loaders(manifests: dict[str, str], preprocessing: dict, *, batch_size: int, num_workers: int, device):
+    """(dataset name, manifest, in-order batches of its preprocessed images) for each manifest."""
+    transform = build_transform(preprocessing)
+    for name, path in manifests.items():
+        manifest = read_manifest(path)
+        dataset = ManifestDataset(manifest, transform)
+        yield (
+            name,
+            manifest,
+            make_loader(dataset, batch_size=batch_size, num_workers=num_workers, device=torch.device(device)),
+        )
+
+
 def _layer_pass(
     model: nn.Module,
     layer: str,
     manifests: dict[str, str],
     preprocessing: dict,
     *,
-    keep_inputs: bool,
     batch_size: int,
     num_workers: int,
     device: torch.device | str,
-) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """One pass over every image of the manifests (in order), up to the layer: (the layer's float32 maps, or the
-    preprocessed images when `keep_inputs`; the layer's channel means; image ids)."""
+) -> tuple[torch.Tensor, np.ndarray]:
+    """One pass over every image of the manifests (in order), up to the layer: (its float32 maps, image ids)."""
     device = torch.device(device)
-    transform = build_transform(preprocessing)
-    kept, means, ids = [], [], []
-    keep_maps = not keep_inputs
-    with ActivationRecorder(model, [layer], keep_maps=keep_maps, maps_dtype=torch.float32, stop_early=True) as rec:
-        for name, path in manifests.items():
-            manifest = read_manifest(path)
-            loader = make_loader(
-                ManifestDataset(manifest, transform), batch_size=batch_size, num_workers=num_workers, device=device
-            )
+    maps, ids = [], []
+    loading = {"batch_size": batch_size, "num_workers": num_workers, "device": device}
+    with ActivationRecorder(model, [layer], keep_maps=True, maps_dtype=torch.float32, stop_early=True) as rec:
+        for name, manifest, loader in _loaders(manifests, preprocessing, **loading):
             with torch.inference_mode():
-                for batch, _ in tqdm(
-                    loader, desc=f"layer {'inputs' if keep_inputs else 'maps'} {name}", unit="batch", mininterval=2
-                ):
-                    means.append(rec(batch.to(device))[layer])
-                    kept.append(batch.float().cpu() if keep_inputs else rec.maps[layer])
+                for batch, _ in tqdm(loader, desc=f"layer maps {name}", unit="batch", mininterval=2):
+                    rec(batch.to(device))
+                    maps.append(rec.maps[layer])
             ids.extend(manifest["image_id"])
-    return torch.cat(kept), torch.cat(means), np.asarray(ids, dtype=object)
+    return torch.cat(maps), np.asarray(ids, dtype=object)
+
+
+def _images(manifests: dict[str, str], preprocessing: dict, **loading) -> tuple[torch.Tensor, np.ndarray]:
+    """Every preprocessed image of the manifests (in order) and their ids: what full re-runs start from."""
+    images, ids = [], []
+    for name, manifest, loader in _loaders(manifests, preprocessing, **loading):
+        images.extend(batch.float() for batch, _ in tqdm(loader, desc=f"images {name}", unit="batch", mininterval=2))
+        ids.extend(manifest["image_id"])
+    return torch.cat(images), np.asarray(ids, dtype=object)
 
 
 def layer_maps(
@@ -586,8 +599,7 @@ def layer_maps(
 ) -> tuple[torch.Tensor, np.ndarray]:
     """The layer's float32 output maps for every image of the manifests (in order), computed once."""
     loading = {"batch_size": batch_size, "num_workers": num_workers, "device": device}
-    maps, _, ids = _layer_pass(model, layer, manifests, preprocessing, keep_inputs=False, **loading)
-    return maps, ids
+    return _layer_pass(model, layer, manifests, preprocessing, **loading)
 
 
 def layer_cache(
@@ -611,15 +623,17 @@ def layer_cache(
     clock = time.perf_counter()
     order = [data.face_dataset, *data.nonface_datasets]
     loading = {"batch_size": batch_size, "num_workers": num_workers, "device": device}
-    cache, means, ids = _layer_pass(
-        model, tail.layer, {name: manifests[name] for name in order}, preprocessing, keep_inputs=tail.rerun, **loading
-    )
+    ordered = {name: manifests[name] for name in order}
+    if tail.rerun:  # the model runs per condition: keep the images; the stores already hold the layer's means
+        cache, ids = _images(ordered, preprocessing, **loading)
+    else:
+        cache, ids = _layer_pass(model, tail.layer, ordered, preprocessing, **loading)
     if list(ids) != list(data.image_id):
         raise FacesError(f"the manifests' images differ from those of the stores at {tail.layer!r}; re-run extraction")
     what = "images kept for the re-runs" if tail.rerun else "layer maps computed once"
     print(f"{what}: {list(cache.shape)} in {time.perf_counter() - clock:.1f} s", flush=True)
     if tail.rerun:
-        return cache, means
+        return cache, torch.from_numpy(data.means)
     if cache.dim() < 3:
         raise FacesError(f"layer {tail.layer!r} outputs {list(cache.shape)}: no channel maps to intervene on")
     return cache, cache.mean(dim=(2, 3)) if cache.dim() == 4 else cache.flatten(2).mean(2)
