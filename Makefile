@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 CORES ?= all
+# pytest-xdist workers for `make test`: one per core (tests/conftest.py keeps each test module on one worker)
+TEST_WORKERS ?= auto
 STAMP := $(VENV)/.installed
 
 .PHONY: report test lint dryrun clean-results
@@ -17,7 +19,7 @@ report: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests workflow bench
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests workflow bench

@@ -94,11 +94,12 @@ if FACES["enabled"]:
             controls="results/faces/controls.parquet",
             pca="results/faces/condition_pca.parquet",
         output:
-            report(
+            figure=report(
                 f"{FACES_FIGURES}/interventions.png",
                 caption="../workflow/report/faces_interventions.rst",
                 category=FACES_TITLE,
             ),
+            verdicts=f"{FACES_FIGURES}/verdicts.png",
         log:
             "logs/faces/interventions_figure.log",
         benchmark:
@@ -191,7 +192,7 @@ if FACES["enabled"]:
             heatmaps="results/faces/heatmaps.parquet",
             figures=expand(
                 f"{FACES_FIGURES}/{{name}}.png",
-                name=["selection", "pca", "interventions", "probes", "categories", "heatmaps"],
+                name=["selection", "pca", "interventions", "verdicts", "probes", "categories", "heatmaps"],
             ),
         output:
             "results/faces/section.json",

@@ -114,7 +114,7 @@ def open_unit_page_from_section(browser, workdir: Path, study: str) -> str:
         f"//section[@data-study='{study}']//table//a[starts-with(@href, 'units/')]",
     )
     assert links, f"the {study} section has no table linking a unit to its page"
-    browser.execute_script("arguments[0].scrollIntoView()", links[0])
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center', behavior: 'instant'})", links[0])
     links[0].click()
     assert "/units/" in browser.current_url, f"{study}: clicking {links[0].get_attribute('href')} did not open it"
     assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
@@ -122,11 +122,53 @@ def open_unit_page_from_section(browser, workdir: Path, study: str) -> str:
 
 
 def check_study_in_browser(browser, workdir: Path, study: str) -> None:
-    """Crawl the whole report (every page loads, renders its images, resolves its links), then open a unit page
-    from the study's own table and check that the page lists the study."""
+    """Open a unit page from the study's own table and check that the page lists the study (the whole report is
+    crawled once, by tests/report/test_browser.py: every page loads, renders its images, resolves its links)."""
     from selenium.webdriver.common.by import By
 
-    assert any("/units/" in page for page in crawl_report(browser, workdir)), "no unit page is reachable"
     assert "channel" in open_unit_page_from_section(browser, workdir, study)
     section = json.loads((workdir / "results" / study / "section.json").read_text())
     assert section["title"] in browser.find_element(By.TAG_NAME, "body").text
+
+
+def show_at(driver, width: int, height: int, url: str) -> None:
+    """Load `url` in a viewport of `width` x `height` CSS pixels (a phone's when narrow), scrolled to the top."""
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600},
+    )
+    driver.get(url)
+    driver.execute_script("window.scrollTo(0, 0)")
+
+
+def overflowing(driver) -> int:
+    """How many CSS pixels the page is wider than its viewport (0: nothing overflows horizontally)."""
+    return driver.execute_script("return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+
+
+def on_first_screen(driver, css: str) -> list[bool]:
+    """For each element matching `css`: whether it lies wholly inside the viewport without scrolling."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0])).map(e => {"
+        " const r = e.getBoundingClientRect();"
+        " return r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight && r.right <= window.innerWidth; })",
+        css,
+    )
+
+
+def scrolled_to(driver, anchor: str, timeout: float = 5.0) -> bool:
+    """Wait (smooth scrolling) until the element `#anchor` is at the top of the viewport, or the page is scrolled
+    to its end with the element in view; False if neither happens within `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    script = (
+        "const e = document.getElementById(arguments[0]); const r = e.getBoundingClientRect();"
+        " const end = window.scrollY + window.innerHeight >= document.documentElement.scrollHeight - 2;"
+        " return (r.top >= -2 && r.top <= 90) || (end && r.top >= 0 && r.top < window.innerHeight);"
+    )
+    while time.monotonic() < deadline:
+        if driver.execute_script(script, anchor):
+            return True
+        time.sleep(0.1)
+    return False

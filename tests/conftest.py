@@ -65,15 +65,25 @@ def tiny_local_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_faces_run(tmp_path_factory):
-    """The tiny config with the faces study on (few control draws): a report with a study section and unit pages.
+def tiny_studies_run(tmp_path_factory):
+    """The tiny config with all four studies on (few control draws, seeds and steps), run to `report` once: one
+    report with every study's card and section, shared by the study workflow tests and the browser tests (whose
+    modules carry `xdist_group("studies")`, so a parallel run builds it once). Returns (workdir, config).
 
-    Returns (workdir, config). Shared by the faces workflow tests and the browser test.
-    """
-    from wfutil import copy_workflow, snakemake, study_config, write_config
+    Tests that change the config write it back when they are done (they only plan with a changed config)."""
+    from wfutil import all_studies_config, copy_workflow, snakemake, write_config
 
-    workdir = copy_workflow(tmp_path_factory.mktemp("faces_workflow"))
-    config = study_config("faces", DATA_DIR)
+    workdir = copy_workflow(tmp_path_factory.mktemp("studies_workflow"))
+    config = all_studies_config(DATA_DIR)
     write_config(workdir, config)
     snakemake(workdir, "report")
     return workdir, config
+
+
+def pytest_collection_modifyitems(config, items):
+    """For a parallel run (`pytest -n N --dist loadgroup`, as `make test` does): a test module's tests stay on one
+    worker, so its module fixtures are built once, unless the module names its group itself (the users of
+    `tiny_studies_run` share one). A worker builds a session run it needs (`tiny_local_run`) once."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

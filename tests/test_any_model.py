@@ -1,6 +1,7 @@
-"""The bring-your-own-CNN matrix: twelve architectures of different families (torchvision classifiers, a timm model
-and a user's own 1-channel module with a non-square input), each through the layer survey, extraction and one step
-of every study at its default layer (the last block found from its graph) on a few real images:
+"""The bring-your-own-CNN matrix: thirteen architectures of different families (torchvision classifiers, a timm
+model, TopoNet's ResNet-18 and a user's own 1-channel module with a non-square input), each through the layer
+survey, extraction and one step of every study at its default layer (the last block found from its graph) on a
+few real images:
 
 - extraction: one pass writes the layer's Zarr store (means per channel);
 - faces: the network after the layer (exact tail or hooked re-runs) reproduces the model's logits, and a lesion
@@ -52,6 +53,7 @@ ARCHS = {
     "regnet_y_400mf": {"arch": "torchvision.regnet_y_400mf"},
     "convnext_tiny": {"arch": "torchvision.convnext_tiny"},
     "timm_resnet18": {"arch": "timm.resnet18"},
+    "toponet_resnet18": {"arch": "toponet_resnet18"},  # ResNet-18 with BlurPool (no TopoNet weights offline)
     "own_gray": {"arch": "python:tinygray:tiny_gray", "preprocessing": GRAY_PREPROCESSING},
 }
 

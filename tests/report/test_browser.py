@@ -1,32 +1,90 @@
-"""The report of the tiny run, opened in a real headless Chromium (Debian's chromium + chromium-driver).
+"""The report of the tiny run with every study on, opened in a real headless Chromium (Debian's chromium +
+chromium-driver): links, images, unit pages, and what a reader sees first on a laptop and on a phone.
 
-Each study's workflow test also opens its own report in the browser (`browser` fixture, tests/browser.py).
+Screenshots of the landing page go to the test's temporary folder, or to $UNITSCOPE_SCREENSHOTS when set.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import pytest
-from browser import crawl_report, open_unit_page_from_section
+from browser import crawl_report, on_first_screen, open_unit_page_from_section, overflowing, scrolled_to, show_at
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("studies")]
+SCREENS = {"laptop": (1366, 768), "phone": (390, 844)}
 
 
-def test_report_loads_renders_every_image_and_every_internal_link_resolves(browser, tiny_local_run):
-    workdir, _ = tiny_local_run
-    assert crawl_report(browser, workdir)
+@pytest.fixture(autouse=True)
+def window_size_restored(browser):
+    """A test that emulates a screen size leaves the module's browser at its own size."""
+    yield
+    browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_report_loads_renders_every_image_and_every_internal_link_resolves(browser, tiny_studies_run):
+    workdir, _ = tiny_studies_run
+    pages = crawl_report(browser, workdir)
+    assert any(page.endswith("/units/index.html") for page in pages), "the unit index is not linked"
+    assert any("/units/" in page and not page.endswith("index.html") for page in pages), "no unit page reachable"
     browser.get((workdir / "results" / "report" / "index.html").as_uri())
     assert "unitscope report" in browser.title
 
 
-def test_study_report_and_a_unit_page_opened_from_the_landing_page(browser, tiny_faces_run):
+def test_a_unit_page_opens_from_the_unit_index_and_from_a_study_table(browser, tiny_studies_run):
     from selenium.webdriver.common.by import By
 
-    workdir, _ = tiny_faces_run
-    pages = crawl_report(browser, workdir)
-    assert any("/units/" in page for page in pages), "no unit page is reachable from the landing page"
+    workdir, _ = tiny_studies_run
     browser.get((workdir / "results" / "report" / "index.html").as_uri())
-    browser.find_element(By.CSS_SELECTOR, "#units ~ table a[href^='units/']").click()
+    browser.find_element(By.CSS_SELECTOR, "#toc a[href='units/index.html']").click()
+    assert browser.current_url.endswith("/units/index.html")
+    browser.find_element(By.CSS_SELECTOR, "table a[href$='.html']").click()
     assert "/units/" in browser.current_url and "channel" in browser.find_element(By.TAG_NAME, "h1").text
     assert "channel" in open_unit_page_from_section(browser, workdir, "faces")
-    browser.get((workdir / "results" / "report" / "index.html").as_uri())
-    assert browser.find_element(By.CSS_SELECTOR, "h2#faces").text == "Face-selective units"
+
+
+@pytest.mark.parametrize("screen", SCREENS)
+def test_the_first_screen_answers_every_study_and_nothing_overflows(browser, tiny_studies_run, screen, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    workdir, _ = tiny_studies_run
+    report = workdir / "results" / "report"
+    studies = [json.loads(p.read_text()) for p in sorted((workdir / "results").glob("*/section.json"))]
+    assert len(studies) == 4
+    show_at(browser, *SCREENS[screen], (report / "index.html").as_uri())
+    folder = Path(os.environ.get("UNITSCOPE_SCREENSHOTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(folder / f"landing_{screen}.png"))
+    answers = {e.get_attribute("data-study"): e.text for e in browser.find_elements(By.CSS_SELECTOR, "li.answer")}
+    for section in studies:  # each study's one-sentence answer, generated from its results, is on the first screen
+        assert section["finding"]["answer"] in answers[section["study"]]
+    assert all(on_first_screen(browser, "li.answer")), f"{screen}: an answer lies below the first screen"
+    assert overflowing(browser) == 0, f"{screen}: the page is wider than the screen"
+    for study in (s["study"] for s in studies):  # every figure fits its column
+        widths = browser.execute_script(
+            "return Array.from(document.querySelectorAll(`section[data-study='${arguments[0]}'] img`))"
+            ".map(i => [i.getBoundingClientRect().right, document.documentElement.clientWidth])",
+            study,
+        )
+        assert all(right <= width + 1 for right, width in widths), f"{screen}: a {study} figure is cut off"
+
+
+def test_contents_links_scroll_to_their_sections_and_long_tables_unfold(browser, tiny_studies_run):
+    from selenium.webdriver.common.by import By
+
+    workdir, _ = tiny_studies_run
+    show_at(browser, *SCREENS["laptop"], (workdir / "results" / "report" / "index.html").as_uri())
+    links = browser.find_elements(By.CSS_SELECTOR, "#toc a[href^='#']")
+    assert len(links) >= 4 + 6  # findings, the four studies, the run and its parts
+    for link in links:
+        anchor = link.get_attribute("href").split("#")[1]
+        link.click()
+        assert scrolled_to(browser, anchor), f"the contents link to #{anchor} did not scroll to it"
+    fold = browser.find_element(By.CSS_SELECTOR, ".fold")
+    hidden = [row for row in fold.find_elements(By.CSS_SELECTOR, "tr.more") if not row.is_displayed()]
+    assert hidden, "a folded table shows all its rows"
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center', behavior: 'instant'})", fold)
+    fold.find_element(By.CSS_SELECTOR, "label.show-all").click()
+    assert all(row.is_displayed() for row in fold.find_elements(By.CSS_SELECTOR, "tr.more"))

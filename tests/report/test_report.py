@@ -6,7 +6,17 @@ import pytest
 import zarr
 
 from unitscope.report.landing import build_report, collect_units
-from unitscope.report.sections import unit_href, write_section
+from unitscope.report.sections import finding, finding_number, unit_href, write_section
+
+
+def study_card(title: str, null: bool) -> dict:
+    return finding(
+        question=f"Does {title} do it?",
+        answer=f"{title}: {'no effect beyond chance' if null else 'a clear effect'}.",
+        numbers=[finding_number("effect", "0.50", interval="[0.40, 0.60]", n="N = 3 images")],
+        figure=None,
+        null=null,
+    )
 
 
 def make_inputs(tmp_path):
@@ -45,6 +55,7 @@ def make_inputs(tmp_path):
             conclusion=f"{title} found something (n = 3).",
             body_html=f'<p>See <a href="{unit_href("tiny", "layer3", 2)}">channel 2</a>.</p>',
             summary={"headline": np.float32(0.5)},
+            finding=study_card(title, null=study == "nefesi"),
             units=[{"model": "tiny", "layer": "layer3", "channel": 2, "facts": fact}],
         )
     return tmp_path / "manifest.parquet", tmp_path / "card.json", tmp_path / "s.zarr", sections
@@ -69,6 +80,13 @@ def test_report_joins_studies_into_unit_pages_and_summary(tmp_path):
     html = (report / "index.html").read_text()
     assert "Face units found something (n = 3)." in html and "empty file (0 bytes)" in html
     assert 'href="units/tiny__layer3__2.html"' in html
+    # findings first: each study's answer (a null one marked) and card come before any section
+    assert html.index("Face units: a clear effect.") < html.index('<h2 id="faces">')
+    assert 'nefesi: no effect beyond chance.<span class="null-tag">null result</span>' in html
+    assert 'id="finding-faces"' in html and "N = 3 images" in html
+    assert '<span class="value">0.50</span><span class="interval">[0.40, 0.60]</span>' in html
+    index = (report / "units" / "index.html").read_text()
+    assert 'href="tiny__layer3__2.html"' in index and "Face units, nefesi" in index
     page = (report / "units" / "tiny__layer3__2.html").read_text()
     assert "lesion drop" in page and "0.12" in page and "color" in page and "0.4" in page
     assert 'href="../index.html#faces"' in page
@@ -107,3 +125,36 @@ def test_html_table_links_only_units_with_pages_and_escapes_text():
         html_table(frame, labels={"missing": "x"})
     with pytest.raises(ValueError, match="1 hrefs for 2 rows"):
         html_table(frame, links={"channel": ["units/x.html"]})
+
+
+def test_long_tables_fold_after_their_first_rows_and_short_ones_do_not():
+    from unitscope.report.sections import FOLD_AFTER, html_table
+
+    long = html_table(pd.DataFrame({"x": range(FOLD_AFTER + 5)}))
+    assert long.count('<tr class="more">') == 5 and f"show all {FOLD_AFTER + 5} rows" in long
+    short = html_table(pd.DataFrame({"x": range(FOLD_AFTER + 2)}))  # folding away two rows saves nothing
+    assert "more" not in short and "show all" not in short
+    assert "show all" not in html_table(pd.DataFrame({"x": range(50)}), fold_after=None)
+
+
+def test_a_float_column_reads_at_one_precision_and_formatted_numbers_are_right_aligned():
+    from unitscope.report.sections import column_decimals, html_table, is_numeric_text
+
+    assert [column_decimals(v) for v in ([0.682, 0.026], [6.94, 0.26], [1280.0], [float("nan")])] == [3, 2, 0, 2]
+    table = html_table(pd.DataFrame({"kl": [0.682, 0.026, float("nan")], "share": ["12.3%", "4.0%", "n/a"]}))
+    assert '<td class="num">0.026</td>' in table and '<td class="num">n/a</td>' in table
+    assert '<td class="num">12.3%</td>' in table
+    assert all(is_numeric_text(t) for t in ["0.68 [0.50, 0.81]", "1,280", "<1e-300", "4.98×", "−0.5"])
+    assert not any(is_numeric_text(t) for t in ["conv1", "layer3.1", "2 of 16", "car"])
+
+
+def test_a_finding_is_one_sentence_with_one_to_three_numbers_and_a_described_figure():
+    number = finding_number("x", "1.0", interval="[0.9, 1.1]", n="N = 5")
+    ok = finding(question="Q?", answer="One  sentence.", numbers=[number], figure=None, null=False)
+    assert ok["answer"] == "One sentence." and ok["null"] is False
+    with pytest.raises(ValueError, match="is one sentence"):
+        finding(question="Q?", answer="One. Two.", numbers=[number], figure=None, null=False)
+    with pytest.raises(ValueError, match="1 to 3 numbers"):
+        finding(question="Q?", answer="One.", numbers=[number] * 4, figure=None, null=False)
+    with pytest.raises(ValueError, match="alt"):
+        finding(question="Q?", answer="One.", numbers=[number], figure={"src": "a.png", "caption": "c"}, null=True)

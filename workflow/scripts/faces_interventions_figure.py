@@ -1,4 +1,4 @@
-"""Faces study: the interventions figure (control nulls, selected set, intact) from the tables."""
+"""Faces study: the interventions figure (control nulls, selected set, intact) and its one-row verdict summary."""
 
 import sys
 from pathlib import Path
@@ -12,5 +12,6 @@ with log_to(snakemake.log[0]):
         conditions=snakemake.input.conditions,
         controls=snakemake.input.controls,
         pca=snakemake.input.pca,
-        out_figure=snakemake.output[0],
+        out_figure=snakemake.output.figure,
+        out_verdicts=snakemake.output.verdicts,
     )

@@ -17,8 +17,8 @@ import yaml
 
 from unitscope.fsutil import atomic_path, write_text_atomic
 from unitscope.report.cost import cost_by_stage, read_benchmarks
-from unitscope.report.render import environment
-from unitscope.report.sections import read_section, unit_href, unit_page_name
+from unitscope.report.render import environment, fixed, num, pct
+from unitscope.report.sections import html_table, read_section, unit_href, unit_page_name
 
 
 def dataset_summary(name: str, manifest: pd.DataFrame) -> dict:
@@ -113,6 +113,80 @@ def run_summary(
     }
 
 
+def datasets_table(datasets: list[dict]):
+    frame = pd.DataFrame(
+        {
+            "dataset": [d["name"] for d in datasets],
+            "category": [d["category"] for d in datasets],
+            "drawn": [d["drawn"] for d in datasets],
+            "included": [d["included"] for d in datasets],
+            "excluded": [d["excluded"] for d in datasets],
+            "labels (included)": [", ".join(f"{k}: {v}" for k, v in d["labels"].items()) for d in datasets],
+        }
+    )
+    return html_table(frame)
+
+
+def activations_table(extractions: list[dict]):
+    frame = pd.DataFrame(
+        {
+            "model": [e["model"] for e in extractions],
+            "dataset": [e["dataset"] for e in extractions],
+            "layer": [e["layer"] for e in extractions],
+            "images": [e["n_images"] for e in extractions],
+            "channels": [e["n_channels"] for e in extractions],
+            "map": [str(e["map_shape"]) if e["map_shape"] else "means only" for e in extractions],
+            "mean activation": [num(e["mean_activation"], 4) for e in extractions],
+            "never-active channels": [e["dead_channels"] for e in extractions],
+            "top channels": [", ".join(map(str, e["top_channels"])) for e in extractions],
+        }
+    )
+    return html_table(frame)
+
+
+def cost_table(cost: list[dict]):
+    """Per stage (the last row of `cost`, the total, is stated in the text): jobs, time, memory, slowest job."""
+    total = cost[-1]["wall_s"]
+    rows = cost[:-1]
+    frame = pd.DataFrame(
+        {
+            "stage": [r["stage"] for r in rows],
+            "jobs": [r["jobs"] for r in rows],
+            "job time (s)": [fixed(r["wall_s"], 1) for r in rows],
+            "share": [pct(r["wall_s"] / total, 0) if total else "" for r in rows],
+            "CPU time (s)": [fixed(r["cpu_s"], 1) for r in rows],
+            "CPU / job time": [fixed(r["cpu_s"] / r["wall_s"]) if r["wall_s"] else "" for r in rows],
+            "peak memory (MB)": [fixed(r["peak_rss_mb"], 0) for r in rows],
+            "slowest job": [f"{r['slowest']} ({fixed(r['slowest_s'], 1)} s)" for r in rows],
+        }
+    )
+    return html_table(frame)
+
+
+def units_table(units: list[dict]):
+    """The unit index: one row per unit page (links relative to results/report/units/)."""
+    frame = pd.DataFrame(
+        {
+            "model": [u["model"] for u in units],
+            "layer": [u["layer"] for u in units],
+            "channel": [u["channel"] for u in units],
+            "studies": [", ".join(e["title"] for e in u["studies"]) for u in units],
+        }
+    )
+    return html_table(frame, fold_after=None, links={"channel": [u["page"] for u in units]})
+
+
+def write_unit_pages(folder: Path, units: list[dict]) -> None:
+    """Every unit's page and the unit index (index.html) into `folder`, written whole then renamed."""
+    unit_template = environment().get_template("unit.html.j2")
+    with atomic_path(folder) as temp:
+        temp.mkdir()
+        for unit in units:
+            (temp / unit["page"]).write_text(unit_template.render(unit=unit))
+        index = environment().get_template("units_index.html.j2").render(units=units, unit_table=units_table(units))
+        (temp / "index.html").write_text(index)
+
+
 def build_report(
     *,
     manifests: dict[str, str | os.PathLike],
@@ -126,8 +200,9 @@ def build_report(
     units_dir: str | os.PathLike | None = None,
     benchmarks_dir: str | os.PathLike | None = None,
 ) -> dict:
-    """Write the HTML report and the machine-readable summary; return the summary. `benchmarks_dir` holds
-    Snakemake's per-job benchmark files, summed per stage in the report's cost table."""
+    """Write the HTML report (findings first: each study's answer and card, then the sections, then the run's
+    data, models, activations and cost), the unit pages with their index, and the machine-readable summary;
+    return the summary. `benchmarks_dir` holds Snakemake's per-job benchmark files, summed per stage."""
     html_path = Path(html_path)
     datasets = [dataset_summary(name, pd.read_parquet(path)) for name, path in manifests.items()]
     models = [json.loads(Path(path).read_text()) for path in cards.values()]
@@ -137,6 +212,14 @@ def build_report(
     versions = extractions[0]["package_versions"] if extractions else {}
     summary = run_summary(datasets, models, extractions, studies, versions)
     relative_figures = {key: os.path.relpath(path, html_path.parent) for key, path in figures.items()}
+    for e in extractions:
+        e["figure"] = relative_figures.get(f"activations/{e['model']}/{e['dataset']}/{e['layer']}")
+    cost = cost_by_stage(read_benchmarks(benchmarks_dir)) if benchmarks_dir else []
+    tables = {
+        "datasets": datasets_table(datasets),
+        "activations": activations_table(extractions),
+        "cost": cost_table(cost) if cost else "",
+    }
     html = (
         environment()
         .get_template("report.html.j2")
@@ -148,17 +231,14 @@ def build_report(
             studies=studies,
             units=units,
             figures=relative_figures,
+            tables=tables,
             config_yaml=yaml.safe_dump(config, sort_keys=False),
             versions=versions,
-            cost=cost_by_stage(read_benchmarks(benchmarks_dir)) if benchmarks_dir else [],
+            cost=cost,
         )
     )
     write_text_atomic(html_path, html)
-    unit_template = environment().get_template("unit.html.j2")
-    with atomic_path(units_dir or html_path.parent / "units") as folder:
-        folder.mkdir()
-        for unit in units:
-            (folder / unit["page"]).write_text(unit_template.render(unit=unit))
+    write_unit_pages(Path(units_dir or html_path.parent / "units"), units)
     with atomic_path(summary_path) as temp:
         temp.write_text(json.dumps(summary, indent=2) + "\n")
     return summary

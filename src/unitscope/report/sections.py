@@ -15,7 +15,9 @@ page (`unit_hrefs` gives the links for a table's rows).
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,9 +25,11 @@ import numpy as np
 from markupsafe import Markup
 
 from unitscope.fsutil import write_text_atomic
-from unitscope.report.render import environment
+from unitscope.report.render import MISSING, environment
 
-SECTION_KEYS = ("study", "title", "conclusion", "body_html", "summary", "units")
+SECTION_KEYS = ("study", "title", "conclusion", "body_html", "summary", "units", "finding")
+FINDING_NUMBERS = (1, 3)  # a finding card carries one to three numbers
+ANSWER_CHARS = 240  # a finding's answer should fit a phone's first screen: studies word it within this (soft)
 
 
 def unit_page_name(model: str, layer: str, channel: int) -> str:
@@ -51,6 +55,25 @@ def unit_hrefs(
     ]
 
 
+NUMBER = r"[-+−<>≈~]?\s?\d[\d,.]*(?:e[-+]?\d+)?\s?(?:%|×|s|MB| pts)?"
+NUMERIC_TEXT = re.compile(rf"^(?:n/a|{NUMBER}(?:\s*\[[^\]]*\])?|\[{NUMBER}, {NUMBER}\])$")
+FOLD_AFTER = 10  # a longer table shows its first rows and a "show all" toggle
+
+
+def is_numeric_text(text: str) -> bool:
+    """Whether a formatted cell reads as a number (right-aligned): '12.3%', '0.682 [0.50, 0.81]', '1,280', 'n/a'."""
+    return bool(NUMERIC_TEXT.match(text.strip()))
+
+
+def column_decimals(values) -> int:
+    """Decimals that give a float column's largest magnitude three significant digits (at most 4), so a column
+    reads at one precision: 0.682 and 0.026 (3 decimals), 6.94 and 0.26 (2), 1280 (0)."""
+    finite = np.abs(np.asarray([v for v in values if isinstance(v, float) and math.isfinite(v)], dtype=float))
+    if not finite.size or finite.max() == 0:
+        return 2
+    return int(min(4, max(0, 2 - math.floor(math.log10(finite.max())))))
+
+
 def table_rows(
     frame,
     *,
@@ -62,7 +85,8 @@ def table_rows(
 
     `links` maps a column to one href per row (None: that cell is not linked), e.g. `unit_hrefs(...)` for a
     channel column; `labels` picks and renames columns (in its order; default all, as named); `float_format`
-    (e.g. "{:.3f}") formats float cells.
+    (e.g. "{:.3f}") formats float cells, otherwise each float column gets one precision (`column_decimals`).
+    Numbers and cells that read as numbers (formatted percentages, intervals) are right-aligned.
     """
     links = links or {}
     columns = list(labels) if labels is not None else list(frame.columns)
@@ -72,13 +96,15 @@ def table_rows(
     for column, hrefs in links.items():
         if len(hrefs) != len(frame):
             raise ValueError(f"links for column {column!r}: {len(hrefs)} hrefs for {len(frame)} rows")
+    formats = {column: float_format or f"{{:.{column_decimals(frame[column].tolist())}f}}" for column in columns}
 
     def cell(column: str, index: int, value) -> dict:
         numeric = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
-        if float_format is not None and isinstance(value, float):
-            value = float_format.format(value)
+        if isinstance(value, float | np.floating):
+            value = formats[column].format(value) if math.isfinite(value) else MISSING
+        text = str(value)
         href = links[column][index] if column in links else None
-        return {"text": str(value), "href": href, "numeric": numeric}
+        return {"text": text, "href": href, "numeric": numeric or is_numeric_text(text)}
 
     rows = [
         [cell(column, i, value) for column, value in zip(columns, row, strict=True)]
@@ -87,12 +113,41 @@ def table_rows(
     return [str((labels or {}).get(c, c)) for c in columns], rows
 
 
-def html_table(frame, *, caption: str | None = None, **options) -> Markup:
+def html_table(frame, *, caption: str | None = None, fold_after: int | None = FOLD_AFTER, **options) -> Markup:
     """The report's one HTML table, for every study section (see `table_rows` for the options): rendered by
-    the shared `table` macro, every text escaped."""
+    the shared `table` macro, every text escaped; rows after the first `fold_after` behind "show all"."""
     header, rows = table_rows(frame, **options)
     macro = environment().get_template("_macros.html.j2").module.table
-    return Markup(macro(header, rows, caption))
+    return Markup(macro(header, rows, caption, fold_after))
+
+
+def finding_number(label: str, value: str, *, n: str, interval: str | None = None) -> dict:
+    """One number of a finding card, already formatted by the report's filters (`pct`, `num`, `ci`, `p`):
+    e.g. finding_number("lesioned, fixed readout", pct(0.81), interval=ci([0.7, 0.9], percent=True),
+    n="19 held-out images"). `n` says what the number rests on; `interval` is None only for a count."""
+    return {"label": label, "value": value, "interval": interval, "n": n}
+
+
+def finding(*, question: str, answer: str, numbers: Sequence[Mapping], figure: Mapping | None, null: bool) -> dict:
+    """A study's card on the landing page: the question it asks, a one-sentence answer in plain words generated
+    from the results (a null result reads as one: `null=True`), the one figure that shows it
+    ({"src", "caption", "alt"}, src relative to results/report/) and the one to three numbers that carry it
+    (`finding_number`)."""
+    answer = " ".join(answer.split())
+    if not answer.endswith(".") or answer[:-1].count(". "):
+        raise ValueError(f"a finding's answer is one sentence, not: {answer!r}")
+    low, high = FINDING_NUMBERS
+    if not low <= len(numbers) <= high:
+        raise ValueError(f"a finding carries {low} to {high} numbers, not {len(numbers)}")
+    if figure is not None and not all(figure.get(key) for key in ("src", "caption", "alt")):
+        raise ValueError(f"a finding's figure needs src, caption and alt: {dict(figure)}")
+    return {
+        "question": " ".join(question.split()),
+        "answer": answer,
+        "numbers": [dict(number) for number in numbers],
+        "figure": dict(figure) if figure is not None else None,
+        "null": bool(null),
+    }
 
 
 def write_section(
@@ -103,14 +158,18 @@ def write_section(
     conclusion: str,
     body_html: str,
     summary: dict,
+    finding: dict,
     units: list[dict] | None = None,
 ) -> dict:
+    """Write results/<study>/section.json. `finding` (built by `finding`) is the study's card on the landing
+    page; `conclusion` the paragraph that opens its section."""
     section = {
         "study": study,
         "title": title,
         "conclusion": conclusion,
         "body_html": body_html,
         "summary": summary,
+        "finding": finding,
         "units": units or [],
     }
     write_text_atomic(path, json.dumps(section, indent=2, default=_jsonable) + "\n")

@@ -9,14 +9,14 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from wfutil import finished_study_run, planned_jobs, snakemake, write_config
+from wfutil import planned_jobs, snakemake, write_config
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("studies")]
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    return finished_study_run(tmp_path_factory, "actmax")
+def finished_run(tiny_studies_run):
+    return tiny_studies_run
 
 
 def test_section_summary_and_artifacts(finished_run):

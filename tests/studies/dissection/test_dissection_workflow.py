@@ -7,14 +7,14 @@ import re
 
 import pandas as pd
 import pytest
-from wfutil import copy_workflow, finished_study_run, planned_jobs, snakemake, study_config, write_config
+from wfutil import copy_workflow, planned_jobs, snakemake, study_config, write_config
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("studies")]
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    return finished_study_run(tmp_path_factory, "dissection")
+def finished_run(tiny_studies_run):
+    return tiny_studies_run
 
 
 def test_section_summary_tables_and_figures(finished_run):

@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 from wfutil import copy_workflow, disable_studies, planned_jobs, snakemake, study_config, tiny_config, write_config
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("studies")]
 
 
 @pytest.fixture(scope="module")
-def finished_run(tiny_faces_run):
-    return tiny_faces_run
+def finished_run(tiny_studies_run):
+    return tiny_studies_run
 
 
 def test_section_tables_and_summary(finished_run):
@@ -52,8 +52,9 @@ def test_section_tables_and_summary(finished_run):
 
     html = (results / "report" / "index.html").read_text()
     assert 'id="faces"' in html and "Face-selective units" in html
-    images = re.findall(r'<img src="(figures/faces/[^"]+)"', html)
-    assert len(images) == 6
+    images = set(re.findall(r'<img src="(figures/faces/[^"]+)"', html))
+    assert len(images) == 7  # six in the section plus the verdicts' row, which the landing page's card shows too
+    assert html.count('<img src="figures/faces/verdicts.png"') == 2
     for image in images:
         assert (results / "report" / image).stat().st_size > 5000
     logs = {p.name for p in (workdir / "logs" / "faces").glob("*.log")}
@@ -152,46 +153,3 @@ def test_faces_study_on_a_cifar_resnet_at_its_default_layer(tmp_path):
     registry = pd.read_parquet(results / "actmax" / "registry" / "resnet20_cifar" / "layer3.2.parquet")
     assert list(registry["channel"]) == [u["channel"] for u in section["units"][:2]]
     assert set(registry["unit_layer"]) == {"layer3"}
-
-
-def test_faces_study_on_toponet_resnet18_at_layer4(tmp_path):
-    """The rules on a TopoNet ResNet-18 (torchvision's ResNet-18 with BlurPool), layer left at its default (layer4).
-
-    No TopoNet checkpoint can be had offline, so this one is seeded random weights saved as a checkpoint: it proves
-    that the stages run and the report is built for this architecture, not what its channels do."""
-    import torch
-    from conftest import DATA_DIR
-
-    from unitscope.models.toponet import toponet_resnet18
-
-    torch.manual_seed(0)
-    checkpoint = tmp_path / "toponet_random.pt"
-    torch.save(toponet_resnet18().state_dict(), checkpoint)
-    workdir = copy_workflow(tmp_path / "wf")
-    config = disable_studies(tiny_config(DATA_DIR))
-    imagenet = config["models"]["mobilenet_v2_imagenet"]["preprocessing"]
-    config["models"] = {
-        "toponet_resnet18": {
-            "arch": "toponet_resnet18",
-            "checkpoint": str(checkpoint),
-            "tau": 10.0,
-            "preprocessing": {**imagenet, "resize": 256},
-        }
-    }
-    config["extraction"]["targets"] = []
-    config["faces"] = {
-        **study_config("faces", DATA_DIR)["faces"],
-        "model": "toponet_resnet18",
-        "probe_layers": ["layer3", "layer4"],
-    }
-    write_config(workdir, config)
-    snakemake(workdir, "report")
-    results = workdir / "results"
-    summary = json.loads((results / "summary.json").read_text())["faces"]
-    assert (summary["model"], summary["layer"], summary["n_channels"]) == ("toponet_resnet18", "layer4", 512)
-    assert summary["selection"]["top_percentile"] == 26  # ceil(512 * 5%)
-    conditions = pd.read_parquet(results / "faces" / "conditions.parquet").set_index("condition")
-    assert conditions.loc["lesion", "set_size"] == 26 and conditions.loc["lesion", "kl_faces"] > 0
-    assert (results / "report" / "units").is_dir() and "toponet_resnet18" in (
-        results / "report" / "index.html"
-    ).read_text()

@@ -1,7 +1,8 @@
 """The actmax study's report section: results/actmax/section.json, its unit images and the numbers its prose
-states. The words are in templates/actmax.html.j2 (the body) and templates/actmax_conclusion.j2; this module
-computes what they say: sample sizes, intervals, tables, and the verdicts (colour-dominated layers, flagged
-units) as values the templates branch on, so a null result reads as one.
+states. The words are in templates/actmax.html.j2 (the body), templates/actmax_conclusion.j2 and
+templates/actmax_answer.txt.j2 (the landing page card's one-sentence answer); this module computes what they say:
+sample sizes, intervals, tables, and the verdicts (reliance on colour, colour-dominated layers, flagged units) as
+values the templates branch on, so a null result reads as one.
 """
 
 from __future__ import annotations
@@ -17,19 +18,31 @@ import pandas as pd
 from markupsafe import Markup
 
 from unitscope.report.render import ci, fixed, pct, render, render_text
-from unitscope.report.sections import html_table, unit_hrefs, write_section
+from unitscope.report.sections import finding, finding_number, html_table, unit_hrefs, write_section
 from unitscope.studies.actmax.grids import save_grid
 from unitscope.studies.actmax.runs import load_run
 
 if TYPE_CHECKING:
     from unitscope.studies.actmax.plan import ReportSettings
 
-__all__ = ["ReportInputs", "RegistryOutputs", "mnist_unit_images", "registry_outputs", "write_actmax_section"]
+__all__ = [
+    "ReportInputs",
+    "RegistryOutputs",
+    "finding_of",
+    "mnist_unit_images",
+    "registry_outputs",
+    "write_actmax_section",
+]
 
 STUDY = "actmax"
 STUDY_DIR = Path(__file__).resolve().parent
 TITLE = "Activation maximisation"
 MODEL_NAME = "colored_mnist_cnn"
+QUESTION = (
+    "Does the CNN trained on Biased Colored-MNIST take the colour shortcut, which layers' channels code colour rather "
+    "than digit shape, and are its units polysemantic?"
+)
+CARD_FIGURE = "figures/actmax/color_vs_shape.png"  # written by figures.color_shape_figure (FIGURES)
 
 
 @dataclass
@@ -96,20 +109,78 @@ def write_actmax_section(
     rho = settings.rho
     context = {"rho": rho, "settings": settings, "info": inputs.info, **verdicts}
     conclusion = render_text("actmax_conclusion.j2", STUDY_DIR, **context)
-    body = render("actmax.html.j2", STUDY_DIR, **context, **_body_context(inputs, registry))
+    body = render("actmax.html.j2", STUDY_DIR, conclusion=conclusion, **context, **_body_context(inputs, registry))
     summary = _summary(inputs, verdicts, rho=rho, registry_summary=registry.summary)
     units = _mnist_unit_facts(inputs, mnist_images) + registry.units
     write_section(
-        section_path, study=STUDY, title=TITLE, conclusion=conclusion, body_html=body, summary=summary, units=units
+        section_path,
+        study=STUDY,
+        title=TITLE,
+        conclusion=conclusion,
+        body_html=body,
+        summary=summary,
+        finding=finding_of(verdicts),
+        units=units,
     )
     return summary
+
+
+def finding_of(verdicts: Mapping) -> dict:
+    """The landing page card from `_verdicts`: the accuracies on biased and conflicting digits (95% Wilson
+    intervals; the model relies on colour when the biased interval lies wholly above the conflicting one), the
+    deepest probed layer's median colour index (95% bootstrap interval; a layer codes colour when its whole interval
+    lies above 0.5) and the polysemanticity count. Null when neither the accuracies nor any layer show colour."""
+    biased, conflicting, rows = verdicts["biased"], verdicts["conflicting"], verdicts["color_rows"]
+    numbers = [
+        finding_number(
+            "accuracy on biased test digits (coloured as in training), 95% Wilson interval",
+            pct(biased["accuracy"]),
+            interval=ci(biased["accuracy_ci95"], percent=True),
+            n=f"N = {biased['n']} biased test digits",
+        ),
+        finding_number(
+            "accuracy on conflicting test digits (never the class colour), 95% Wilson interval",
+            pct(conflicting["accuracy"]),
+            interval=ci(conflicting["accuracy_ci95"], percent=True),
+            n=f"N = {conflicting['n']} conflicting test digits",
+        ),
+    ]
+    if rows:
+        deepest = rows[-1]
+        numbers.append(
+            finding_number(
+                f"median colour index of {deepest['layer']} channels (1 = colour only, 0 = digit only), "
+                "95% bootstrap interval",
+                fixed(deepest["median"]),
+                interval=ci([deepest["low"], deepest["high"]]),
+                n=f"N = {deepest['responsive']} {deepest['layer']} channels",
+            )
+        )
+    figure = {
+        "src": CARD_FIGURE,
+        "caption": "Look at the left panel: each dot is a channel, and dots above the dotted 0.5 line change their "
+        "activation more when only a digit's colour changes than when only the digit changes (bar: the layer's "
+        "median); the right panel places the synthesised channel images against real coloured digits (grey).",
+        "alt": "Left: strip plot of the colour index (0 to 1) of every channel, one column per layer, with each "
+        "layer's median as a black bar and a dotted line at 0.5; right: scatter of colour concentration against "
+        "edge energy for the synthesised channel images, coloured by layer, over real digits in grey.",
+    }
+    return finding(
+        question=QUESTION,
+        answer=render_text("actmax_answer.txt.j2", STUDY_DIR, **verdicts),
+        numbers=numbers,
+        figure=figure,
+        null=not verdicts["relies_on_color"] and not verdicts["color_layers"],
+    )
 
 
 def _verdicts(inputs: ReportInputs) -> dict:
     """The numbers the conclusion states: accuracy per evaluation set and the biased - conflicting gap, per layer
     the median colour index with its CI (and the layers whose whole CI lies above 0.5), and the polysemanticity
-    counts with the flagged units' names."""
+    counts with the flagged units' names. The model relies on colour when the biased set's 95% Wilson interval of
+    accuracy lies wholly above the conflicting set's; `intervals_overlap` says whether the two overlap."""
     by_set = {row["set"]: row for row in inputs.evaluation}
+    biased_ci, conflicting_ci = by_set["biased"]["accuracy_ci95"], by_set["conflicting"]["accuracy_ci95"]
     units = inputs.units
     flagged = units[units["flagged"]]
     color_rows = [
@@ -128,6 +199,8 @@ def _verdicts(inputs: ReportInputs) -> dict:
         "unbiased": by_set["unbiased"],
         "conflicting": by_set["conflicting"],
         "gap": by_set["biased"]["accuracy"] - by_set["conflicting"]["accuracy"],
+        "relies_on_color": bool(biased_ci[0] > conflicting_ci[1]),
+        "intervals_overlap": bool(biased_ci[0] <= conflicting_ci[1] and conflicting_ci[0] <= biased_ci[1]),
         "color_rows": color_rows,
         "color_layers": [row["layer"] for row in color_rows if np.isfinite(row["low"]) and row["low"] > 0.5],
         "n_units": len(units),
@@ -178,7 +251,8 @@ def _evaluation_table(evaluation: list[dict]) -> Markup:
                 "accuracy": pct(row["accuracy"]),
                 "95% CI": ci(row["accuracy_ci95"], percent=True),
                 "errors": row["errors"],
-                "errors = colour's class": f"{row['errors_as_color_class']} ({pct(row['error_color_fraction'])})",
+                "errors naming the colour's class": row["errors_as_color_class"],
+                "share of errors": pct(row["error_color_fraction"]),
                 "95% CI ": ci(row["error_color_ci95"], percent=True),
                 "prediction follows a non-class colour": f"{row['follows_color']}/{row['mismatched_color']}",
             }
@@ -197,30 +271,33 @@ def _init_table(all_runs: pd.DataFrame) -> Markup:
         .reset_index()
     )
     for column in ("median", "min", "max"):
-        table[column] = table[column].astype(float).round(3)
-    return html_table(table)
+        table[column] = table[column].astype(float)
+    return html_table(table, float_format="{:.3f}")
 
 
 def _color_table(color_table: pd.DataFrame) -> Markup:
+    """Per layer: the median colour index with its 95% bootstrap interval, the colour-dominated channels with a
+    95% Wilson interval of their share, and the image measures of the synthesised channel images."""
     frame = pd.DataFrame(
         [
             {
                 "layer": row.layer,
                 "channels": row.n_channels,
-                "median colour index (95% CI)": f"{fixed(row.median_color_index, 3)} "
-                f"{ci(list(row.median_color_index_ci95), digits=3)}",
-                "colour-dominated channels": f"{row.color_dominated}/{row.n_responsive} "
-                f"({pct(row.color_dominated_fraction)}; CI {ci(list(row.color_dominated_ci95), percent=True)})",
+                "median colour index": float(row.median_color_index),
+                "95% CI": ci(list(row.median_color_index_ci95), digits=3),
+                "colour-dominated channels": f"{row.color_dominated}/{row.n_responsive}",
+                "share": pct(row.color_dominated_fraction),
+                "95% CI ": ci(list(row.color_dominated_ci95), percent=True),
                 "images": row.n_images,
-                "median colour concentration": fixed(row.median_color_concentration, 3),
-                "median edge energy (brightness)": fixed(row.median_edge_energy, 3),
-                "median edge energy (RGB)": fixed(row.median_color_edge_energy, 3),
-                "median dark fraction": fixed(row.median_dark_fraction, 2),
+                "median colour concentration": float(row.median_color_concentration),
+                "median edge energy (brightness)": float(row.median_edge_energy),
+                "median edge energy (RGB)": float(row.median_color_edge_energy),
+                "median dark fraction": float(row.median_dark_fraction),
             }
             for row in color_table.itertuples()
         ]
     )
-    return html_table(frame)
+    return html_table(frame, float_format="{:.3f}")
 
 
 def _unit_table(units: pd.DataFrame, selection: Mapping) -> Markup:
@@ -240,16 +317,16 @@ def _unit_table(units: pd.DataFrame, selection: Mapping) -> Markup:
             "objective": top["objective"],
             "neuron": [f"({y},{x})" if y >= 0 else "" for y, x in zip(top["y"], top["x"], strict=True)],
             "init": top["init"],
-            "score": top["score"].round(2),
-            "pixel sim.": top["pixel_similarity"].round(2),
-            "colour sim.": top["color_similarity"].round(2),
-            "activation sim.": top["activation_similarity"].round(2),
+            "score": top["score"].astype(float),
+            "pixel sim.": top["pixel_similarity"].astype(float),
+            "colour sim.": top["color_similarity"].astype(float),
+            "activation sim.": top["activation_similarity"].astype(float),
             "converged": top["converged"],
             "flagged": top["flagged"],
         }
     )
     links = unit_hrefs([MODEL_NAME] * len(frame), frame["layer"], frame["channel"], page_units)
-    return html_table(frame, links={"channel": links})
+    return html_table(frame, links={"channel": links}, float_format="{:.2f}")
 
 
 def _unit_label(key: str) -> str:
@@ -425,7 +502,10 @@ def registry_outputs(registry_paths: Sequence[tuple[str, str, str, str]], figure
             rows.append(row)
     frame = pd.DataFrame(rows)
     links = {"channel": unit_hrefs(frame["model"], frame["layer"], frame["channel"])}
-    tables = {"runs": html_table(pd.DataFrame(summary)), "channels": html_table(frame, links=links)}
+    tables = {
+        "runs": html_table(pd.DataFrame(summary), float_format="{:.3f}"),
+        "channels": html_table(frame, links=links, float_format="{:.3f}"),
+    }
     return RegistryOutputs(tables, summary, units)
 
 

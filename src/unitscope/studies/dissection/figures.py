@@ -22,6 +22,15 @@ if TYPE_CHECKING:  # annotations only: drawing needs no concept-set code
 
 CATEGORY_COLORS = {"object": "#4477aa", "color": "#ee6677", "part": "#228833", "material": "#ccbb44"}
 UNIT_EDGE, CONCEPT_EDGE = "#ffdd00", "#00e5ff"
+WIDTH = 8.5  # inches: at the report's 110 DPI a figure fits the 960-px text column
+FONT = 9  # points: the smallest text in a figure
+IMAGE_WIDTH = 2.6  # inches per top activating image, when the row fits in WIDTH
+
+
+def _image_grid(k: int) -> tuple[float, float]:
+    """(figure width, width of one image) for rows of `k` images: at most WIDTH wide."""
+    width = min(max(IMAGE_WIDTH * k, 6.5), WIDTH)
+    return width, min(IMAGE_WIDTH, width / k)
 
 
 def _category_color(category: str, index: int) -> str:
@@ -75,15 +84,18 @@ def top_units_figure(
     of_layer = units[units["layer"] == layer]
     shown = chosen_units(of_layer, n_units)
     k = tallies[f"{layer}/top_images"].shape[1]
-    fig, axes = plt.subplots(len(shown), k, figsize=(max(2.6 * k, 6.5), 2.1 * len(shown) + 0.8), squeeze=False)
+    width, image = _image_grid(k)
+    fig, axes = plt.subplots(
+        len(shown), k, figsize=(width, 0.8 * image * len(shown) + 0.8), squeeze=False, layout="constrained"
+    )
     for row, unit in enumerate(shown.itertuples()):
         draw_unit_images(axes[row], unit, tallies, concepts, layer=layer)
         label = f"unit {unit.unit}\n{unit.concept or '-'} ({unit.category or '-'})\nIoU {unit.iou:.3f}"
-        axes[row, 0].set_ylabel(label, fontsize=7)
+        axes[row, 0].set_ylabel(label, fontsize=FONT)
     fig.suptitle(
         f"{model} · {layer}: top {len(shown)} units by IoU, each with its {k} top activating images\n"
         f"(of N = {len(tallies['image_ids'])}); yellow: unit mask (upsampled map > T), cyan: its best concept",
-        fontsize=8,
+        fontsize=FONT,
     )
     save_figure(fig, path)
 
@@ -93,13 +105,14 @@ def unit_figure(
 ):
     """One unit: its top activating images in a row, unit mask (yellow) and best concept's mask (cyan) outlined."""
     k = tallies[f"{layer}/top_images"].shape[1]
-    fig, axes = plt.subplots(1, k, figsize=(max(2.6 * k, 6.5), 2.9), squeeze=False)
+    width, image = _image_grid(k)
+    fig, axes = plt.subplots(1, k, figsize=(width, 0.8 * image + 1.0), squeeze=False, layout="constrained")
     draw_unit_images(axes[0], unit, tallies, concepts, layer=layer)
     fig.suptitle(
         f"{model} · {layer} · unit {unit.unit}: best concept {unit.concept or '-'} ({unit.category or '-'}), "
         f"IoU {unit.iou:.3f}\nits {k} top activating images (of N = {len(tallies['image_ids'])}, highest peak "
-        f"first); yellow: unit mask (upsampled map > T, its top {quantile:g} quantile), cyan: concept mask",
-        fontsize=8,
+        f"first)\nyellow: unit mask (upsampled map > T, its top {quantile:g} quantile), cyan: concept mask",
+        fontsize=FONT,
     )
     return fig
 
@@ -133,20 +146,23 @@ def write_unit_images(
 def depth_figure(layers: pd.DataFrame, categories: list[str], n_images: int, path: str | os.PathLike) -> None:
     """Per model (columns): detectors (top) and distinct detected concepts (bottom) per layer, by category."""
     models = list(dict.fromkeys(layers["model"]))
-    fig, axes = plt.subplots(2, len(models), figsize=(4.2 * len(models), 5.6), squeeze=False)
+    fig, axes = plt.subplots(
+        2, len(models), figsize=(min(4.2 * len(models), WIDTH), 5.6), squeeze=False, layout="constrained"
+    )
     for col, model in enumerate(models):
         table = layers[layers["model"] == model].sort_values("depth")
         for row, (prefix, ylabel) in enumerate(
             [("detectors", "detector units (IoU > threshold)"), ("unique_per_category", "distinct concepts detected")]
         ):
-            _depth_bars(axes[row, col], table, categories, prefix, ylabel)
+            _depth_bars(axes[row, col], table, categories, prefix, ylabel if col == 0 else None)
             if row == 0:
-                axes[row, col].set_title(f"{model} (layers by depth; N = {n_images} images)", fontsize=9)
-                axes[row, col].legend(fontsize=7)
+                axes[row, col].set_title(model, fontsize=FONT + 1)
+    axes[0, 0].legend(fontsize=FONT)
+    fig.suptitle(f"Layers by depth, left to right (N = {n_images} images)", fontsize=FONT + 1)
     save_figure(fig, path)
 
 
-def _depth_bars(ax, table: pd.DataFrame, categories: list[str], prefix: str, ylabel: str) -> None:
+def _depth_bars(ax, table: pd.DataFrame, categories: list[str], prefix: str, ylabel: str | None) -> None:
     """One model's layers (x) with their `<prefix>_<category>` counts stacked by category, totals on top."""
     x = np.arange(len(table))
     bottom = np.zeros(len(table))
@@ -156,9 +172,11 @@ def _depth_bars(ax, table: pd.DataFrame, categories: list[str], prefix: str, yla
         bottom += values
     for xi, total, units in zip(x, bottom, table["units"], strict=True):
         text = f"{int(total)}/{units}" if prefix == "detectors" else f"{int(total)}"
-        ax.text(xi, total, text, ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(x, table["layer"], rotation=30, fontsize=8)
-    ax.set_ylabel(ylabel, fontsize=8)
+        ax.text(xi, total, text, ha="center", va="bottom", fontsize=FONT)
+    ax.set_xticks(x, table["layer"], rotation=30, ha="right", fontsize=FONT)
+    ax.tick_params(axis="y", labelsize=FONT)
+    if ylabel:
+        ax.set_ylabel(ylabel, fontsize=FONT)
     ax.margins(y=0.15)
 
 
@@ -166,14 +184,14 @@ def rotation_figure(rotation: pd.DataFrame, path: str | os.PathLike) -> None:
     """Unique concepts, detector units and mean best IoU against the rotation fraction alpha:
     each seed's value (dots) and the mean over seeds with its min-max range."""
     panels = [
-        ("unique_best", "distinct concepts (best label)"),
         ("detectors", "detector units"),
+        ("unique_best", "distinct concepts (best label)"),
         ("mean_best_iou", "mean best IoU over units"),
     ]
     seeds = rotation["seed"].nunique()
     model, layer = rotation["model"].iloc[0], rotation["layer"].iloc[0]
     units = int(rotation["units"].iloc[0])
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
+    fig, axes = plt.subplots(1, 3, figsize=(WIDTH, 3.4), layout="constrained")
     for ax, (column, label) in zip(axes, panels, strict=True):
         grouped = rotation.groupby("alpha")[column]
         alphas = np.array(sorted(rotation["alpha"].unique()))
@@ -181,13 +199,13 @@ def rotation_figure(rotation: pd.DataFrame, path: str | os.PathLike) -> None:
         ax.fill_between(alphas, low, high, color="#4477aa", alpha=0.25, label="min-max over seeds")
         ax.plot(alphas, mean, color="#4477aa", marker="o", label=f"mean of {seeds} seeds")
         ax.scatter(rotation["alpha"], rotation[column], s=8, color="#222222", zorder=3, label="one seed")
-        ax.set_xlabel("alpha")
-        ax.set_ylabel(label)
-        ax.set_title(label, fontsize=9)
-    axes[0].legend(fontsize=7)
+        ax.set_xlabel("alpha", fontsize=FONT)
+        ax.set_title(label, fontsize=FONT + 1)
+        ax.tick_params(labelsize=FONT)
+    axes[0].legend(fontsize=FONT)
     fig.suptitle(
-        f"{model} · {layer} ({units} units): dissection of the units Q^alpha A "
+        f"{model} · {layer} ({units} units): dissection of the units Q^alpha A\n"
         f"(alpha 0: original units, 1: fully rotated; {seeds} random rotations Q)",
-        fontsize=10,
+        fontsize=FONT + 1,
     )
     save_figure(fig, path)

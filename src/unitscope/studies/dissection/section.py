@@ -1,5 +1,5 @@
-"""The report section of the dissection study: its summary, the units it singles out, and the context that
-templates/dissection*.html.j2 word.
+"""The report section of the dissection study: its summary, the units it singles out, its card on the landing
+page (`finding_of`), and the context that templates/dissection*.j2 word.
 
 Every number is read from the stage outputs (results/dissection/...); the direction of a change (a count that
 did not change is said not to change) is decided here, the sentences are in the templates.
@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from unitscope.report.render import ci, fixed, render, render_text
-from unitscope.report.sections import table_rows, unit_hrefs
+from unitscope.report.render import ci, fixed, pct, render, render_text
+from unitscope.report.sections import ANSWER_CHARS, finding, finding_number, table_rows, unit_hrefs
 from unitscope.studies.dissection.outputs import BOOTSTRAP_RESAMPLES
 from unitscope.studies.dissection.units import STUDY_UNITS_PER_LAYER, study_units, unit_image_name
 
@@ -26,6 +26,10 @@ STUDY = "dissection"
 TITLE = "Network dissection: units that detect concepts"
 STUDY_DIR = Path(__file__).resolve().parent
 HEADLINE = ("detectors", "unique_best", "unique_per_category", "mean_best_iou")  # numbers with 95% intervals
+QUESTION = (
+    "Which units detect human-labelled concepts, and does a random rotation of a layer's basis change how many "
+    "detectors there are (Bau et al.'s rotation experiment)?"
+)
 
 
 def relative_figure(path: str | os.PathLike) -> str:
@@ -161,21 +165,149 @@ def rotation_findings(summary: dict, rotation: pd.DataFrame) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
+# the card on the landing page, and the figures' captions
+
+
+def figure_texts(figures: dict, *, n_images: int, rotation: dict | None) -> dict:
+    """Caption (what to look at first) and alt text of each figure the section shows, as {"caption", "alt"}:
+    "depth", "rotation" (None without the experiment) and "units" ({"<model>/<layer>": ...}), worded by
+    templates/dissection_figure_text.txt.j2. `rotation`: `rotation_findings`."""
+
+    def texts(name: str, **context) -> dict:
+        return {
+            part: render_text("dissection_figure_text.txt.j2", STUDY_DIR, figure=name, part=part, **context)
+            for part in ("caption", "alt")
+        }
+
+    units = {}
+    for key in figures.get("units", {}):
+        model, layer = key.split("/", 1)
+        units[key] = texts("units", model=model, layer=layer, n_images=n_images)
+    return {
+        "depth": texts("depth", n_images=n_images),
+        "rotation": texts("rotation", rotation=rotation, n_images=n_images) if rotation else None,
+        "units": units,
+    }
+
+
+def headline_layer(layers: pd.DataFrame, rotation: dict | None) -> dict:
+    """The layer the card reports: the deepest dissected layer of the rotation experiment's model, or of the
+    first dissected model when there is no rotation experiment or its model is not dissected."""
+    models = list(dict.fromkeys(layers["model"]))
+    model = rotation["model"] if rotation is not None and rotation["model"] in models else models[0]
+    return layers[layers["model"] == model].sort_values("depth").iloc[-1].to_dict()
+
+
+def most_detected(units: pd.DataFrame, model: str, layer: str) -> dict:
+    """The concept(s) most of a layer's detectors detect: names (ties in alphabetical order) and how many units."""
+    mine = units[(units["model"] == model) & (units["layer"] == layer) & units["detector"].astype(bool)]
+    counts = mine["concept"].value_counts()
+    if not len(counts):
+        return {"names": [], "count": 0}
+    top = int(counts.max())
+    return {"names": sorted(str(name) for name, count in counts.items() if count == top), "count": top}
+
+
+def _mask_change(rotation: dict, mask_shape) -> str | None:
+    """Whether the rotation experiment's masks are "coarser" or "finer" than the dissection's (None: the same, or
+    not known), which is why its unrotated detector count may differ from the layer's."""
+    size, own = rotation["mask_size"], min(int(x) for x in mask_shape)
+    if size is None or int(size) == own:
+        return None
+    return "coarser" if int(size) < own else "finer"
+
+
+def card_numbers(layer: dict, rotated: dict | None, n_images: int) -> list[dict]:
+    """The card's numbers: the layer's share of detectors (95% bootstrap interval), the units detecting its most
+    detected concept (a count), and the mean detector count after the rotation (min–max over seeds)."""
+    numbers = [
+        finding_number(
+            f"share of {layer['layer']} units that detect a concept (95% bootstrap interval)",
+            pct(layer["share"]),
+            interval=ci(layer["ci"], percent=True) if layer["ci"] else None,
+            n=f"N = {n_images} images, {layer['units']} units",
+        )
+    ]
+    if layer["concepts"]["names"]:
+        numbers.append(
+            finding_number(
+                f"{layer['layer']} detectors of {' and '.join(layer['concepts']['names'][:2])}, the most detected",
+                fixed(layer["concepts"]["count"], 0),
+                n=f"of {layer['detectors']} detectors",
+            )
+        )
+    if rotated is not None:
+        change = rotated["detectors"]
+        numbers.append(
+            finding_number(
+                f"detectors after a random rotation of {rotated['layer']} (alpha {rotated['alpha']:g}; unrotated "
+                f"{fixed(change['before'], 1)}): mean, min–max over seeds",
+                fixed(change["after"], 1),
+                interval=ci(rotated["detectors_range"], digits=0),
+                n=f"N = {rotated['seeds']} random rotations, {n_images} images",
+            )
+        )
+    return numbers
+
+
+def finding_of(
+    *,
+    layers: pd.DataFrame,
+    units: pd.DataFrame,
+    summary: dict,
+    rotation: dict | None,
+    figures: dict,
+    texts: dict,
+) -> dict:
+    """The study's card: the share of detectors (95% bootstrap interval) in the deepest dissected layer and its
+    most detected concept, and whether a random rotation of the rotated layer's basis changes the mean number of
+    detectors (`rotation_findings`' rule: the means at alpha 0 and the largest alpha differ at one decimal).
+    Null when the layer has no detector or the rotation leaves the count unchanged. `summary`: `section_summary`;
+    `rotation`: `rotation_findings` (None without the experiment); `figures` and `texts`: the section's figures
+    and their `figure_texts`."""
+    row = headline_layer(layers, rotation)
+    bounds = _interval(row, "detectors")
+    layer = {
+        "model": row["model"],
+        "layer": row["layer"],
+        "units": int(row["units"]),
+        "detectors": int(row["detectors"]),
+        "share": row["detectors"] / row["units"],
+        "ci": None if bounds is None else [b / row["units"] for b in bounds],
+        "concepts": most_detected(units, row["model"], row["layer"]),
+    }
+    rotated = None
+    if rotation is not None and rotation["alpha"] > 0:
+        rotated = {
+            **rotation,
+            "same_model": rotation["model"] == row["model"],
+            "same_layer": (rotation["model"], rotation["layer"]) == (row["model"], row["layer"]),
+            "masks": _mask_change(rotation, summary["mask_shape"]),
+        }
+    answer = render_text("dissection_answer.txt.j2", STUDY_DIR, layer=layer, rotation=rotated, brief=False)
+    if len(answer) > ANSWER_CHARS:  # long model or layer names: the same sentence without its details
+        answer = render_text("dissection_answer.txt.j2", STUDY_DIR, layer=layer, rotation=rotated, brief=True)
+    shown = "rotation" if rotated is not None and figures.get("rotation") else "depth"
+    figure = {"src": figures[shown], **texts[shown]} if figures.get(shown) else None
+    null = layer["detectors"] == 0 or (rotated is not None and rotated["detectors"]["direction"] == "stays")
+    numbers = card_numbers(layer, rotated, summary["images"])
+    return finding(question=QUESTION, answer=answer, numbers=numbers, figure=figure, null=null)
+
+
+# ------------------------------------------------------------------------------------------------
 # tables
 
 
 def layer_table(layers: pd.DataFrame, categories: list[str], threshold: float) -> dict:
     """Per layer: units, detectors with their interval, distinct concepts, mean best IoU, detectors by category."""
     view = layers.copy()
-    view["detectors (95% CI)"] = [
-        f"{r['detectors']}" + (f" (95% CI {ci(bounds, digits=0)})" if (bounds := _interval(r, "detectors")) else "")
-        for r in view.to_dict("records")
-    ]
+    view["detectors_interval"] = [ci(_interval(r, "detectors"), digits=0) for r in view.to_dict("records")]
     columns = {
         "model": "model",
         "layer": "layer",
         "units": "units",
-        "detectors (95% CI)": f"detectors (IoU > {threshold:g})",
+        "detectors": f"detectors (IoU > {threshold:g})",
+        "detectors_interval": "detectors, 95% bootstrap interval",
         "unique_best": "distinct concepts, best label",
         "unique_per_category": "distinct concepts, per-category sum",
         "mean_best_iou": "mean best IoU",
@@ -280,12 +412,15 @@ def build_section(
     figures: dict,
     unit_images: dict[str, str] | None = None,
 ) -> dict:
-    """(conclusion, body_html, summary, units) of the section, all from the numbers. `figures`: "depth" and
-    "rotation" (a path or None) and "units" ({"<model>/<layer>": path}), relative to results/report/;
+    """(conclusion, body_html, summary, units, finding) of the section, all from the numbers. `figures`: "depth"
+    and "rotation" (a path or None) and "units" ({"<model>/<layer>": path}), relative to results/report/;
     `unit_images` maps "<model>/<layer>" to the folder (relative to results/report/) of that layer's per-unit
     figures; each listed unit of such a layer gets its figure as an image on its unit page."""
     summary = section_summary(layers, units, tallies, rotation, settings)
     top = study_units(units)
+    figures = {"depth": None, "rotation": None, "units": {}, **figures}
+    rotated = rotation_findings(summary["rotation"], rotation) if "rotation" in summary else None
+    texts = figure_texts(figures, n_images=summary["images"], rotation=rotated)
     context = {
         "n_images": summary["images"],
         "kind": summary["concept_source"],
@@ -295,7 +430,7 @@ def build_section(
         "iou_threshold": settings.iou_threshold,
         "color_concepts": settings.color_concepts,
         "models": model_findings(layers, units),
-        "rotation": rotation_findings(summary["rotation"], rotation) if "rotation" in summary else None,
+        "rotation": rotated,
     }
     conclusion = render_text("dissection_conclusion.html.j2", STUDY_DIR, **context)
     body = render(
@@ -307,8 +442,10 @@ def build_section(
         rotation_table=rotation_table(summary["rotation"]["alphas"]) if "rotation" in summary else None,
         per_layer=STUDY_UNITS_PER_LAYER,
         resamples=BOOTSTRAP_RESAMPLES,
-        figures={"depth": None, "rotation": None, "units": {}, **figures},
+        figures=figures,
+        texts=texts,
         **context,
     )
     listed = listed_units(top, settings, summary["images"], unit_images or {})
-    return {"conclusion": conclusion, "body_html": body, "summary": summary, "units": listed}
+    card = finding_of(layers=layers, units=units, summary=summary, rotation=rotated, figures=figures, texts=texts)
+    return {"conclusion": conclusion, "body_html": body, "summary": summary, "units": listed, "finding": card}

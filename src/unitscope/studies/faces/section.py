@@ -1,5 +1,6 @@
 """The faces study's report section: numbers and tables computed from its tables, worded by the templates
-`templates/faces_conclusion.txt.j2` (the conclusion) and `templates/faces.html.j2` (the body).
+`templates/faces_conclusion.txt.j2` (the conclusion), `templates/faces.html.j2` (the body) and
+`templates/faces_question.txt.j2` / `templates/faces_answer.txt.j2` (the landing page's card, `finding_of`).
 
 Verdicts are stated against explicit rules, with the numbers in the sentence. Each has an absolute
 part (is the change larger than the sampling uncertainty of the intact accuracy, its 95% Wilson
@@ -21,8 +22,9 @@ import numpy as np
 import pandas as pd
 
 from unitscope.report.render import ci, fixed, num, p_value, pct, render, render_text
-from unitscope.report.sections import html_table, unit_hrefs
+from unitscope.report.sections import finding, finding_number, html_table, unit_hrefs
 from unitscope.stats import wilson_interval
+from unitscope.studies.faces.figures import METRIC_WORDS, interventions_metrics
 from unitscope.studies.faces.pca import components_for
 from unitscope.studies.faces.selection import rule_agreement, selected_channels
 
@@ -35,6 +37,10 @@ RULE_NAMES = {"top_percentile": "top-percentile", "contrast": "contrast"}
 CONTROLS = ("random", "matched")
 READOUTS = ("fixed_accuracy", "retrained_accuracy", "kl_faces", "kl_nonfaces", "kl_face_ratio")
 NAMED = ("intact", "lesion", "keep_only")
+CONTROL_NAMES = {"random": "random", "matched": "activation-matched"}
+INTERVENTIONS_FIGURE = "figures/faces/interventions.png"
+VERDICTS_FIGURE = "figures/faces/verdicts.png"  # the card's: the three verdicts' panels in one row
+KL_DIGITS, RATIO_DIGITS, MEAN_DIGITS = 4, 2, 3  # decimals of KL divergences (nats), KL ratios, mean activations
 
 
 # ---------------------------------------------------------------------------------------------- verdicts
@@ -54,13 +60,26 @@ def _wilson_of(accuracy: float, n: int) -> tuple[float, float]:
     return wilson_interval(round(accuracy * n), n)
 
 
+def accuracy_n(conditions: pd.DataFrame, metric: str) -> int:
+    """The images an accuracy readout is scored on: the held-out split for a fixed readout, every image
+    (cross-validated) for a retrained probe."""
+    first = conditions.iloc[0]
+    n_images = int(first["n_faces"] + first["n_nonfaces"])
+    return int(first["fixed_n_test"]) if "fixed" in metric and "fixed_n_test" in conditions else n_images
+
+
+def intact_interval(conditions: pd.DataFrame, metric: str) -> tuple[float, float]:
+    """The intact network's 95% Wilson interval for an accuracy readout (the verdicts' absolute yardstick);
+    (nan, nan) where the intact network has no value (a readout not computed)."""
+    intact = float(conditions.loc[conditions["condition"] == "intact", metric].iloc[0])
+    return _wilson_of(intact, accuracy_n(conditions, metric)) if np.isfinite(intact) else (np.nan, np.nan)
+
+
 def verdicts(conditions: pd.DataFrame, controls: pd.DataFrame, alpha: float) -> dict:
     """The three verdicts and the numbers they rest on."""
     by_name = conditions.set_index("condition")
-    n_images = int(conditions["n_faces"].iloc[0] + conditions["n_nonfaces"].iloc[0])
-    n_test = int(conditions["fixed_n_test"].iloc[0]) if "fixed_n_test" in conditions else n_images
-    fixed_low, fixed_high = _wilson_of(float(by_name.loc["intact", "fixed_accuracy"]), n_test)
-    retrained_low, retrained_high = _wilson_of(float(by_name.loc["intact", "retrained_accuracy"]), n_images)
+    fixed_low, fixed_high = intact_interval(conditions, "fixed_accuracy")
+    retrained_low, retrained_high = intact_interval(conditions, "retrained_accuracy")
     necessary_rows = [_control(controls, "lesion", c, "fixed_accuracy") for c in CONTROLS]
     sufficient_rows = [_control(controls, "keep_only", c, "retrained_accuracy") for c in CONTROLS]
     specific_rows = [_control(controls, "lesion", c, "kl_face_ratio") for c in CONTROLS]
@@ -101,7 +120,6 @@ def conclusion_context(
     judged = verdicts(conditions, controls, alpha)
     kl = {metric: [(c, _control(controls, "lesion", c, metric)) for c in CONTROLS] for metric in READOUTS[2:4]}
     kl["kl_face_ratio"] = list(zip(CONTROLS, judged["rows"]["specific"], strict=True))
-    floors = sorted({(row["control"], int(row["n_distinct"])) for row in controls.to_dict("records")})
     return {
         **_counts(first, selection),
         "percentile": settings.percentile,
@@ -115,8 +133,15 @@ def conclusion_context(
         "readouts": _named_readouts(conditions),
         "judged": judged,
         "kl": kl,
-        "limited": [{"control": c, "n": n, "floor": 1 / (n + 1)} for c, n in floors if 1 / (n + 1) >= alpha],
+        "limited": limited_controls(controls, alpha),
     }
+
+
+def limited_controls(controls: pd.DataFrame, alpha: float) -> list[dict]:
+    """The controls with too few distinct draws for any p-value below `alpha` (the smallest is 1 / (n + 1)):
+    against them no verdict can be positive."""
+    floors = sorted({(row["control"], int(row["n_distinct"])) for row in controls.to_dict("records")})
+    return [{"control": c, "n": n, "floor": 1 / (n + 1)} for c, n in floors if 1 / (n + 1) >= alpha]
 
 
 def conclusion_text(
@@ -125,6 +150,119 @@ def conclusion_text(
     """The conclusion as plain text (the landing page escapes it)."""
     return render_text(
         "faces_conclusion.txt.j2", STUDY_DIR, **conclusion_context(selection, conditions, controls, settings)
+    )
+
+
+# ---------------------------------------------------------------------------------------------- card
+
+
+def interventions_figure_ref(controls: pd.DataFrame) -> dict:
+    """The interventions figure as {src, caption, alt}: the card's figure and the body's."""
+    rows = [METRIC_WORDS[m] for m in interventions_metrics(controls)]
+    caption = (
+        "Look at the red line (the selected channels) against the grey (random) and blue (activation-matched) "
+        "histograms of control sets of the same size and, for accuracies, the shaded 95% interval of the intact "
+        "network (dashed): the verdicts read row 1 left (fixed readout after the lesion: necessary?), row 2 right "
+        "(retrained probe on only the selected channels: sufficient?) and row 3 left (faces / non-faces KL ratio "
+        "after the lesion: face-specific?); each panel's title gives the one-sided empirical p against each "
+        "control, and the last row the faces' explained variance per principal component."
+    )
+    alt = (
+        f"A grid of histograms in two columns, lesion and keep-only, one row per readout ({', '.join(rows)}); "
+        "each panel shows the random and activation-matched control draws as histograms, the selected set as a "
+        "red vertical line and the intact network as a dashed line, with a shaded band for the intact accuracy's "
+        "95% interval; a last row of two line plots shows the faces' cumulative and per-component explained "
+        "variance for intact, lesion and keep-only."
+    )
+    return {"src": INTERVENTIONS_FIGURE, "caption": caption, "alt": alt}
+
+
+def verdicts_figure_ref() -> dict:
+    """The card's figure as {src, caption, alt}: the three panels of the interventions figure the verdicts read."""
+    caption = (
+        "Look at where the red line (the selected channels) falls against the grey (random) and blue "
+        "(activation-matched) histograms of same-size control sets: left, accuracy after the lesion (below the "
+        "shaded intact 95% interval and the controls: necessary); middle, a probe on only the selected channels "
+        "(within the interval and above the controls: sufficient); right, the faces / non-faces KL ratio after the "
+        "lesion (above the controls: face-specific)."
+    )
+    alt = (
+        "Three histograms in a row (fixed-readout accuracy after the lesion, retrained-probe accuracy keeping only "
+        "the selected channels, faces / non-faces KL ratio after the lesion), each with the random and "
+        "activation-matched control draws, the selected set as a red line and the intact network as a dashed line."
+    )
+    return {"src": VERDICTS_FIGURE, "caption": caption, "alt": alt}
+
+
+def _binding(rows: list[dict | None]) -> dict | None:
+    """Of the controls present, the one the selected set beats least (largest p): the one that decides."""
+    present = [row for row in rows if row is not None]
+    return max(present, key=lambda row: row["p_value"]) if present else None
+
+
+def _p_against(rows: list[dict | None], what: str) -> str:
+    """'p = 0.111 against 8 random lesions, 0.143 against 6 activation-matched'."""
+    present = [row for row in rows if row is not None]
+    if not present:
+        return f"no control {what} could be drawn"
+    parts = [f"{p_value(r['p_value'])} against {r['n_distinct']} {CONTROL_NAMES[r['control']]}" for r in present]
+    return f"p = {', '.join(parts)} {what}"
+
+
+def finding_of(conditions: pd.DataFrame, controls: pd.DataFrame, settings: SectionSettings) -> dict:
+    """The study's card on the landing page: the question, a one-sentence answer worded by the three
+    `verdicts` (templates/faces_answer.txt.j2; a null result reads as one), and the numbers each verdict
+    rests on: the faces / non-faces KL ratio after the lesion against its controls (specific), the
+    fixed-readout accuracy after the lesion and the retrained-probe accuracy with only the selected channels
+    kept, each against the intact network's 95% interval (necessary, sufficient)."""
+    first = conditions.iloc[0]
+    by_name = conditions.set_index("condition")
+    judged = verdicts(conditions, controls, settings.alpha)
+    size = int(by_name.loc["lesion", "set_size"])
+    context = {
+        "model": first["model"],
+        "layer": first["layer"],
+        "n_faces": int(first["n_faces"]),
+        "n_nonfaces": int(first["n_nonfaces"]),
+        "size": size,
+        "rule": settings.rule,
+        "percentile": settings.percentile,
+        "fdr": settings.fdr,
+        "alpha": settings.alpha,
+        "judged": judged,
+        "limited": bool(limited_controls(controls, settings.alpha)),
+    }
+    faces_nonfaces = f"{context['n_faces']} faces, {context['n_nonfaces']} non-faces"
+    ratio_rows = judged["rows"]["specific"]
+    binding = _binding(ratio_rows)
+    numbers = [
+        finding_number(
+            "output change on faces / on non-faces (KL ratio), lesioned; interval: 95% of "
+            + (f"{CONTROL_NAMES[binding['control']]} lesions" if binding else "control lesions (none drawn)"),
+            fixed(by_name.loc["lesion", "kl_face_ratio"], RATIO_DIGITS),
+            interval=ci([binding["null_low"], binding["null_high"]] if binding else None, digits=RATIO_DIGITS),
+            n=f"N = {faces_nonfaces}; {_p_against(ratio_rows, 'lesions')}",
+        ),
+        finding_number(
+            "fixed-readout accuracy, lesioned; interval: intact network, 95%",
+            pct(by_name.loc["lesion", "fixed_accuracy"]),
+            interval=ci(judged["intact_fixed_ci"], percent=True),
+            n=f"N = {accuracy_n(conditions, 'fixed_accuracy')} held-out images",
+        ),
+        finding_number(
+            "retrained-probe accuracy, only these kept; interval: intact network, 95%",
+            pct(by_name.loc["keep_only", "retrained_accuracy"]),
+            interval=ci(judged["intact_retrained_ci"], percent=True),
+            n=f"N = {accuracy_n(conditions, 'retrained_accuracy')} images ({faces_nonfaces}), cross-validated",
+        ),
+    ]
+    positive = size > 0 and any(judged[name] for name in ("necessary", "sufficient", "specific"))
+    return finding(
+        question=render_text("faces_question.txt.j2", STUDY_DIR, **context),
+        answer=render_text("faces_answer.txt.j2", STUDY_DIR, **context),
+        numbers=numbers,
+        figure=verdicts_figure_ref(),
+        null=not positive,
     )
 
 
@@ -203,31 +341,53 @@ def _condition_rows(conditions: pd.DataFrame, levels: list[float]) -> tuple[pd.D
         "retrained_accuracy": "retrained probe (CV)",
         "downstream_fixed_accuracy": "downstream fixed",
         "downstream_retrained_accuracy": "downstream retrained",
-        "kl_faces": "KL faces",
-        "kl_nonfaces": "KL non-faces",
+        "kl_faces": "KL faces (nats)",
+        "kl_nonfaces": "KL non-faces (nats)",
         "pca_pc1": "PC1 share",
         f"pca_n{round(100 * levels[-1])}": f"PCs for {pct(levels[-1])}",
     }
     metric_columns = {k: v for k, v in metric_columns.items() if k in named and named[k].notna().any()}
     shown = pd.DataFrame({"condition": named["condition"], "channels ablated": named["n_ablated"]})
     for key, label in metric_columns.items():
-        shown[label] = named[key].map(pct if "accuracy" in key or key == "pca_pc1" else num)
+        shown[label] = named[key].map(_formatter(key))
     headline = [m for m in metric_columns if "accuracy" in m or m.startswith("kl_")] + ["kl_face_ratio"]
     return shown, headline
+
+
+def _formatter(metric: str):
+    """How a readout is written in every table and sentence of the section: accuracies and shares as
+    percentages, KL divergences (nats) with `KL_DIGITS` decimals, KL ratios with `RATIO_DIGITS`, counts as is."""
+    if "accuracy" in metric or metric == "pca_pc1":
+        return pct
+    if metric == "kl_face_ratio":
+        return lambda v: fixed(v, RATIO_DIGITS)
+    if metric.startswith("kl_"):
+        return lambda v: fixed(v, KL_DIGITS)
+    return num
+
+
+def _interval(metric: str, bounds) -> str:
+    """`bounds` as "[low, high]" in `_formatter(metric)`'s precision."""
+    if "accuracy" in metric or metric == "pca_pc1":
+        return ci(bounds, percent=True)
+    if metric.startswith("kl_"):
+        return ci(bounds, digits=RATIO_DIGITS if metric == "kl_face_ratio" else KL_DIGITS)
+    return f"[{num(bounds[0])}, {num(bounds[1])}]"
 
 
 def _control_rows(controls: pd.DataFrame, headline: list[str]) -> pd.DataFrame:
     """The selected set against each control's null, per mode and headline metric (formatted)."""
     rows = controls[controls["metric"].isin(headline)]
-    formats = [pct if "accuracy" in r.metric else num for r in rows.itertuples()]
-    pairs = list(zip(formats, rows.itertuples(), strict=True))
     return pd.DataFrame(
         {
             "mode": rows["mode"],
             "control": rows["control"],
             "metric": rows["metric"],
-            "selected": [fmt(r.selected) for fmt, r in pairs],
-            "control mean [95%]": [f"{fmt(r.null_mean)} [{fmt(r.null_low)}, {fmt(r.null_high)}]" for fmt, r in pairs],
+            "selected": [_formatter(r.metric)(r.selected) for r in rows.itertuples()],
+            "control mean [95% of draws]": [
+                f"{_formatter(r.metric)(r.null_mean)} {_interval(r.metric, [r.null_low, r.null_high])}"
+                for r in rows.itertuples()
+            ],
             "distinct draws": rows["n_distinct"],
             "stronger if": rows["direction"],
             "p": rows["p_value"].map(p_value),
@@ -262,6 +422,8 @@ def _interventions_context(conditions: pd.DataFrame, controls: pd.DataFrame, lev
         "conditions": html_table(shown),
         "controls": html_table(_control_rows(controls, headline)),
         "single": _single_context(conditions),
+        "figure": interventions_figure_ref(controls),
+        "verdicts_figure": verdicts_figure_ref(),
     }
 
 
@@ -274,9 +436,9 @@ def _single_context(conditions: pd.DataFrame, shown: int = 10) -> dict | None:
     table = pd.DataFrame(
         {
             "channel": head.index,
-            "KL faces (nats)": head["kl_faces"].map(lambda v: fixed(v, 4)),
-            "KL non-faces (nats)": head["kl_nonfaces"].map(lambda v: fixed(v, 4)),
-            "faces / non-faces": head["kl_face_ratio"].map(lambda v: num(v, 2)),
+            "KL faces (nats)": head["kl_faces"].map(_formatter("kl_faces")),
+            "KL non-faces (nats)": head["kl_nonfaces"].map(_formatter("kl_nonfaces")),
+            "faces / non-faces": head["kl_face_ratio"].map(_formatter("kl_face_ratio")),
             "fixed-readout accuracy": head["fixed_accuracy"].map(pct),
         }
     )
@@ -298,7 +460,7 @@ def _probes_context(probes: pd.DataFrame) -> dict:
         {
             "layer": probes["layer"],
             "channels": probes["n_channels"],
-            "CV accuracy [95%]": [
+            "CV accuracy [95% Wilson]": [
                 f"{pct(r.accuracy)} {ci([r.ci_low, r.ci_high], percent=True)}" for r in probes.itertuples()
             ],
             "fold SD": probes["fold_accuracy_sd"].map(lambda v: f"{100 * v:.1f} pts"),
@@ -314,7 +476,8 @@ def _categories_context(categories: pd.DataFrame, selectivity: pd.DataFrame) -> 
             "dataset": chosen["dataset"],
             "images": chosen["n_images"],
             "mean of selected channels [95% bootstrap]": [
-                f"{num(r.mean)} [{num(r.ci_low)}, {num(r.ci_high)}]" for r in chosen.itertuples()
+                f"{fixed(r.mean, MEAN_DIGITS)} {ci([r.ci_low, r.ci_high], digits=MEAN_DIGITS)}"
+                for r in chosen.itertuples()
             ],
         }
     )
@@ -358,6 +521,8 @@ def body_html(
         n_channels=len(selection),
         n_faces=int(first["n_faces"]),
         n_nonfaces=int(first["n_nonfaces"]),
+        percentile=settings.percentile,
+        fdr=settings.fdr,
         face_dataset=settings.face_dataset,
         conclusion=conclusion_text(selection, conditions, controls, settings),
         selection=_selection_context(selection, first, settings),

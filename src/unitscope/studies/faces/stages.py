@@ -29,10 +29,19 @@ from unitscope.studies.faces.figures import (
     pca_figure,
     probes_figure,
     selection_figure,
+    verdicts_figure,
 )
 from unitscope.studies.faces.inputs import FacesError, derived_rng, load_category_means, open_layer_store
 from unitscope.studies.faces.pca import pca_table
-from unitscope.studies.faces.section import TITLE, body_html, conclusion_text, summary, units
+from unitscope.studies.faces.section import (
+    TITLE,
+    body_html,
+    conclusion_text,
+    finding_of,
+    intact_interval,
+    summary,
+    units,
+)
 from unitscope.studies.faces.selection import read_selection, rule_agreement, selected_channels, selection_table
 
 if TYPE_CHECKING:  # annotations only: a stage's settings arrive as params, so plan.py is no code input
@@ -208,11 +217,21 @@ def run_interventions(
 
 
 def run_interventions_figure(
-    *, conditions: str, controls: str, pca: str | None = None, out_figure: str | os.PathLike
+    *,
+    conditions: str,
+    controls: str,
+    pca: str | None = None,
+    out_figure: str | os.PathLike,
+    out_verdicts: str | os.PathLike,
 ) -> None:
-    """The interventions figure (control nulls, selected set, intact; PCA curves) from the stage's tables."""
+    """The interventions figure (control nulls, selected set, intact and, for accuracies, its 95% interval;
+    PCA curves) and its one-row summary of the three verdicts (the landing page's card) from the stage's tables."""
     curves = pd.read_parquet(pca) if pca else None
-    interventions_figure(pd.read_parquet(conditions), pd.read_parquet(controls), out_figure, curves=curves)
+    conditions, controls = pd.read_parquet(conditions), pd.read_parquet(controls)
+    accuracies = [m for m in controls["metric"].unique() if m.endswith("accuracy")]
+    bands = {metric: intact_interval(conditions, metric) for metric in accuracies}
+    interventions_figure(conditions, controls, out_figure, curves=curves, bands=bands)
+    verdicts_figure(conditions, controls, out_verdicts, bands=bands)
 
 
 def run_heatmaps(
@@ -260,7 +279,8 @@ def run_section(
     heatmaps: str,
     out_path: str | os.PathLike,
 ) -> dict:
-    """The report section: conclusion and body worded by the study's templates, summary and unit facts."""
+    """The report section: conclusion and body worded by the study's templates, the landing page's card
+    (`finding_of`), summary and unit facts."""
     tables = {
         "selection": pd.read_parquet(selection),
         "pca": pd.read_parquet(pca),
@@ -277,5 +297,6 @@ def run_section(
         conclusion=conclusion_text(tables["selection"], tables["conditions"], tables["controls"], settings),
         body_html=body_html(**tables, **extra, settings=settings),
         summary=summary(**tables, settings=settings),
+        finding=finding_of(tables["conditions"], tables["controls"], settings),
         units=units(tables["selection"], tables["conditions"], settings.rule),
     )

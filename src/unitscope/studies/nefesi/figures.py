@@ -1,11 +1,16 @@
 """Figures of the nefesi study: Neuron Feature grids, index histograms, top channels per index, image and
 hierarchical decompositions, and one figure per singled-out unit (its NF beside its top exemplar crops). Every
 figure states the sample sizes it rests on. Drawing only: the stages (`stages`) read the files and compute what
-is drawn."""
+is drawn; the one statistic drawn, a mean over channels with its 95% interval (`mean_interval`), is defined here so
+that the histograms and the section state the same interval.
+
+Sizes: at the report's 110 DPI every figure stays within the 960-px text column (at most `WIDTH` inches wide; long
+titles are wrapped to the figure's width) and no text is smaller than `FONT` points."""
 
 from __future__ import annotations
 
 import math
+import textwrap
 
 import matplotlib
 
@@ -13,8 +18,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from unitscope.report.plotting import save_figure
+from unitscope.stats import bootstrap_interval
 
 INDEX_COLUMNS = {
     "color": "color_index",
@@ -23,6 +30,30 @@ INDEX_COLUMNS = {
     "class": "class_index",
 }
 ORDER_COLUMNS = {**INDEX_COLUMNS, "activation": "top_activation", "channel": "channel"}
+WIDTH = 8.4  # inches: 924 px at the report's 110 DPI, inside the 960-px text column
+FONT = 9  # points: the smallest text of any figure
+RESAMPLES = 2000  # bootstrap resamples of a mean over channels
+
+
+def mean_interval(values: np.ndarray, resamples: int = RESAMPLES) -> tuple[float | None, list[float] | None, int]:
+    """Mean over channels (NaN left out), its 95% percentile-bootstrap interval and the channels it rests on
+    (seeded: reproducible; it stays inside the index's [0, 1] range, unlike a normal approximation). The interval
+    is None below two values, the mean too with none."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    n = len(values)
+    if n == 0:
+        return None, None, 0
+    mean = float(values.mean())
+    if n < 2:
+        return mean, None, n
+    return mean, list(bootstrap_interval(values, np.random.default_rng(0), resamples)), n
+
+
+def wrap(text: str, width_inches: float, size: float = FONT) -> str:
+    """`text` with each line wrapped to fit `width_inches` at `size` points (about 0.55 em per character)."""
+    chars = max(30, int(width_inches * 72 / (0.55 * size)))
+    return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
 
 
 def _show(ax, image: np.ndarray) -> None:
@@ -44,9 +75,9 @@ def nf_grid_figure(nf: np.ndarray, table: pd.DataFrame, order_by: str, title: st
     """All Neuron Features of a layer, ordered by `order_by`, each labelled with channel and value."""
     order = channel_order(table, order_by)
     count = len(order)
-    columns = min(16, math.ceil(math.sqrt(count * 1.5)))
+    columns = max(1, min(10, math.ceil(math.sqrt(count * 1.5))))  # 10 columns of 0.82 in: within WIDTH
     rows = math.ceil(count / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(1.05 * columns, 1.2 * rows + 0.6), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(0.82 * columns, 1.05 * rows + 0.7), squeeze=False)
     values = table.set_index("channel")[ORDER_COLUMNS[order_by]]
     for ax in axes.ravel():
         ax.axis("off")
@@ -61,15 +92,16 @@ def nf_grid_figure(nf: np.ndarray, table: pd.DataFrame, order_by: str, title: st
             if np.isfinite(value)
             else f"{channel}: –"
         )
-        ax.set_title(label, fontsize=6, pad=2)
-    fig.suptitle(title, fontsize=9)
+        ax.set_title(label, fontsize=FONT, pad=2)
+    fig.suptitle(wrap(title, max(0.82 * columns, 5.0)), fontsize=FONT)
     save_figure(fig, path)
 
 
 def top_channels_figure(nf: np.ndarray, table: pd.DataFrame, title: str, path, count: int = 8) -> None:
     """For each index, the `count` channels with the highest value, with their NFs."""
+    side = min(1.0, (WIDTH - 0.9) / max(count, 1))  # inches per channel, the row labels beside them
     fig, axes = plt.subplots(
-        len(INDEX_COLUMNS), count, figsize=(1.2 * count + 1.2, 1.45 * len(INDEX_COLUMNS) + 0.5), squeeze=False
+        len(INDEX_COLUMNS), count, figsize=(side * count + 0.9, 1.6 * len(INDEX_COLUMNS) + 0.7), squeeze=False
     )
     for row, (name, column) in enumerate(INDEX_COLUMNS.items()):
         order = channel_order(table, name)[:count]
@@ -83,7 +115,7 @@ def top_channels_figure(nf: np.ndarray, table: pd.DataFrame, title: str, path, c
             _show(ax, nf[channel])
             value = record[column]
             extra = (
-                f"\n{record['top_class']}"
+                f"\n{str(record['top_class'])[:12]}"
                 if name == "class"
                 else (
                     f"\n{record['dominant_color']}"
@@ -95,34 +127,41 @@ def top_channels_figure(nf: np.ndarray, table: pd.DataFrame, title: str, path, c
                     )
                 )
             )
-            ax.set_title(f"c{channel}: {value:.2f}{extra}", fontsize=6, pad=2)
-        axes[row, 0].set_ylabel(f"{name}\nindex", fontsize=8)
+            ax.set_title(f"c{channel}: {value:.2f}{extra}", fontsize=FONT, pad=2)
+        axes[row, 0].set_ylabel(f"{name}\nindex", fontsize=FONT)
         axes[row, 0].axis("on")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(wrap(title, side * count + 0.9), fontsize=FONT)
     save_figure(fig, path)
 
 
 def histograms_figure(tables: dict[str, pd.DataFrame], title: str, path) -> None:
-    """Rows: layers; columns: the four indexes; each a histogram over channels with its mean and n."""
+    """Rows: layers (shallow to deep); columns: the four indexes; each a histogram over channels with its mean and
+    the mean's 95% interval (`mean_interval`, as the section states it) as a red line in a red band, and n."""
     layers = list(tables)
-    fig, axes = plt.subplots(len(layers), len(INDEX_COLUMNS), figsize=(11, 2.0 * len(layers) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(
+        len(layers), len(INDEX_COLUMNS), figsize=(WIDTH, 2.2 * len(layers) + 0.8), sharex=True, squeeze=False
+    )
     bins = np.linspace(0, 1, 21)
     for row, layer in enumerate(layers):
-        table = tables[layer]
         for col, (name, column) in enumerate(INDEX_COLUMNS.items()):
             ax = axes[row, col]
-            values = table[column].to_numpy(dtype=float)
-            values = values[np.isfinite(values)]
-            ax.hist(values, bins=bins, color="#4477aa")
-            if len(values):
-                ax.axvline(values.mean(), color="#cc6677", lw=1.2, label=f"mean {values.mean():.2f}")
-                ax.legend(fontsize=6, loc="upper right")
+            values = tables[layer][column].to_numpy(dtype=float)
+            mean, interval, n = mean_interval(values)
+            ax.hist(values[np.isfinite(values)], bins=bins, color="#4477aa")
+            text = "no values" if mean is None else f"mean {mean:.2f}"
+            if interval is not None:
+                ax.axvspan(*interval, color="#cc6677", alpha=0.3, lw=0)
+                text += f" [{interval[0]:.2f}, {interval[1]:.2f}]"
+            if mean is not None:
+                ax.axvline(mean, color="#cc6677", lw=1.5)
             ax.set_xlim(0, 1)
-            ax.set_title(f"{layer} · {name} (n = {len(values)} channels)", fontsize=7)
-            ax.set_xlabel(f"{name} index", fontsize=7)
-            ax.set_ylabel("channels", fontsize=7)
-            ax.tick_params(labelsize=6)
-    fig.suptitle(title, fontsize=9)
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_title(f"{name} · n = {n} channels\n{text}", fontsize=FONT)
+            ax.tick_params(labelsize=FONT)
+        axes[row, 0].set_ylabel(f"{layer}\nchannels", fontsize=FONT)
+    for col, name in enumerate(INDEX_COLUMNS):
+        axes[-1, col].set_xlabel(f"{name} index", fontsize=FONT)
+    fig.suptitle(wrap(title, WIDTH), fontsize=FONT)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -144,9 +183,9 @@ def paste_nf(canvas: np.ndarray, nf: np.ndarray, field, extent, y: int, x: int) 
 def decomposition_figure(image: np.ndarray, kept: list[dict], nf: np.ndarray, field, extent, title: str, path) -> None:
     """The image, and the image with the NFs of its most relevant channels placed on their fields."""
     canvas = image.copy() * 0.35 + 0.65 * image.mean()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(8.4, 4.4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(WIDTH, 4.6))
     _show(left, image)
-    left.set_title("input (model's preprocessed view)", fontsize=8)
+    left.set_title("input (model's preprocessed view)", fontsize=FONT)
     boxes = []
     for item in reversed(kept):  # strongest pasted last, on top
         boxes.append((item, paste_nf(canvas, nf[item["channel"]], field, extent, item["y"], item["x"])))
@@ -157,13 +196,13 @@ def decomposition_figure(image: np.ndarray, kept: list[dict], nf: np.ndarray, fi
             l0,
             t0,
             f"c{item['channel']} {item['relative']:.2f}",
-            fontsize=5.5,
+            fontsize=FONT,
             color="black",
             va="top",
             bbox={"facecolor": "#ffdd00", "alpha": 0.8, "pad": 0.6, "lw": 0},
         )
-    right.set_title(f"{len(kept)} channels: NF on the field, label = activation / channel's top", fontsize=8)
-    fig.suptitle(title, fontsize=9)
+    right.set_title(f"{len(kept)} channels: NF on the field\nlabel = activation / channel's top", fontsize=FONT)
+    fig.suptitle(wrap(title, WIDTH), fontsize=FONT)
     save_figure(fig, path)
 
 
@@ -172,16 +211,20 @@ def unit_figure(nf: np.ndarray, crops: np.ndarray, labels: list[str], title: str
     count = len(crops)
     columns = max(1, min(columns, count))
     rows = max(2, math.ceil(count / columns))
-    fig = plt.figure(figsize=(1.3 * (rows + columns) + 0.3, 1.45 * rows + 0.8))
-    grid = fig.add_gridspec(rows, rows + columns, wspace=0.15, hspace=0.45)
+    side = min(1.35, (WIDTH - 0.2) / (rows + columns))  # inches per crop
+    width, height = side * (rows + columns) + 0.2, 1.6 * rows + 1.0
+    title = wrap(title, width)
+    top = 1 - (0.16 * (title.count("\n") + 1) + 0.45) / height  # room for the title and the top crops' labels
+    fig = plt.figure(figsize=(width, height))
+    grid = fig.add_gridspec(rows, rows + columns, wspace=0.15, hspace=0.6, top=top)
     ax = fig.add_subplot(grid[:, :rows])
     _show(ax, nf)
-    ax.set_title("Neuron Feature", fontsize=8)
+    ax.set_title("Neuron Feature", fontsize=FONT)
     for index, (crop, label) in enumerate(zip(crops, labels, strict=True)):
         ax = fig.add_subplot(grid[index // columns, rows + index % columns])
         _show(ax, crop)
-        ax.set_title(label, fontsize=6, pad=2)
-    fig.suptitle(title, fontsize=8)
+        ax.set_title(label, fontsize=FONT, pad=2)
+    fig.suptitle(title, fontsize=FONT)
     save_figure(fig, path)
 
 
@@ -221,7 +264,8 @@ def hierarchy_figure(tree: dict, nfs: dict[str, np.ndarray], title: str, path) -
     placed = _tree_layout(tree)
     depth = max(p["depth"] for p in placed) + 1
     leaves = sum(1 for p in placed if not p["children"])
-    fig = plt.figure(figsize=(max(5.0, 1.0 * leaves + 1), 1.9 * depth + 0.6))
+    width = min(WIDTH, max(5.0, 1.0 * leaves + 1))
+    fig = plt.figure(figsize=(width, 1.9 * depth + 0.9))
     ax = fig.add_axes([0, 0, 1, 1])
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
@@ -241,7 +285,7 @@ def hierarchy_figure(tree: dict, nfs: dict[str, np.ndarray], title: str, path) -
                 (x + cx) / 2,
                 (y - size * 0.55 + cy + size * 0.65) / 2,
                 f"{weight:.2f}",
-                fontsize=6,
+                fontsize=FONT,
                 ha="center",
                 va="center",
                 bbox={"facecolor": "white", "lw": 0, "pad": 0.5},
@@ -249,8 +293,8 @@ def hierarchy_figure(tree: dict, nfs: dict[str, np.ndarray], title: str, path) -
         inset = fig.add_axes([x - size / 2, y - size / 2, size, size])
         node = record["node"]
         _show(inset, nfs[node["layer"]][node["channel"]])
-        inset.set_title(f"{node['layer']} c{node['channel']}", fontsize=6, pad=1.5)
-    ax.text(0.01, 0.995, title, fontsize=8, va="top")
+        inset.set_title(f"{node['layer']}\nc{node['channel']}", fontsize=FONT, pad=1.5)
+    ax.text(0.01, 1.0, wrap(title, width), fontsize=FONT, va="bottom")
     save_figure(fig, path)
 
 
@@ -308,7 +352,7 @@ def draw_decomposition(
 def unit_labels(shown: pd.DataFrame, weights: pd.Series, classes: pd.Series) -> list[str]:
     """The label of each exemplar crop shown beside a unit's NF: rank, activation, weight in the NF, class."""
     return [
-        f"#{rank + 1} a={activation:.2f} w={weight:.2f}\n{str(name)[:18]}"
+        f"#{rank + 1} {str(name)[:12]}\na={activation:.2f} w={weight:.2f}"
         for rank, activation, weight, name in zip(shown["rank"], shown["activation"], weights, classes, strict=True)
     ]
 

@@ -1,6 +1,8 @@
 """The nefesi study's report section: the headline numbers per layer (summary.json) and the context that
-templates/nefesi.html.j2 words (the body), nefesi_sentence.txt.j2 (each model's sentence: the conclusion) and
-nefesi_unit_caption.txt.j2 (each singled-out unit's figure caption).
+templates/nefesi.html.j2 words (the body), nefesi_sentence.txt.j2 (each model's sentence: the conclusion),
+nefesi_answer.txt.j2 (the finding card's answer, `finding_of`), nefesi_histograms_caption.txt.j2 (the index
+histograms' caption and alt text, in the body and on the card) and nefesi_unit_caption.txt.j2 (each singled-out
+unit's figure caption).
 
 Every sentence rests on numbers computed here: means over channels with 95% percentile-bootstrap intervals,
 shares with Wilson intervals, and the sample sizes (channels, exemplars, images) they rest on.
@@ -12,31 +14,20 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from unitscope.report.render import ci, fixed, pct, render, render_text
-from unitscope.report.sections import table_rows, unit_hrefs
-from unitscope.stats import bootstrap_interval, wilson_interval
-from unitscope.studies.nefesi.figures import INDEX_COLUMNS
+from unitscope.report.sections import ANSWER_CHARS, finding, finding_number, table_rows, unit_hrefs
+from unitscope.stats import wilson_interval
+from unitscope.studies.nefesi.figures import INDEX_COLUMNS, RESAMPLES, mean_interval
 from unitscope.studies.nefesi.storage import read_json
 
 STUDY_DIR = Path(__file__).parent
 TITLE = "Neuron Features and selectivity indexes (nefesi)"
-RESAMPLES = 2000  # bootstrap resamples of a mean over channels
-
-
-def _mean_ci(values: np.ndarray, resamples: int = RESAMPLES) -> tuple[float | None, list[float] | None, int]:
-    """Mean over channels and its 95% percentile-bootstrap interval (seeded: the section is reproducible;
-    it stays inside the index's [0, 1] range, unlike a normal approximation)."""
-    values = values[np.isfinite(values)]
-    n = len(values)
-    if n == 0:
-        return None, None, 0
-    mean = float(values.mean())
-    if n < 2:
-        return mean, None, n
-    return mean, list(bootstrap_interval(values, np.random.default_rng(0), resamples)), n
+QUESTION = (
+    "How do the selectivity indexes (color, orientation, symmetry, class) of a model's channels change from the "
+    "first to the last analysed layer?"
+)
 
 
 def layer_summary(table: pd.DataFrame, info: dict, color_threshold: float) -> dict:
@@ -51,7 +42,7 @@ def layer_summary(table: pd.DataFrame, info: dict, color_threshold: float) -> di
         "receptive_field": info["receptive_field"]["size"][0],
     }
     for name, column in INDEX_COLUMNS.items():
-        mean, interval, n = _mean_ci(table[column].to_numpy(dtype=float))
+        mean, interval, n = mean_interval(table[column].to_numpy(dtype=float))
         summary[f"{name}_index_mean"] = mean
         summary[f"{name}_index_ci95"] = interval
         summary[f"{name}_index_n"] = n
@@ -98,8 +89,8 @@ class ModelResults:
 
 
 def comparison(first: dict, last: dict, key: str, percent: bool = False) -> dict:
-    """A number of the first and the last layer with their intervals and whether these overlap: the reader sees
-    the change and its uncertainty, not a verdict."""
+    """A number of the first and the last layer with their intervals, whether these overlap, and whether both
+    exist and are disjoint (`apart`: the number changes beyond its intervals, the finding's rule)."""
     mean_key, ci_key = (f"{key}_share", f"{key}_ci95") if percent else (f"{key}_mean", f"{key}_ci95")
     a, b = first[mean_key], last[mean_key]
     if a is None or b is None:
@@ -113,6 +104,7 @@ def comparison(first: dict, last: dict, key: str, percent: bool = False) -> dict
         "last": b,
         "last_ci": ci_b,
         "overlap": overlap,
+        "apart": bool(ci_a and ci_b) and not overlap,
         "percent": percent,
     }
 
@@ -132,6 +124,91 @@ def sentence_context(results: ModelResults, color_threshold: float) -> dict:
         "orientation": comparison(first, last, "orientation_index"),
         "symmetry": comparison(first, last, "symmetry_index"),
         "class_": comparison(first, last, "class_index"),
+    }
+
+
+def index_changes(results: ModelResults) -> dict:
+    """The finding's view of one model: each index's mean from the first to the last analysed layer (`comparison`),
+    split into those that change beyond their 95% intervals (`changed`: disjoint intervals, the largest change
+    first), those that do not (`steady`) and those without values (`missing`: no colour index on grayscale input)."""
+    first, last = results.summaries[results.layers[0]], results.summaries[results.layers[-1]]
+    indexes = []
+    for name in INDEX_COLUMNS:
+        compared = comparison(first, last, f"{name}_index")
+        if compared["available"]:
+            compared["change"] = compared["last"] - compared["first"]
+        n = (first[f"{name}_index_n"], last[f"{name}_index_n"])
+        indexes.append({"name": name, "n_first": n[0], "n_last": n[1], **compared})
+    shown = sorted((i for i in indexes if i["available"]), key=lambda i: (not i["apart"], -abs(i["change"])))
+    changed = [{**i, "direction": "rises" if i["change"] > 0 else "falls"} for i in shown if i["apart"]]
+    return {
+        "model": results.name,
+        "first_layer": results.layers[0],
+        "last_layer": results.layers[-1],
+        "single": len(results.layers) == 1,
+        "indexes": shown,
+        "changed": changed,
+        "steady": [i["name"] for i in indexes if i["available"] and not i["apart"]],
+        "missing": [i["name"] for i in indexes if not i["available"]],
+    }
+
+
+def answer(changes: list[dict]) -> tuple[str, list[dict]]:
+    """The finding's sentence and the models it speaks of: every model with its means if that fits the card's
+    one sentence, else every model in brief, else the first model (with its means, else in brief)."""
+    for models, values in ((changes, True), (changes, False), (changes[:1], True), (changes[:1], False)):
+        text = render_text(
+            "nefesi_answer.txt.j2", STUDY_DIR, models=models, values=values, more=len(changes) - len(models)
+        )
+        if len(text) <= ANSWER_CHARS:
+            break
+    return text, models
+
+
+def index_number(change: dict, index: dict) -> dict:
+    """One card number: an index's mean in the last layer with its interval, the first layer's in the label."""
+    model, first, last = change["model"], change["first_layer"], change["last_layer"]
+    label = f"{model}: mean {index['name']} index in {last} (95% interval)"
+    n = f"N = {index['n_last']} channels of {last}"
+    if not change["single"]:
+        label += f"; in {first} {fixed(index['first'])} {ci(index['first_ci'])}"
+        n += f", {index['n_first']} of {first}"
+    return finding_number(label, fixed(index["last"]), n=n, interval=ci(index["last_ci"]))
+
+
+def finding_of(results: list[ModelResults], histograms: list[str]) -> dict:
+    """The study's card: how the mean selectivity indexes change from the first to the last analysed layer.
+    `histograms`: each model's index histograms (relative to results/report/), the first model's is the card's
+    figure. Its numbers are the first model's three indexes that change most (beyond their intervals first); it
+    is null when no index of the models it speaks of changes beyond its intervals."""
+    changes = [index_changes(model) for model in results]
+    text, shown = answer(changes)
+    first = changes[0]
+    numbers = [index_number(first, index) for index in first["indexes"][:3]]
+    texts = histograms_text(results[0])
+    return finding(
+        question=QUESTION,
+        answer=text,
+        numbers=numbers,
+        figure={"src": histograms[0], "caption": texts["caption"], "alt": texts["alt"]},
+        null=not any(change["changed"] for change in shown),
+    )
+
+
+def histograms_text(results: ModelResults) -> dict:
+    """Caption and alt text of a model's index histograms (in its section and on the card)."""
+    h = {
+        "model": results.name,
+        "layers": results.layers,
+        "first": results.layers[0],
+        "last": results.layers[-1],
+        "channels": {layer: results.summaries[layer]["channels"] for layer in results.layers},
+        "top_n": results.summaries[results.layers[0]]["top_n"],
+        "images": results.summaries[results.layers[0]]["images"],
+    }
+    return {
+        part: render_text("nefesi_histograms_caption.txt.j2", STUDY_DIR, h=h, alt=part == "alt")
+        for part in ("caption", "alt")
     }
 
 
@@ -227,9 +304,7 @@ def model_context(results: ModelResults, figures: dict, tops: list[tuple[str, di
         ),
         "layer_table": layer_table(results),
         "notes": notes_context(results),
-        "histograms": figures["histograms"],
-        "first": results.summaries[results.layers[0]],
-        "channels": {layer: results.summaries[layer]["channels"] for layer in results.layers},
+        "histograms": {"src": figures["histograms"], **histograms_text(results)},
         "layers": [
             {
                 "name": layer,

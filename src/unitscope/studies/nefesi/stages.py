@@ -243,11 +243,12 @@ def run_section(settings: SectionSettings, *, models: dict[str, dict], out_secti
     from unitscope.studies.nefesi.units import draw_unit_figures, merge_units, top_units  # torch: crops exemplars
 
     recorded = settings.recorded()
-    contexts, units, summary = [], [], {"settings": recorded, "layers": {}}
+    contexts, units, summary, read = [], [], {"settings": recorded, "layers": {}}, []
     with atomic_path(out_units) as folder:
         folder.mkdir()
         for model, entry in models.items():
             results = section.ModelResults.read(model, entry, settings.color_selective_threshold)
+            read.append(results)
             summary["layers"].update({f"{model}/{layer}": results.summaries[layer] for layer in results.layers})
             tops = [top for layer in results.layers for top in top_units(model, layer, results.tables[layer])]
             model_units = merge_units([unit for _, unit in tops])
@@ -272,5 +273,6 @@ def run_section(settings: SectionSettings, *, models: dict[str, dict], out_secti
         conclusion=section.conclusion(contexts),
         body_html=section.section_body(contexts, recorded),
         summary=summary,
+        finding=section.finding_of(read, [entry["figures"]["histograms"] for entry in models.values()]),
         units=units,
     )
