@@ -19,7 +19,7 @@ report: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests workflow bench
-	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests workflow bench

@@ -67,8 +67,8 @@ def tiny_local_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_studies_run(tmp_path_factory):
     """The tiny config with all four studies on (few control draws, seeds and steps), run to `report` once: one
-    report with every study's card and section, shared by the study workflow tests and the browser tests (whose
-    modules carry `xdist_group("studies")`, so a parallel run builds it once). Returns (workdir, config).
+    report with every study's card and section, shared by the study workflow tests and the browser tests (listed in
+    STUDIES_RUN_MODULES, so a parallel run builds it once). Returns (workdir, config).
 
     Tests that change the config write it back when they are done (they only plan with a changed config)."""
     from wfutil import all_studies_config, copy_workflow, snakemake, write_config
@@ -80,10 +80,37 @@ def tiny_studies_run(tmp_path_factory):
     return workdir, config
 
 
+# The test modules that read the all-studies run (`tiny_studies_run`): a parallel run keeps them on one worker.
+STUDIES_RUN_MODULES = (
+    "tests/studies/faces/test_faces_workflow.py",
+    "tests/studies/actmax/test_actmax_workflow.py",
+    "tests/studies/nefesi/test_nefesi_workflow.py",
+    "tests/studies/dissection/test_dissection_workflow.py",
+    "tests/report/test_browser.py",
+)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """For a parallel run (`pytest -n N`, as `make test` does): whole test modules go to a worker (its module
+    fixtures are built once), and the modules of `STUDIES_RUN_MODULES` go together (the all-studies run is built
+    once). A worker builds a session run it needs (`tiny_local_run`) once."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "tiny_studies_run" if module in STUDIES_RUN_MODULES else module
+
+    return ByModule(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    """For a parallel run (`pytest -n N --dist loadgroup`, as `make test` does): a test module's tests stay on one
-    worker, so its module fixtures are built once, unless the module names its group itself (the users of
-    `tiny_studies_run` share one). A worker builds a session run it needs (`tiny_local_run`) once."""
+    """Every module that reads the all-studies run is listed in STUDIES_RUN_MODULES (else a parallel run would
+    build that run once more on another worker)."""
     for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+        module = item.nodeid.split("::", 1)[0]
+        if "tiny_studies_run" in getattr(item, "fixturenames", ()) and module not in STUDIES_RUN_MODULES:
+            raise pytest.UsageError(
+                f"{module} uses tiny_studies_run: add it to STUDIES_RUN_MODULES in tests/conftest.py"
+            )

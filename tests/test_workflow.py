@@ -56,7 +56,7 @@ def test_every_job_has_a_benchmark_and_the_report_shows_the_cost(finished_run):
     logs = {p.relative_to(workdir / "logs").with_suffix("").as_posix() for p in (workdir / "logs").rglob("*.log")}
     assert logs - {"report/report"} <= benchmarks  # the report's own is written after it has run
     html = (workdir / "results" / "report" / "index.html").read_text()
-    cost = html[html.index('<h2 id="cost">') : html.index('<h2 id="config">')]
+    cost = html[html.index('<h3 id="cost">') : html.index('<h3 id="config">')]
     stages = re.findall(r"<tr><td>(\w+)</td><td class=\"num\">(\d+)</td>", cost)
     assert {stage for stage, _ in stages} == {"data", "models", "extract", "report"}
     assert dict(stages)["extract"] == str(3 + 3)  # a pass per (model, dataset) and a published store per layer

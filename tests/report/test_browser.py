@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from browser import crawl_report, on_first_screen, open_unit_page_from_section, overflowing, scrolled_to, show_at
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("studies")]
+pytestmark = pytest.mark.integration
 SCREENS = {"laptop": (1366, 768), "phone": (390, 844)}
 
 

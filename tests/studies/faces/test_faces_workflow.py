@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from wfutil import copy_workflow, disable_studies, planned_jobs, snakemake, study_config, tiny_config, write_config
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("studies")]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from wfutil import planned_jobs, snakemake, write_config
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("studies")]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
