@@ -12,6 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from unitscope.fsutil import atomic_path  # noqa: E402
 
 DPI = 110
+TEXT_COLUMN_PX = 960  # the report's text column (report/templates/_style.html.j2: --text)
+FIGURE_WIDTH = 8.4  # inches: 924 px at DPI, inside the text column before bbox_inches="tight" trims or grows it
+MIN_FONT = 9  # points: the smallest text of any figure of the report
 
 
 def save_figure(fig, path: str | os.PathLike) -> None:

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from unitscope.report.plotting import save_figure
+from unitscope.report.plotting import FIGURE_WIDTH, MIN_FONT, save_figure
 from unitscope.studies.actmax.grids import display_normalize, display_tile  # noqa: E402
 from unitscope.studies.actmax.polysemanticity import most_polysemantic  # noqa: E402
 
@@ -32,8 +32,8 @@ FIGURES = ("evaluation", "examples", "objectives", "curves", "color_vs_shape", "
 LAYER_COLORS = ["#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377"]
 # Sizes for a 960-px text column at plotting.DPI (110): at most 8.4 in wide before bbox_inches="tight" trims or
 # grows the margins; no text under 9 pt. Image grids shrink their tiles to fit the width.
-MAX_WIDTH = 8.4
-FONT = 9
+MAX_WIDTH = FIGURE_WIDTH
+FONT = MIN_FONT
 TITLE_FONT = 10
 TILE = 0.95  # the largest tile of an image grid, in inches
 

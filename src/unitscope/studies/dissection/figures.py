@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from unitscope.fsutil import atomic_path  # noqa: E402
-from unitscope.report.plotting import save_figure, write_png
+from unitscope.report.plotting import FIGURE_WIDTH, MIN_FONT, save_figure, write_png
 from unitscope.studies.dissection.units import chosen_units, study_units, unit_image_name  # noqa: E402
 
 if TYPE_CHECKING:  # annotations only: drawing needs no concept-set code
@@ -22,8 +22,8 @@ if TYPE_CHECKING:  # annotations only: drawing needs no concept-set code
 
 CATEGORY_COLORS = {"object": "#4477aa", "color": "#ee6677", "part": "#228833", "material": "#ccbb44"}
 UNIT_EDGE, CONCEPT_EDGE = "#ffdd00", "#00e5ff"
-WIDTH = 8.5  # inches: at the report's 110 DPI a figure fits the 960-px text column
-FONT = 9  # points: the smallest text in a figure
+WIDTH = FIGURE_WIDTH  # at the report's DPI a figure fits the text column
+FONT = MIN_FONT
 IMAGE_WIDTH = 2.6  # inches per top activating image, when the row fits in WIDTH
 
 

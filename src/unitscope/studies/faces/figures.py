@@ -18,11 +18,15 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from unitscope.report.plotting import save_figure  # noqa: E402
+from unitscope.report.plotting import (
+    FIGURE_WIDTH,
+    MIN_FONT,
+    save_figure,  # noqa: E402
+)
 from unitscope.report.render import p_value  # noqa: E402
 
-WIDTH = 8.5  # inches: 935 px at 110 DPI
-FONT = 9  # points: the smallest text of every figure
+WIDTH = FIGURE_WIDTH
+FONT = MIN_FONT
 
 SET_COLOURS = {
     "both rules": "#aa3377",

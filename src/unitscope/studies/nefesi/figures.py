@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from unitscope.report.plotting import save_figure
+from unitscope.report.plotting import FIGURE_WIDTH, MIN_FONT, save_figure
 from unitscope.stats import bootstrap_interval
 
 INDEX_COLUMNS = {
@@ -30,8 +30,8 @@ INDEX_COLUMNS = {
     "class": "class_index",
 }
 ORDER_COLUMNS = {**INDEX_COLUMNS, "activation": "top_activation", "channel": "channel"}
-WIDTH = 8.4  # inches: 924 px at the report's 110 DPI, inside the 960-px text column
-FONT = 9  # points: the smallest text of any figure
+WIDTH = FIGURE_WIDTH
+FONT = MIN_FONT
 RESAMPLES = 2000  # bootstrap resamples of a mean over channels
 
 
