@@ -56,15 +56,15 @@ def main() -> None:
     from unitscope.config import load_config
     from unitscope.data.manifest import ManifestDataset, build_manifest, folder_layout
     from unitscope.extract import extract_to_zarr, open_store
+    from unitscope.interventions.conditions import ablation_fill, build_conditions
+    from unitscope.interventions.controls import random_sets
+    from unitscope.interventions.tail import build_tail, condition_outputs, hooked_condition, layer_maps
     from unitscope.models.preprocessing import build_transform
     from unitscope.models.registry import build_model
     from unitscope.runtime import make_loader, pick_device
-    from unitscope.studies.faces.controls import random_sets
-    from unitscope.studies.faces.inputs import derived_rng
-    from unitscope.studies.faces.interventions import ablation_fill, build_conditions
+    from unitscope.stats import derived_rng
     from unitscope.studies.faces.readouts import Readout, kl_readouts, layer_readouts
     from unitscope.studies.faces.selection import top_percentile
-    from unitscope.studies.faces.tail import build_tail, condition_outputs, hooked_condition, layer_maps
 
     torch.set_num_threads(args.threads)
     config = load_config(REPO / "config" / "config.yaml")

@@ -43,7 +43,7 @@ ENV = "../envs/unitscope.yaml"
 WILDCARD_SYNTAX = re.compile(r"[{}]")
 # Studies: each has rules/<study>.smk, config key <study> (schema in config/schemas/), and writes
 # results/<study>/section.json for the report; a study added later (docs/architecture.md) follows the built-in ones.
-BUILT_IN_STUDIES = ("faces", "actmax", "nefesi", "dissection")
+BUILT_IN_STUDIES = ("faces", "actmax", "nefesi", "dissection", "lesions")
 SCHEMA_STUDIES = sorted(path.name.removesuffix(".schema.yaml") for path in (REPO / "config/schemas").glob("*.schema.yaml"))
 STUDIES = BUILT_IN_STUDIES + tuple(name for name in SCHEMA_STUDIES if name not in BUILT_IN_STUDIES)
 # Run settings that never change results: kept out of params so changing them re-runs nothing.

@@ -80,37 +80,74 @@ def tiny_studies_run(tmp_path_factory):
     return workdir, config
 
 
-# The test modules that read the all-studies run (`tiny_studies_run`): a parallel run keeps them on one worker.
+# Test modules that share a session run are kept on one worker by a parallel run (`pytest -n N`), so the run is
+# built once: the all-studies run (`tiny_studies_run`) and the tiny local run (`tiny_local_run`).
 STUDIES_RUN_MODULES = (
     "tests/studies/faces/test_faces_workflow.py",
     "tests/studies/actmax/test_actmax_workflow.py",
     "tests/studies/nefesi/test_nefesi_workflow.py",
     "tests/studies/dissection/test_dissection_workflow.py",
+    "tests/studies/lesions/test_lesions_workflow.py",
     "tests/report/test_browser.py",
 )
+LOCAL_RUN_MODULES = ("tests/test_workflow.py", "tests/test_failures.py", "tests/test_slurm.py")
+SHARED_RUNS = {"tiny_studies_run": STUDIES_RUN_MODULES, "tiny_local_run": LOCAL_RUN_MODULES}
+# Seconds each scope (a shared run's modules, or one module) took on 2 workers of this 2-core machine (2026-12-02,
+# tests/ --junitxml): a parallel run starts the longest first, so no long one is left to run alone at the end.
+# Only the order matters; a scope not listed runs after these, larger ones (more tests) first.
+SCOPE_SECONDS = {
+    "tiny_studies_run": 1100,
+    "tiny_local_run": 1030,
+    "tests/test_own_models_workflow.py": 270,
+    "tests/studies/faces/test_faces_other_model_workflow.py": 170,
+    "tests/data/test_hostile_datasets.py": 100,
+    "tests/studies/faces/test_faces.py": 75,
+    "tests/test_architecture_doc.py": 67,
+    "tests/models/test_models.py": 63,
+    "tests/test_any_model.py": 45,
+    "tests/studies/faces/test_faces_finding.py": 43,
+    "tests/models/test_sources.py": 40,
+    "tests/data/test_downloads_workflow.py": 36,
+    "tests/studies/lesions/test_class_units.py": 25,
+}
+
+
+def scope_of(nodeid: str) -> str:
+    """The unit a parallel run hands to one worker: a shared run's name for its modules, else the module."""
+    module = nodeid.split("::", 1)[0]
+    return next((run for run, modules in SHARED_RUNS.items() if module in modules), module)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """For a parallel run (`pytest -n N`, as `make test` does): whole test modules go to a worker (its module
-    fixtures are built once), and the modules of `STUDIES_RUN_MODULES` go together (the all-studies run is built
-    once). A worker builds a session run it needs (`tiny_local_run`) once."""
+    fixtures are built once), the modules of a shared run go together (the run is built once), and scopes are
+    handed out in the order `pytest_collection_modifyitems` leaves them (longest first), not by test count."""
     from xdist.scheduler import LoadScopeScheduling
 
     class ByModule(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return "tiny_studies_run" if module in STUDIES_RUN_MODULES else module
+            return scope_of(nodeid)
 
+    config.option.loadscopereorder = False
     return ByModule(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
-    """Every module that reads the all-studies run is listed in STUDIES_RUN_MODULES (else a parallel run would
-    build that run once more on another worker)."""
+    """Every module that reads a shared run is listed with it in SHARED_RUNS (else a parallel run would build that
+    run once more on another worker); the scopes are ordered longest first (SCOPE_SECONDS), then by test count."""
     for item in items:
         module = item.nodeid.split("::", 1)[0]
-        if "tiny_studies_run" in getattr(item, "fixturenames", ()) and module not in STUDIES_RUN_MODULES:
-            raise pytest.UsageError(
-                f"{module} uses tiny_studies_run: add it to STUDIES_RUN_MODULES in tests/conftest.py"
-            )
+        for run, modules in SHARED_RUNS.items():
+            if run in getattr(item, "fixturenames", ()) and module not in modules:
+                raise pytest.UsageError(f"{module} uses {run}: add it to SHARED_RUNS in tests/conftest.py")
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[scope_of(item.nodeid)] = counts.get(scope_of(item.nodeid), 0) + 1
+    order = {scope: position for position, scope in enumerate(counts)}
+
+    def weight(item) -> tuple:
+        scope = scope_of(item.nodeid)
+        return (-SCOPE_SECONDS.get(scope, 0), -counts[scope], order[scope])
+
+    items.sort(key=weight)  # stable: tests keep their order inside a scope

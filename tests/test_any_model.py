@@ -30,6 +30,7 @@ from conftest import DATA_DIR
 from unitscope.data.concepts import CamVidConcepts
 from unitscope.data.manifest import ManifestDataset, build_manifest, folder_layout
 from unitscope.extract import extract_layers
+from unitscope.interventions.tail import build_tail, hooked_condition
 from unitscope.models.facts import compute_facts
 from unitscope.models.preprocessing import build_transform, input_size
 from unitscope.models.receptive_field import layer_receptive_field
@@ -37,7 +38,6 @@ from unitscope.models.sources import build_architecture
 from unitscope.studies.actmax.plan import RegistryTarget
 from unitscope.studies.actmax.registry import optimize_registry_target
 from unitscope.studies.dissection.layer_dissection import dissect_network
-from unitscope.studies.faces.tail import build_tail, hooked_condition
 from unitscope.studies.nefesi.topn import collect_top_n
 
 RGB64 = {"resize": 72, "crop": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}

@@ -31,7 +31,7 @@ def study_config(study: str, data_dir: Path) -> dict:
     return config
 
 
-STUDIES = ("faces", "actmax", "nefesi", "dissection")
+STUDIES = ("faces", "actmax", "nefesi", "dissection", "lesions")
 
 
 def all_studies_config(data_dir: Path) -> dict:

@@ -50,16 +50,33 @@ def _walk(node: ast.AST):
             yield from _walk(child)
 
 
-def _imported_modules(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
+def _tree(path: Path) -> ast.Module:
+    """The parsed module at `path`, parsed once per version of the file (a dry run reads each file once, not once
+    per rule whose closure holds it)."""
+    stat = path.stat()
+    return _parsed(path, stat.st_mtime_ns, stat.st_size)
+
+
+@cache
+def _parsed(path: Path, _mtime_ns: int, _size: int) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+@cache
+def _imported_modules_of(path: Path, _mtime_ns: int, _size: int) -> frozenset[str]:
     found: set[str] = set()
-    for node in _walk(tree):
+    for node in _walk(_parsed(path, _mtime_ns, _size)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
             found.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return {name for name in found if name.split(".")[0] == PACKAGE}
+    return frozenset(name for name in found if name.split(".")[0] == PACKAGE)
+
+
+def _imported_modules(path: Path) -> set[str]:
+    stat = path.stat()
+    return set(_imported_modules_of(path, stat.st_mtime_ns, stat.st_size))
 
 
 SHARED_TEMPLATES = PACKAGE_DIR / "report" / "templates"
@@ -74,6 +91,11 @@ def _template_names(tree: ast.AST) -> set[str]:
         for node in ast.walk(tree)
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and TEMPLATE_NAME.match(node.value)
     }
+
+
+@cache
+def _file_template_names(path: Path, _mtime_ns: int, _size: int) -> frozenset[str]:
+    return frozenset(_template_names(_parsed(path, _mtime_ns, _size)))
 
 
 def _templates_named(names: set[str], folder: Path) -> set[Path]:
@@ -96,7 +118,8 @@ def _templates(files: set[Path]) -> set[Path]:
     those they include or import: editing a template re-runs exactly the stages that render it."""
     found: set[Path] = set()
     for path in files:
-        found |= _templates_named(_template_names(ast.parse(path.read_text())), path.parent / "templates")
+        stat = path.stat()
+        found |= _templates_named(_file_template_names(path, stat.st_mtime_ns, stat.st_size), path.parent / "templates")
     return found
 
 
@@ -149,7 +172,7 @@ def entry_closure(entry: str, package_dir: Path = PACKAGE_DIR) -> tuple[str, ...
     path = _module_file(module, package_dir)
     if path is None:
         raise ValueError(f"no module {module!r} under {package_dir}")
-    definitions, imported = _top_level(ast.parse(path.read_text(), filename=str(path)))
+    definitions, imported = _top_level(_tree(path))
     if function not in definitions:
         raise ValueError(f"{module} has no function {function!r}")
     needed: set[str] = set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import shutil
 import uuid
@@ -94,6 +95,11 @@ def write_parquet(frame, path: str | os.PathLike) -> None:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as temp:
         temp.write_text(text)
+
+
+def write_json(record: dict, path: str | os.PathLike) -> None:
+    """A JSON record (indented), written whole then renamed."""
+    write_text_atomic(path, json.dumps(record, indent=2) + "\n")
 
 
 def publish_tree(source: str | os.PathLike, destination: str | os.PathLike) -> Path:

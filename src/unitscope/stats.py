@@ -7,6 +7,7 @@ import) loads only when a stage computes FDR.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 
 import numpy as np
@@ -60,3 +61,32 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     from scipy import stats as _scipy_stats  # seconds to import: only the stages that compute FDR load it
 
     return _scipy_stats.false_discovery_control(np.clip(p, 0.0, 1.0), method="bh")
+
+
+def derived_rng(seed: int, purpose: str) -> np.random.Generator:
+    """A generator for one purpose (e.g. "faces/random"), derived from the config seed: stable across runs, and
+    independent of every other purpose's draws."""
+    return np.random.default_rng(np.random.SeedSequence(entropy=int(seed), spawn_key=(zlib.crc32(purpose.encode()),)))
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of `values` [n], tied values sharing the mean of their ranks (as Spearman's rho needs)."""
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = np.arange(1, len(values) + 1)
+    _, group, counts = np.unique(values, return_inverse=True, return_counts=True)
+    return (np.bincount(group, weights=ranks) / counts)[group]
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation of x and y [n] (Pearson's r of their average ranks); NaN when either is constant
+    or has fewer than 3 finite pairs (pairs with a NaN are left out)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    if keep.sum() < 3:
+        return float("nan")
+    rx, ry = average_ranks(x[keep]), average_ranks(y[keep])
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denominator = np.sqrt((rx * rx).sum() * (ry * ry).sum())
+    return float((rx * ry).sum() / denominator) if denominator > 0 else float("nan")

@@ -109,6 +109,7 @@ def run_summary(
             for e in extractions
         },
         **{study["study"]: study["summary"] for study in studies},
+        "claims": [claim for study in studies for claim in study.get("claims", [])],
         "package_versions": versions,
     }
 
@@ -161,6 +162,27 @@ def cost_table(cost: list[dict]):
         }
     )
     return html_table(frame)
+
+
+def claims_table(studies: list[dict]):
+    """Claims and their evidence: every claim a study makes about a unit set, with the intervention behind it."""
+    titles = {study["study"]: study["title"] for study in studies}
+    claims = [claim for study in studies for claim in study.get("claims", [])]
+    if not claims:
+        return ""
+    frame = pd.DataFrame(
+        {
+            "study": [titles[c["study"]] for c in claims],
+            "claim": [c["claim"] for c in claims],
+            "intervention": [c["intervention"] for c in claims],
+            "effect [95%]": [c["effect"] for c in claims],
+            "controls (mean)": [c["controls"] for c in claims],
+            "p": [c["p"] for c in claims],
+            "N": [c["n"] for c in claims],
+            "verdict": ["shown" if c["shown"] else "not shown (null result)" for c in claims],
+        }
+    )
+    return html_table(frame, links={"study": [f"#{c['study']}" for c in claims]})
 
 
 def units_table(units: list[dict]):
@@ -219,6 +241,7 @@ def build_report(
         "datasets": datasets_table(datasets),
         "activations": activations_table(extractions),
         "cost": cost_table(cost) if cost else "",
+        "claims": claims_table(studies),
     }
     html = (
         environment()

@@ -150,6 +150,19 @@ def finding(*, question: str, answer: str, numbers: Sequence[Mapping], figure: M
     }
 
 
+def claim(
+    *, study: str, claim: str, intervention: str, effect: str, controls: str, p: str, n: str, shown: bool
+) -> dict:
+    """One row of the landing page's "Claims and their evidence": what the study says about a unit set, the
+    intervention behind it, the effect with its interval, what the controls did, the p-values and what the
+    effect rests on (all formatted by the report's filters); `shown` False states a null result as one."""
+    fields = {"claim": claim, "intervention": intervention, "effect": effect, "controls": controls, "p": p, "n": n}
+    empty = [name for name, value in fields.items() if not str(value).strip()]
+    if empty:
+        raise ValueError(f"a claim needs {', '.join(empty)}: {fields}")
+    return {"study": study, **{name: " ".join(str(v).split()) for name, v in fields.items()}, "shown": bool(shown)}
+
+
 def write_section(
     path: str | os.PathLike,
     *,
@@ -160,9 +173,11 @@ def write_section(
     summary: dict,
     finding: dict,
     units: list[dict] | None = None,
+    claims: list[dict] | None = None,
 ) -> dict:
     """Write results/<study>/section.json. `finding` (built by `finding`) is the study's card on the landing
-    page; `conclusion` the paragraph that opens its section."""
+    page; `conclusion` the paragraph that opens its section; `claims` (built by `claim`) its rows of the
+    landing page's claims table."""
     section = {
         "study": study,
         "title": title,
@@ -171,6 +186,7 @@ def write_section(
         "summary": summary,
         "finding": finding,
         "units": units or [],
+        "claims": claims or [],
     }
     write_text_atomic(path, json.dumps(section, indent=2, default=_jsonable) + "\n")
     return section

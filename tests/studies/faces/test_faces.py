@@ -19,14 +19,17 @@ from unitscope.data.manifest import ManifestDataset, build_manifest, folder_layo
 from unitscope.extract import run_extraction
 from unitscope.fsutil import publish_tree
 from unitscope.hooks import ActivationRecorder
+from unitscope.interventions.conditions import ablation_fill, build_conditions
+from unitscope.interventions.controls import matched_sets, random_sets
+from unitscope.interventions.errors import InterventionError
+from unitscope.interventions.tail import build_tail, condition_outputs, hooked_condition
 from unitscope.models.preprocessing import build_transform
 from unitscope.models.registry import build_model
 from unitscope.runtime import RunSettings
 from unitscope.settings import ModelRef
 from unitscope.stats import empirical_p
-from unitscope.studies.faces.controls import control_table, matched_sets, random_sets
+from unitscope.studies.faces.controls import control_table
 from unitscope.studies.faces.inputs import CategoryMeans, FacesError
-from unitscope.studies.faces.interventions import ablation_fill, build_conditions
 from unitscope.studies.faces.plan import (
     FacesConfigError,
     FacesPlan,
@@ -40,7 +43,6 @@ from unitscope.studies.faces.probe import fit_logistic
 from unitscope.studies.faces.readouts import Readout, layer_readouts
 from unitscope.studies.faces.selection import selected_channels, selection_table, top_percentile
 from unitscope.studies.faces.stages import run_interventions, run_selection
-from unitscope.studies.faces.tail import build_tail, condition_outputs, hooked_condition
 
 IMAGENET_PRE = {"resize": 232, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 CIFAR_PRE = {**IMAGENET_PRE, "resize": 32, "crop": 32}
@@ -275,7 +277,7 @@ def test_mean_ablation_of_every_channel_gives_constant_activations(request, mani
 def test_a_layer_a_skip_crosses_is_re_run_whole_and_the_head_is_an_error(resnet20, mobilenet):
     tail = build_tail(resnet20, "layer2.1.conv1", "resnet20_cifar")  # the block's shortcut crosses the layer
     assert tail.rerun and "crosses the layer" in tail.path and not tail.pool_first
-    with pytest.raises(FacesError, match="classifier"):
+    with pytest.raises(InterventionError, match="classifier"):
         build_tail(mobilenet, "classifier", "mobilenet_v2_imagenet")
 
 
@@ -325,7 +327,7 @@ def test_matched_sets_are_disjoint_from_the_selection_and_closer_than_random(cif
     randoms = random_sets(64, len(selected), 50, rng)
     target = channel_mean[selected].mean()
     assert np.abs(channel_mean[draws].mean(1) - target).mean() < np.abs(channel_mean[randoms].mean(1) - target).mean()
-    with pytest.raises(FacesError, match="unselected"):
+    with pytest.raises(InterventionError, match="unselected"):
         matched_sets(channel_mean, np.arange(40), 2, 5, rng)
 
 

@@ -22,7 +22,7 @@ from unitscope.studies.faces.controls import control_table
 from unitscope.studies.faces.inputs import CategoryMeans
 from unitscope.studies.faces.pca import pca_table
 from unitscope.studies.faces.plan import SectionSettings
-from unitscope.studies.faces.section import finding_of, verdicts
+from unitscope.studies.faces.section import claims, finding_of, verdicts
 from unitscope.studies.faces.selection import selected_channels, selection_table
 from unitscope.studies.faces.stages import run_interventions_figure, run_section
 
@@ -121,6 +121,24 @@ def test_a_mixed_result_names_what_holds_then_what_does_not():
         "faces from non-faces and not sufficient on their own."
     )
     assert mixed["null"] is False
+
+
+def test_the_verdicts_are_the_claims_with_their_evidence():
+    """Each verdict is a row of the landing page's claims table, shown exactly when the verdict holds."""
+    conditions = conditions_table(lesion_ratio=5.0)
+    controls = control_table(conditions)
+    rows = claims(conditions, controls, SETTINGS)
+    judged = verdicts(conditions, controls, SETTINGS.alpha)
+    assert [row["shown"] for row in rows] == [judged["specific"], judged["necessary"], judged["sufficient"]]
+    assert [row["shown"] for row in rows] == [True, False, False]
+    specific, necessary, sufficient = rows
+    assert specific["claim"] == "The 3 selected channels of l change the output more on faces than on non-faces"
+    assert specific["effect"] == "KL ratio faces / non-faces 5.00" and specific["n"] == "200 faces, 200 non-faces"
+    assert specific["p"] == "random 0.024, matched 0.024" and specific["controls"].startswith("random 1.2")
+    assert (
+        necessary["effect"] == f"face / non-face accuracy 94.5% (intact {ci(judged['intact_fixed_ci'], percent=True)})"
+    )
+    assert sufficient["intervention"] == "keep only (zero) of the set, m" and sufficient["n"] == "400 held-out images"
 
 
 def test_an_effect_the_controls_match_is_no_more_than_theirs():

@@ -9,7 +9,6 @@ stored per-image channel means `[N, C]` read here.
 from __future__ import annotations
 
 import os
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,8 +77,3 @@ def load_category_means(stores: dict[str, str | os.PathLike], face_dataset: str,
         face_dataset=face_dataset,
         nonface_datasets=tuple(order[1:]),
     )
-
-
-def derived_rng(seed: int, purpose: str) -> np.random.Generator:
-    """A generator for one purpose of this study, derived from the config seed (stable across runs)."""
-    return np.random.default_rng(np.random.SeedSequence(entropy=int(seed), spawn_key=(zlib.crc32(purpose.encode()),)))

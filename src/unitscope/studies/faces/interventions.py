@@ -9,77 +9,14 @@ controls' null distributions (`controls`).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
-from unitscope.studies.faces.inputs import FacesError
+from unitscope.interventions.conditions import Conditions
+from unitscope.interventions.tail import Tail, condition_outputs
 from unitscope.studies.faces.readouts import Readout, downstream_readouts, fixed_probe, kl_readouts, layer_readouts
-from unitscope.studies.faces.tail import Tail, condition_outputs
-
-
-@dataclass
-class Conditions:
-    table: pd.DataFrame  # condition, family, mode, draw, set_size, n_ablated
-    ablate: torch.Tensor  # [K, C] bool, True = replaced
-    sets: list[np.ndarray]  # the channel set each condition is built from (empty for intact)
-
-    def masks(self, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        """{name: [C] ablation mask} of the named conditions."""
-        rows = {name: row for row, name in enumerate(self.table["condition"])}
-        return {name: self.ablate[rows[name]] for name in names}
-
-
-def build_conditions(
-    n_channels: int,
-    selected: np.ndarray,
-    random_draws: np.ndarray,
-    matched_draws: np.ndarray,
-    single_channels: np.ndarray | None = None,
-) -> Conditions:
-    """intact; lesion and keep-only of the selected set; the same two modes for every control draw; and, for
-    each of `single_channels`, a lesion of that channel alone (family "single": each unit's own effect)."""
-    rows, masks, sets = [], [], []
-
-    def add(name, family, mode, draw, channels):
-        in_set = torch.zeros(n_channels, dtype=torch.bool)
-        in_set[torch.tensor(np.asarray(channels, dtype=np.int64))] = True
-        ablate = {"none": torch.zeros_like(in_set), "lesion": in_set, "keep_only": ~in_set}[mode]
-        rows.append(
-            {
-                "condition": name,
-                "family": family,
-                "mode": mode,
-                "draw": draw,
-                "set_size": len(channels),
-                "n_ablated": int(ablate.sum()),
-            }
-        )
-        masks.append(ablate)
-        sets.append(np.asarray(channels, dtype=np.int64))
-
-    add("intact", "intact", "none", -1, [])
-    add("lesion", "selected", "lesion", -1, selected)
-    add("keep_only", "selected", "keep_only", -1, selected)
-    for family, draws in (("random", random_draws), ("matched", matched_draws)):
-        for draw, channels in enumerate(draws):
-            for mode in ("lesion", "keep_only"):
-                add(f"{family}_{mode}_{draw:03d}", family, mode, draw, channels)
-    for position, channel in enumerate(() if single_channels is None else single_channels):
-        add(f"single_lesion_{int(channel):04d}", "single", "lesion", position, [int(channel)])
-    return Conditions(table=pd.DataFrame(rows), ablate=torch.stack(masks), sets=sets)
-
-
-def ablation_fill(kind: str, means: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Replacement value per channel: 0, or the channel's mean over every image (and position)."""
-    means = torch.as_tensor(means, dtype=torch.float32)
-    if kind == "zero":
-        return torch.zeros(means.shape[1])
-    if kind == "mean":
-        return means.mean(dim=0)
-    raise FacesError(f"config key faces.interventions.ablation: unknown ablation {kind!r} (zero, mean)")
 
 
 def output_readouts(

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from tqdm import tqdm
 
-from unitscope.stats import wilson_interval
-from unitscope.studies.faces.inputs import CategoryMeans, FacesError, derived_rng
+from unitscope.stats import derived_rng, wilson_interval
+from unitscope.studies.faces.inputs import CategoryMeans, FacesError
 
 
 @dataclass

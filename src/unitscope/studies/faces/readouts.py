@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from unitscope.stats import derived_rng
 from unitscope.studies.faces.condition_pca import pca_readouts
-from unitscope.studies.faces.inputs import derived_rng
 from unitscope.studies.faces.probe import cv_correct, fit_logistic, fixed_split, standardize_stats, stratified_folds
 
 

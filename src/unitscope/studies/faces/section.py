@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from unitscope.report.render import ci, fixed, num, p_value, pct, render, render_text
-from unitscope.report.sections import finding, finding_number, html_table, unit_hrefs
+from unitscope.report.sections import claim, finding, finding_number, html_table, unit_hrefs
 from unitscope.stats import wilson_interval
 from unitscope.studies.faces.figures import METRIC_WORDS, interventions_metrics
 from unitscope.studies.faces.pca import components_for
@@ -644,3 +644,59 @@ def units(selection: pd.DataFrame, conditions: pd.DataFrame, rule: str) -> list[
         }
         for channel in selected_channels(selection, rule)
     ]
+
+
+# ---------------------------------------------------------------------------------------------- claims
+
+# Each verdict as a claim: (verdict, readout, mode, how the readout is shown, its claim's words)
+CLAIMS = (
+    (
+        "specific",
+        "kl_face_ratio",
+        "lesion",
+        "KL ratio faces / non-faces",
+        "change the output more on faces than on non-faces",
+    ),
+    ("necessary", "fixed_accuracy", "lesion", "face / non-face accuracy", "are necessary to tell faces from non-faces"),
+    (
+        "sufficient",
+        "retrained_accuracy",
+        "keep_only",
+        "face / non-face accuracy",
+        "suffice alone to tell faces from non-faces",
+    ),
+)
+
+
+def claims(conditions: pd.DataFrame, controls: pd.DataFrame, settings: SectionSettings) -> list[dict]:
+    """The three verdicts as rows of the landing page's claims table: each readout of the selected set against
+    its controls (accuracies also against the intact network's 95% interval)."""
+    first, judged = conditions.iloc[0], verdicts(conditions, controls, settings.alpha)
+    by_name = conditions.set_index("condition")
+    size = int(by_name.loc["lesion", "set_size"])
+    out = []
+    for verdict, metric, mode, shown_as, words in CLAIMS:
+        rows = [row for row in judged["rows"][verdict] if row is not None]
+        value = by_name.loc[mode, metric]
+        if metric == "kl_face_ratio":
+            effect, n = (
+                f"{shown_as} {fixed(value, RATIO_DIGITS)}",
+                f"{first['n_faces']} faces, {first['n_nonfaces']} non-faces",
+            )
+        else:
+            effect = f"{shown_as} {pct(value)} (intact {ci(intact_interval(conditions, metric), percent=True)})"
+            n = f"{accuracy_n(conditions, metric)} held-out images"
+        digits = RATIO_DIGITS if metric == "kl_face_ratio" else 3
+        out.append(
+            claim(
+                study="faces",
+                claim=f"The {size} selected channels of {first['layer']} {words}",
+                intervention=f"{mode.replace('_', ' ')} ({first['ablation']}) of the set, {first['model']}",
+                effect=effect,
+                controls=", ".join(f"{r['control']} {fixed(r['null_mean'], digits)}" for r in rows) or "none drawn",
+                p=", ".join(f"{r['control']} {p_value(r['p_value'])}" for r in rows) or "n/a",
+                n=n,
+                shown=judged[verdict],
+            )
+        )
+    return out

@@ -19,9 +19,11 @@ import numpy as np
 import pandas as pd
 
 from unitscope.fsutil import write_parquet
+from unitscope.interventions.controls import draw_controls
 from unitscope.report.sections import write_section
+from unitscope.stats import derived_rng
 from unitscope.studies.faces.categories import category_table, selectivity_table
-from unitscope.studies.faces.controls import control_table, draw_controls
+from unitscope.studies.faces.controls import control_table
 from unitscope.studies.faces.figures import (
     categories_figure,
     heatmap_figure,
@@ -31,11 +33,12 @@ from unitscope.studies.faces.figures import (
     selection_figure,
     verdicts_figure,
 )
-from unitscope.studies.faces.inputs import FacesError, derived_rng, load_category_means, open_layer_store
+from unitscope.studies.faces.inputs import FacesError, load_category_means, open_layer_store
 from unitscope.studies.faces.pca import pca_table
 from unitscope.studies.faces.section import (
     TITLE,
     body_html,
+    claims,
     conclusion_text,
     finding_of,
     intact_interval,
@@ -163,17 +166,13 @@ def run_interventions(
     # torch and torchvision: only the stages that run the network import them
     import torch
 
+    from unitscope.interventions.conditions import ablation_fill, build_conditions
+    from unitscope.interventions.tail import build_tail, layer_cache
     from unitscope.models.registry import load_model
     from unitscope.runtime import RunSettings, pick_device
     from unitscope.studies.faces.condition_pca import pca_curves
-    from unitscope.studies.faces.interventions import (
-        ablation_fill,
-        build_conditions,
-        condition_readouts,
-        condition_table,
-    )
+    from unitscope.studies.faces.interventions import condition_readouts, condition_table
     from unitscope.studies.faces.readouts import Readout
-    from unitscope.studies.faces.tail import build_tail, layer_cache
 
     run = run or RunSettings()
     clock, s = time.perf_counter(), settings
@@ -183,13 +182,22 @@ def run_interventions(
     data = load_category_means(stores, s.face_dataset, s.layer)
     chosen = read_selection(selection, s.rule, data.n_channels, s.layer)
     loading = {"batch_size": run.batch_size, "num_workers": run.num_workers, "device": device}
-    cache, means = layer_cache(network, tail, data, manifests, model.spec["preprocessing"], **loading)
+    ordered = {name: manifests[name] for name in (data.face_dataset, *data.nonface_datasets)}
+    cache, means = layer_cache(
+        network, tail, data.means, data.image_id, ordered, model.spec["preprocessing"], **loading
+    )
     channel_mean = means.mean(0).numpy()
     draws = draw_controls(
-        channel_mean, chosen, n_random=s.n_random, n_matched=s.n_matched, candidates=s.matched_candidates, seed=s.seed
+        channel_mean,
+        chosen,
+        n_random=s.n_random,
+        n_matched=s.n_matched,
+        candidates=s.matched_candidates,
+        seed=s.seed,
+        purpose="faces",
     )
     conditions = build_conditions(data.n_channels, chosen, *draws, single_channels=chosen)
-    fill = ablation_fill(s.ablation, means)
+    fill = ablation_fill(s.ablation, means, "faces.interventions.ablation")
     readout = Readout.make(data.is_face, n_folds=s.folds, train_fraction=s.fixed_train_fraction, C=s.C, seed=s.seed)
     readouts = condition_readouts(
         tail,
@@ -299,4 +307,5 @@ def run_section(
         summary=summary(**tables, settings=settings),
         finding=finding_of(tables["conditions"], tables["controls"], settings),
         units=units(tables["selection"], tables["conditions"], settings.rule),
+        claims=claims(tables["conditions"], tables["controls"], settings),
     )

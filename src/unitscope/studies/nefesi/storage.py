@@ -9,11 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unitscope.fsutil import atomic_path, write_text_atomic
-
-
-def write_json(record: dict, path: str | os.PathLike) -> None:
-    write_text_atomic(path, json.dumps(record, indent=2) + "\n")
+from unitscope.fsutil import atomic_path, write_json, write_text_atomic  # noqa: F401 (write_json: the study's writer)
 
 
 def read_json(path: str | os.PathLike) -> dict:

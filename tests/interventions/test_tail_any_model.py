@@ -15,9 +15,9 @@ from torch import nn
 
 from unitscope.data.manifest import build_manifest, folder_layout, read_manifest, write_manifest
 from unitscope.hooks import ActivationRecorder
+from unitscope.interventions.errors import InterventionError
+from unitscope.interventions.tail import build_tail, condition_outputs, hooked_condition, layer_cache
 from unitscope.models.cifar_resnet import cifar_resnet20
-from unitscope.studies.faces.inputs import CategoryMeans, FacesError
-from unitscope.studies.faces.tail import build_tail, condition_outputs, hooked_condition, layer_cache
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 CIFAR_PRE = {"resize": 32, "crop": 32, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -191,10 +191,10 @@ def test_the_path_taken_is_one_line_in_the_log(capsys):
 
 
 def test_a_layer_the_logits_do_not_depend_on_or_at_the_output_is_a_one_line_error():
-    with pytest.raises(FacesError, match=r"cannot intervene at layer 'classifier'") as err:
+    with pytest.raises(InterventionError, match=r"cannot intervene at layer 'classifier'") as err:
         build_tail(get_model("mobilenet_v2", "meta"), "classifier", "mobilenet_v2")
     assert "\n" not in str(err.value)
-    with pytest.raises(FacesError, match=r"does not depend on layer 'aux1'"):  # built but unused in eval
+    with pytest.raises(InterventionError, match=r"does not depend on layer 'aux1'"):  # built but unused in eval
         build_tail(get_googlenet_with_aux(), "aux1", "googlenet")
 
 
@@ -232,13 +232,12 @@ def test_layer_cache_keeps_the_images_for_re_runs(tmp_path, data_dir):
     tail = build_tail(model, "layer2.1.conv1", "resnet20_cifar")
     pixels = torch.cat([torch.stack([d[i][0] for i in range(len(d))]) for d in _datasets(manifests)])
     stored = layer_outputs(model, "layer2.1.conv1", pixels)[1].numpy()  # what extraction stores for these images
-    data = CategoryMeans(stored, None, np.asarray(ids, dtype=object), "faces", ("scenes", "objects"))
-    images, means = layer_cache(model, tail, data, manifests, CIFAR_PRE, batch_size=3)  # the model is not run
+    ids = np.asarray(ids, dtype=object)
+    images, means = layer_cache(model, tail, stored, ids, manifests, CIFAR_PRE, batch_size=3)  # the model is not run
     assert tail.rerun and list(images.shape) == [8, 3, 32, 32]
     torch.testing.assert_close(means, layer_outputs(model, "layer2.1.conv1", images)[1])
     ablate, fill = random_conditions(32), means.mean(0)
     [(_, pooled, logits)] = list(condition_outputs(tail, images, ablate, fill))
     torch.testing.assert_close(logits[1], hooked_condition(model, tail, images, ablate[1], fill)[1])
-    shuffled = CategoryMeans(None, None, data.image_id[::-1], "faces", ("scenes", "objects"))
-    with pytest.raises(FacesError, match="differ from those of the stores"):
-        layer_cache(model, tail, shuffled, manifests, CIFAR_PRE)
+    with pytest.raises(InterventionError, match="differ from those of the stores"):
+        layer_cache(model, tail, stored, ids[::-1], manifests, CIFAR_PRE)

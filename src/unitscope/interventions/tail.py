@@ -48,10 +48,10 @@ from tqdm import tqdm
 from unitscope.data.manifest import ManifestDataset, read_manifest
 from unitscope.errors import one_line
 from unitscope.hooks import ActivationRecorder, hooked
+from unitscope.interventions.errors import InterventionError
 from unitscope.models.preprocessing import build_transform
 from unitscope.models.registry import resolve_layer
 from unitscope.runtime import make_loader
-from unitscope.studies.faces.inputs import CategoryMeans, FacesError
 
 CHUNK_BYTES = 1 << 28  # ~256 MiB of masked activations (or logits) per step
 TAIL_EXPANSION = 8  # maps through the tail: budget the input at 1/8, as blocks expand channels ~6x
@@ -86,10 +86,14 @@ class Tail:
         its channel means [n, C] when the tail starts with the global pool (the pool of a masked map is the
         masked mean)."""
         if self.rerun:
-            raise FacesError(f"layer {self.layer!r}: the tail cannot be cut out ({self.path}); use Tail.run on images")
+            raise InterventionError(
+                f"layer {self.layer!r}: the tail cannot be cut out ({self.path}); use Tail.run on images"
+            )
         if x.dim() == 2:
             if not self.pool_first:
-                raise FacesError(f"layer {self.layer!r} is not followed by the global pool; the tail needs its maps")
+                raise InterventionError(
+                    f"layer {self.layer!r} is not followed by the global pool; the tail needs its maps"
+                )
             pooled = x
         else:
             pooled = self.features(x)
@@ -112,7 +116,7 @@ class Tail:
 def build_tail(model: nn.Module, layer: str, model_name: str) -> Tail:
     """The network after `layer`, cut out of its torch.fx graph when it can be, else full re-runs (see the
     module docstring); prints which path and why. A layer the output does not depend on, or one at the
-    classifier (no maps left to mask), is a one-line FacesError."""
+    classifier (no maps left to mask), is a one-line InterventionError."""
     resolve_layer(model, layer, model_name)
     try:
         traced = _trace(model, layer)
@@ -124,7 +128,9 @@ def build_tail(model: nn.Module, layer: str, model_name: str) -> Tail:
     calls = [node for node in graph.order if node.op == "call_module" and node.target == layer]
     live = [node for node in calls if node in graph.live]
     if not live:
-        raise FacesError(f"model {model_name}: the output does not depend on layer {layer!r}; nothing to intervene on")
+        raise InterventionError(
+            f"model {model_name}: the output does not depend on layer {layer!r}; nothing to intervene on"
+        )
     pooled, pooled_at = _pooled_node(graph, live[-1], layer, model_name)
     if len(calls) > 1:
         reason = f"the layer runs {len(calls)} times per forward pass"
@@ -137,7 +143,7 @@ def build_tail(model: nn.Module, layer: str, model_name: str) -> Tail:
 
 
 def _announce(tail: Tail, model_name: str) -> Tail:
-    print(f"faces tail of {model_name} at {tail.layer!r}: {tail.path}", flush=True)
+    print(f"tail of {model_name} at {tail.layer!r}: {tail.path}", flush=True)
     return tail
 
 
@@ -200,8 +206,8 @@ class _Graph:
         output = next(node for node in self.order if node.op == "output")
         if not isinstance(output.args[0], fx.Node):
             kind = type(output.args[0]).__name__
-            raise FacesError(
-                f"model {model_name} returns a {kind}, not one tensor of logits: the faces study needs one"
+            raise InterventionError(
+                f"model {model_name} returns a {kind}, not one tensor of logits: interventions need one"
             )
         self.result = output.args[0]
         self.varying: set[fx.Node] = set()
@@ -291,7 +297,7 @@ def _pooled_node(graph: _Graph, layer_node: fx.Node, layer: str, model_name: str
         if pooled_at is not None:
             return node, pooled_at
     if graph.result is layer_node:
-        raise FacesError(
+        raise InterventionError(
             f"model {model_name}: cannot intervene at layer {layer!r}: it is the network's output; "
             f"pick a conv layer before the global pool"
         )
@@ -438,7 +444,7 @@ def _hooked_run(
 
     def intervene(_module, _inputs, output):
         if output.dim() < 2 or output.shape[1] != ablate.shape[1]:
-            raise FacesError(
+            raise InterventionError(
                 f"layer {tail.layer!r} outputs {list(output.shape)}; the conditions mask {ablate.shape[1]} channels"
             )
         recorded["layer"] = True
@@ -460,7 +466,7 @@ def _hooked_run(
     with hooked(model, hooks), torch.inference_mode():
         logits = model(images)
     if not isinstance(logits, torch.Tensor):
-        raise FacesError(f"the model returns a {type(logits).__name__}, not one tensor of logits")
+        raise InterventionError(f"the model returns a {type(logits).__name__}, not one tensor of logits")
     return recorded.get("pooled", logits), logits
 
 
@@ -605,7 +611,8 @@ def layer_maps(
 def layer_cache(
     model: nn.Module,
     tail: Tail,
-    data: CategoryMeans,
+    means: np.ndarray,
+    image_id: np.ndarray,
     manifests: dict[str, str],
     preprocessing: dict,
     *,
@@ -613,27 +620,28 @@ def layer_cache(
     num_workers: int = 0,
     device: torch.device | str = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(what the conditions act on, per-image channel means): the stored means twice when the tail starts
-    with the global pool; else the layer's maps of the stores' images (computed once) and their means; or,
-    when every condition re-runs the model, its preprocessed images and the layer's means."""
+    """(what the conditions act on, per-image channel means) for the images of `manifests` (in their order),
+    whose stored channel means [N, C] and ids are `means` and `image_id`: the stored means twice when the tail
+    starts with the global pool; else the layer's maps (computed once) and their means; or, when every condition
+    re-runs the model, its preprocessed images and the stored means."""
     if tail.pool_first:
         print(f"{tail.layer} is followed by the global pool: conditions act on the stored channel means", flush=True)
-        means = torch.from_numpy(data.means)
-        return means, means
+        stored = torch.from_numpy(means)
+        return stored, stored
     clock = time.perf_counter()
-    order = [data.face_dataset, *data.nonface_datasets]
     loading = {"batch_size": batch_size, "num_workers": num_workers, "device": device}
-    ordered = {name: manifests[name] for name in order}
     if tail.rerun:  # the model runs per condition: keep the images; the stores already hold the layer's means
-        cache, ids = _images(ordered, preprocessing, **loading)
+        cache, ids = _images(manifests, preprocessing, **loading)
     else:
-        cache, ids = _layer_pass(model, tail.layer, ordered, preprocessing, **loading)
-    if list(ids) != list(data.image_id):
-        raise FacesError(f"the manifests' images differ from those of the stores at {tail.layer!r}; re-run extraction")
+        cache, ids = _layer_pass(model, tail.layer, manifests, preprocessing, **loading)
+    if list(ids) != list(image_id):
+        raise InterventionError(
+            f"the manifests' images differ from those of the stores at {tail.layer!r}; re-run extraction"
+        )
     what = "images kept for the re-runs" if tail.rerun else "layer maps computed once"
     print(f"{what}: {list(cache.shape)} in {time.perf_counter() - clock:.1f} s", flush=True)
     if tail.rerun:
-        return cache, torch.from_numpy(data.means)
+        return cache, torch.from_numpy(means)
     if cache.dim() < 3:
-        raise FacesError(f"layer {tail.layer!r} outputs {list(cache.shape)}: no channel maps to intervene on")
+        raise InterventionError(f"layer {tail.layer!r} outputs {list(cache.shape)}: no channel maps to intervene on")
     return cache, cache.mean(dim=(2, 3)) if cache.dim() == 4 else cache.flatten(2).mean(2)
