@@ -156,7 +156,9 @@ def unit_table(shares: np.ndarray, class_index: np.ndarray, effects: dict, class
 
 @dataclass(frozen=True)
 class SetDraws:
-    """How many control sets each labelled set gets, and how they are matched."""
+    """How many control sets each labelled set gets, and how they are matched: what `build_set_conditions` reads
+    (the stages pass their settings, `plan.ControlledSettings`, which carry the same fields; tests and the bench
+    build this)."""
 
     n_random: int
     n_matched: int

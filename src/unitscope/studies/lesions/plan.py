@@ -40,8 +40,30 @@ def check_class_units(config: Mapping) -> None:
         )
 
 
+CONTROL_KEYS = ("n_random", "n_matched", "matched_candidates", "n_bootstrap")
+
+
 @dataclasses.dataclass(frozen=True)
-class ClassUnitsSettings(Settings):
+class ControlledSettings(Settings):
+    """The control draws of a stage that lesions labelled sets: `n_random` random sets drawn without a set's units,
+    `n_matched` activation-matched ones (each unit matched among its `matched_candidates` nearest), `n_bootstrap`
+    resamples for intervals, all seeded by `seed`. The settings object itself is what `class_units.
+    build_set_conditions` and `concept_units.build_concept_conditions` take as their draws."""
+
+    n_random: int
+    n_matched: int
+    matched_candidates: int
+    n_bootstrap: int
+    seed: int
+
+    @staticmethod
+    def controls(spec: Mapping, config: Mapping) -> dict:
+        """The control-draw fields from a study part's config section."""
+        return {key: spec[key] for key in CONTROL_KEYS} | {"seed": config["seed"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassUnitsSettings(ControlledSettings):
     """lesions_class_units: sets of `sizes` units per class lesioned on `dataset`, against `n_random` random and
     `n_matched` activation-matched sets; `n_bootstrap` resamples for intervals; `seed` splits the images."""
 
@@ -50,11 +72,6 @@ class ClassUnitsSettings(Settings):
     dataset: str
     sizes: tuple[int, ...]
     ablation: str
-    n_random: int
-    n_matched: int
-    matched_candidates: int
-    n_bootstrap: int
-    seed: int
 
     @classmethod
     def from_config(cls, config: Mapping) -> ClassUnitsSettings:
@@ -66,11 +83,7 @@ class ClassUnitsSettings(Settings):
             dataset=spec["dataset"],
             sizes=tuple(sorted(set(spec["sizes"]))),
             ablation=spec["ablation"],
-            n_random=spec["n_random"],
-            n_matched=spec["n_matched"],
-            matched_candidates=spec["matched_candidates"],
-            n_bootstrap=spec["n_bootstrap"],
-            seed=config["seed"],
+            **cls.controls(spec, config),
         )
 
 
@@ -130,7 +143,7 @@ def check_concept_units(config: Mapping) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class ConceptUnitsSettings(Settings):
+class ConceptUnitsSettings(ControlledSettings):
     """lesions_concept_units: the detectors of each concept with at least `min_detectors` of them at `layer`,
     lesioned on the dissection's concept images (`concepts`, drawn with `seed`, masks of shorter side `mask_size`)
     and read on the top and bottom `fraction` of frames by coverage, against random and matched sets."""
@@ -142,11 +155,6 @@ class ConceptUnitsSettings(Settings):
     fraction: float
     related: dict
     ablation: str
-    n_random: int
-    n_matched: int
-    matched_candidates: int
-    n_bootstrap: int
-    seed: int
 
     @classmethod
     def from_config(cls, config: Mapping) -> ConceptUnitsSettings:
@@ -160,11 +168,7 @@ class ConceptUnitsSettings(Settings):
             fraction=spec["fraction"],
             related={concept: list(classes) for concept, classes in spec["related"].items()},
             ablation=spec["ablation"],
-            n_random=spec["n_random"],
-            n_matched=spec["n_matched"],
-            matched_candidates=spec["matched_candidates"],
-            n_bootstrap=spec["n_bootstrap"],
-            seed=config["seed"],
+            **cls.controls(spec, config),
         )
 
 

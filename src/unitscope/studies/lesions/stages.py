@@ -74,8 +74,7 @@ def run_class_units(
     effects = cu.unit_effects(tail, cache, fill, images_, device=device)
     table = cu.unit_table(shares, class_index, effects, class_names)
     sets = cu.labelled_sets(shares, effects, list(s.sizes))
-    draws = cu.SetDraws(s.n_random, s.n_matched, s.matched_candidates, s.seed)
-    conditions = cu.build_set_conditions(sets, means.mean(0).numpy(), draws)
+    conditions = cu.build_set_conditions(sets, means.mean(0).numpy(), s)  # the settings carry the draws
     print(f"{len(sets)} labelled sets, {len(conditions.table)} conditions", flush=True)
     held_out = images_.held_out()  # sets are scored on the evaluation half only: run only its images
     evaluation = torch.from_numpy(~images_.ranking)
@@ -179,7 +178,6 @@ def run_concept_units(
     from unitscope.runtime import RunSettings
     from unitscope.studies.dissection.caches import open_inputs
     from unitscope.studies.lesions import concept_units as cn
-    from unitscope.studies.lesions.class_units import SetDraws
 
     run, s, clock = run or RunSettings(), settings, time.perf_counter()
     sets = cn.detector_sets(pd.read_parquet(units), s.layer, s.min_detectors)
@@ -196,8 +194,7 @@ def run_concept_units(
         )
     coverage = cn.set_coverage(concepts, sets, mask_shape(concepts.label_size, s.mask_size))
     splits = [cn.coverage_split(coverage[:, i], s.fraction) for i in range(len(sets))]
-    draws = SetDraws(s.n_random, s.n_matched, s.matched_candidates, s.seed)
-    conditions = cn.build_concept_conditions(sets, means.mean(0).numpy(), draws, s.layer)
+    conditions = cn.build_concept_conditions(sets, means.mean(0).numpy(), s, s.layer)  # the settings carry the draws
     fill = ablation_fill(s.ablation, means, "lesions.concept_units.ablation")
     related = cn.related_indexes(sets, s.related, _n_outputs(tail, cache, fill))
     readouts = cn.evaluate(tail, cache, conditions, fill, related)
