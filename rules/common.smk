@@ -9,7 +9,7 @@ from pathlib import Path
 REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO / "src"))
 
-from unitscope.codedeps import entry_closure, module_closure  # noqa: E402
+from unitscope.codedeps import entry_closure, module_closure, use_cache_file  # noqa: E402
 from unitscope.config import check_paths, read_yaml, validate_config  # noqa: E402
 from unitscope.models.facts import resolve_preprocessing  # noqa: E402
 from unitscope.models.python_source import python_module_file  # noqa: E402
@@ -58,6 +58,10 @@ wildcard_constraints:
     dataset=r"[A-Za-z0-9_]+",
     model=r"[A-Za-z0-9_]+",
     layer=r"[^/]+",
+
+
+# What each package module imports, by file content: later dry runs and cluster jobs skip parsing the sources.
+use_cache_file(".snakemake/unitscope/codedeps.json")
 
 
 def code(*modules):

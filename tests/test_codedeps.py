@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 from unitscope.codedeps import entry_closure, module_closure
@@ -62,3 +63,49 @@ def test_imports_for_annotations_only_are_not_dependencies(tmp_path):
         "def draw(x: 'Big') -> None:\n    return None\n"
     )
     assert names(module_closure("unitscope.user", package)) == {"user.py"}
+
+
+def _package(tmp_path):
+    package = tmp_path / "unitscope"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from unitscope.b import thing\n")
+    (package / "b.py").write_text("thing = 1\n")
+    return package
+
+
+def test_a_cache_file_gives_the_same_closures_and_a_tampered_one_is_ignored(tmp_path):
+    from unitscope import codedeps
+
+    package, cache_file = _package(tmp_path), tmp_path / "cache" / "codedeps.json"
+    first = codedeps.FactsCache()
+    first.use_file(cache_file)
+    expected = first.facts(package / "a.py")
+    first.save()
+    assert json.loads(cache_file.read_text())["entries"], "the facts were written"
+
+    second = codedeps.FactsCache()
+    second.use_file(cache_file)
+    assert second.facts(package / "a.py") == expected and not second.changed  # read, not parsed again
+
+    stored = json.loads(cache_file.read_text())
+    for entry in stored["entries"].values():
+        entry["imports"] = "unitscope.elsewhere"  # not a list of strings: ignored, recomputed
+    cache_file.write_text(json.dumps(stored))
+    third = codedeps.FactsCache()
+    third.use_file(cache_file)
+    assert third.facts(package / "a.py") == expected and third.changed
+    cache_file.write_text("{not json")
+    fourth = codedeps.FactsCache()
+    fourth.use_file(cache_file)
+    assert fourth.facts(package / "a.py") == expected
+
+
+def test_an_edited_module_gets_new_facts(tmp_path):
+    from unitscope import codedeps
+
+    package = _package(tmp_path)
+    facts = codedeps.FactsCache()
+    assert facts.facts(package / "a.py")["imports"] == ["unitscope.b", "unitscope.b.thing"]
+    (package / "a.py").write_text("import unitscope.c\n")  # another size: another version of the file
+    assert facts.facts(package / "a.py")["imports"] == ["unitscope.c"]

@@ -12,6 +12,10 @@ calls) refers to, then those modules' whole closures.
 from __future__ import annotations
 
 import ast
+import atexit
+import hashlib
+import json
+import os
 import re
 from functools import cache
 from pathlib import Path
@@ -20,6 +24,7 @@ PACKAGE = "unitscope"
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
+@cache  # like the closures: one answer per process (a dry run), files do not come and go during one
 def _module_file(module: str, package_dir: Path) -> Path | None:
     parts = module.split(".")
     if parts[0] != PACKAGE:
@@ -42,46 +47,18 @@ def _is_type_checking(node: ast.AST) -> bool:
     )
 
 
-def _walk(node: ast.AST):
-    """ast.walk without the bodies of `if TYPE_CHECKING:` blocks."""
-    yield node
-    for child in ast.iter_child_nodes(node):
-        if not _is_type_checking(child):
-            yield from _walk(child)
+def _statements(node: ast.AST):
+    """Every statement under `node` (itself included), without the bodies of `if TYPE_CHECKING:` blocks.
 
-
-def _tree(path: Path) -> ast.Module:
-    """The parsed module at `path`, parsed once per version of the file (a dry run reads each file once, not once
-    per rule whose closure holds it)."""
-    stat = path.stat()
-    return _parsed(path, stat.st_mtime_ns, stat.st_size)
-
-
-@cache
-def _parsed(path: Path, _mtime_ns: int, _size: int) -> ast.Module:
-    return ast.parse(path.read_text(), filename=str(path))
-
-
-@cache
-def _imported_modules_of(path: Path, _mtime_ns: int, _size: int) -> frozenset[str]:
-    found: set[str] = set()
-    for node in _walk(_parsed(path, _mtime_ns, _size)):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return frozenset(name for name in found if name.split(".")[0] == PACKAGE)
-
-
-def _imported_modules(path: Path) -> set[str]:
-    stat = path.stat()
-    return set(_imported_modules_of(path, stat.st_mtime_ns, stat.st_size))
-
-
-SHARED_TEMPLATES = PACKAGE_DIR / "report" / "templates"
-TEMPLATE_NAME = re.compile(r"^[\w.-]+\.j2$")
-TEMPLATE_REFERENCE = re.compile(r"""{%-?\s*(?:include|import|from|extends)\s+["']([\w.-]+\.j2)["']""")
+    Imports are statements, so expressions (most of a module's nodes) are never visited."""
+    stack = [node]
+    while stack:
+        statement = stack.pop()
+        yield statement
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            children = getattr(statement, field, None)
+            if isinstance(children, list):
+                stack.extend(child for child in reversed(children) if not _is_type_checking(child))
 
 
 def _template_names(tree: ast.AST) -> set[str]:
@@ -93,9 +70,152 @@ def _template_names(tree: ast.AST) -> set[str]:
     }
 
 
-@cache
-def _file_template_names(path: Path, _mtime_ns: int, _size: int) -> frozenset[str]:
-    return frozenset(_template_names(_parsed(path, _mtime_ns, _size)))
+def _package_imports(nodes) -> list[str]:
+    """The package modules (and `module.name` candidates) the import statements among `nodes` name."""
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return sorted(name for name in found if name.split(".")[0] == PACKAGE)
+
+
+def _top_level_imports(tree: ast.Module) -> dict[str, str]:
+    """Each name a module imports at its top level from the package -> the module it names."""
+    imported = {}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                imported[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                imported[alias.asname or alias.name.split(".")[0]] = alias.name
+    return {name: module for name, module in imported.items() if module.split(".")[0] == PACKAGE}
+
+
+def _definition_facts(node: ast.AST, source: str) -> dict:
+    """What one top-level function or class uses: names, package imports inside it, template names."""
+    return {
+        "uses": sorted({n.id for n in ast.walk(node) if isinstance(n, ast.Name)}),
+        "imports": _imports_inside(node),
+        "templates": sorted(_template_names(node)) if ".j2" in source else [],
+    }
+
+
+def _imports_inside(node: ast.AST) -> list[str]:
+    """Package names imported inside a function (lazy imports): `module.name` for `from module import name`."""
+    found = set()
+    for inner in _statements(node):
+        if isinstance(inner, ast.ImportFrom) and inner.module and inner.level == 0:
+            found.update(f"{inner.module}.{alias.name}" for alias in inner.names)
+        elif isinstance(inner, ast.Import):
+            found.update(alias.name for alias in inner.names)
+    return sorted(name for name in found if name.split(".")[0] == PACKAGE)
+
+
+def module_facts(source: str, filename: str = "<module>") -> dict:
+    """Everything the closures need from one module's source, as plain JSON-able data: the package modules it
+    imports (outside `if TYPE_CHECKING:`), the template names it writes, its top-level package imports, and
+    per top-level function or class what it uses. Parsing is the slow part of a dry run, so this is cached."""
+    tree = ast.parse(source, filename=filename)
+    definitions = {
+        node.name: _definition_facts(node, source)
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+    }
+    return {
+        "imports": _package_imports(_statements(tree)),
+        "templates": sorted(_template_names(tree)) if ".j2" in source else [],  # most modules name no template
+        "imported": _top_level_imports(tree),
+        "definitions": definitions,
+    }
+
+
+class FactsCache:
+    """Module facts by file content (a SHA-256 of the bytes), in memory and optionally in a JSON file that later
+    dry runs and cluster jobs read instead of parsing every module again.
+
+    The file is only a cache: anything in it that is not well-formed is ignored (and recomputed), and it is
+    written whole, to a temporary name then renamed."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, dict] = {}
+        self.keys: dict[tuple, str] = {}
+        self.path: Path | None = None
+        self.changed = False
+
+    def use_file(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        try:
+            stored = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(stored, dict) and stored.get("version") == CACHE_VERSION:
+            entries = stored.get("entries")
+            if isinstance(entries, dict):
+                self.entries.update({k: v for k, v in entries.items() if _well_formed(v)})
+
+    def facts(self, path: Path) -> dict:
+        stat = path.stat()
+        version = (path, stat.st_mtime_ns, stat.st_size)  # one read per version of a file in this process
+        if version not in self.keys:
+            data = path.read_bytes()
+            self.keys[version] = key = hashlib.sha256(data).hexdigest()
+            if key not in self.entries:
+                self.entries[key] = module_facts(data.decode(), str(path))
+                self.changed = True
+        return self.entries[self.keys[version]]
+
+    def save(self) -> None:
+        if self.path is None or not self.changed:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+            temporary.write_text(json.dumps({"version": CACHE_VERSION, "entries": self.entries}))
+            os.replace(temporary, self.path)
+            self.changed = False
+        except OSError:
+            pass  # a read-only working directory: the next dry run parses again
+
+
+CACHE_VERSION = 1
+FACTS = FactsCache()
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _well_formed(facts) -> bool:
+    """Whether a cached entry has exactly the shape `module_facts` returns (a cache file is not trusted)."""
+    if not isinstance(facts, dict) or set(facts) != {"imports", "templates", "imported", "definitions"}:
+        return False
+    imported, definitions = facts["imported"], facts["definitions"]
+    return (
+        _strings(facts["imports"])
+        and _strings(facts["templates"])
+        and isinstance(imported, dict)
+        and all(isinstance(value, str) for value in imported.values())
+        and isinstance(definitions, dict)
+        and all(
+            isinstance(d, dict) and set(d) == {"uses", "imports", "templates"} and all(map(_strings, d.values()))
+            for d in definitions.values()
+        )
+    )
+
+
+def use_cache_file(path: str | os.PathLike) -> None:
+    """Read module facts from `path` (if it holds any) and write them back there when the process exits."""
+    FACTS.use_file(path)
+    atexit.register(FACTS.save)
+
+
+SHARED_TEMPLATES = PACKAGE_DIR / "report" / "templates"
+TEMPLATE_NAME = re.compile(r"^[\w.-]+\.j2$")
+TEMPLATE_REFERENCE = re.compile(r"""{%-?\s*(?:include|import|from|extends)\s+["']([\w.-]+\.j2)["']""")
 
 
 def _templates_named(names: set[str], folder: Path) -> set[Path]:
@@ -118,8 +238,7 @@ def _templates(files: set[Path]) -> set[Path]:
     those they include or import: editing a template re-runs exactly the stages that render it."""
     found: set[Path] = set()
     for path in files:
-        stat = path.stat()
-        found |= _templates_named(_file_template_names(path, stat.st_mtime_ns, stat.st_size), path.parent / "templates")
+        found |= _templates_named(set(FACTS.facts(path)["templates"]), path.parent / "templates")
     return found
 
 
@@ -137,30 +256,11 @@ def module_closure(module: str, package_dir: Path = PACKAGE_DIR) -> tuple[str, .
         if path in seen:
             continue
         seen.add(path)
-        for name in _imported_modules(path):
+        for name in FACTS.facts(path)["imports"]:
             dependency = _module_file(name, package_dir)
             if dependency is not None and dependency not in seen:
                 stack.append(dependency)
     return tuple(sorted(str(path) for path in seen | _templates(seen)))
-
-
-def _top_level(tree: ast.Module) -> tuple[dict[str, ast.AST], dict[str, str]]:
-    """A module's own functions and classes by name, and each package name it imports -> its module."""
-    definitions, imported = {}, {}
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            definitions[node.name] = node
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            for alias in node.names:
-                imported[alias.asname or alias.name] = f"{node.module}.{alias.name}"
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                imported[alias.asname or alias.name.split(".")[0]] = alias.name
-    return definitions, {name: module for name, module in imported.items() if module.split(".")[0] == PACKAGE}
-
-
-def _used_names(node: ast.AST) -> set[str]:
-    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
 
 
 @cache
@@ -172,7 +272,8 @@ def entry_closure(entry: str, package_dir: Path = PACKAGE_DIR) -> tuple[str, ...
     path = _module_file(module, package_dir)
     if path is None:
         raise ValueError(f"no module {module!r} under {package_dir}")
-    definitions, imported = _top_level(_tree(path))
+    facts = FACTS.facts(path)
+    definitions, imported = facts["definitions"], facts["imported"]
     if function not in definitions:
         raise ValueError(f"{module} has no function {function!r}")
     needed: set[str] = set()
@@ -182,9 +283,8 @@ def entry_closure(entry: str, package_dir: Path = PACKAGE_DIR) -> tuple[str, ...
         if name in seen:
             continue
         seen.add(name)
-        node = definitions[name]
-        needed |= _imported_modules_in(node)
-        for used in _used_names(node):
+        needed.update(definitions[name]["imports"])
+        for used in definitions[name]["uses"]:
             if used in definitions:
                 stack.append(used)
             elif used in imported:
@@ -199,18 +299,7 @@ def entry_closure(entry: str, package_dir: Path = PACKAGE_DIR) -> tuple[str, ...
     return tuple(sorted(files))
 
 
-def _templates_of(definitions: dict[str, ast.AST], names: set[str], path: Path) -> set[Path]:
+def _templates_of(definitions: dict[str, dict], names: set[str], path: Path) -> set[Path]:
     """The templates that the functions `names` of the module at `path` render (see `_templates`)."""
-    used = set().union(*(_template_names(definitions[name]) for name in names))
+    used = set().union(*(definitions[name]["templates"] for name in names))
     return _templates_named(used, path.parent / "templates")
-
-
-def _imported_modules_in(node: ast.AST) -> set[str]:
-    """Package modules imported inside a function (lazy imports)."""
-    found = set()
-    for inner in _walk(node):
-        if isinstance(inner, ast.ImportFrom) and inner.module and inner.level == 0:
-            found.update(f"{inner.module}.{alias.name}" for alias in inner.names)
-        elif isinstance(inner, ast.Import):
-            found.update(alias.name for alias in inner.names)
-    return {name for name in found if name.split(".")[0] == PACKAGE}

@@ -82,11 +82,13 @@ def _describe(error: jsonschema.ValidationError) -> str:
 
 def load_schema(path: str | os.PathLike = SCHEMA_PATH) -> dict:
     """The main schema plus every study's schema (config/schemas/<study>.schema.yaml) as a top-level key."""
+    # the repository's own files, read by every dry run and cluster job: libyaml's parser where it is installed
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     with open(path) as handle:
-        schema = yaml.safe_load(handle)
+        schema = yaml.load(handle, Loader=loader)
     for study_file in sorted((Path(path).parent / "schemas").glob("*.schema.yaml")):
         with open(study_file) as handle:
-            schema["properties"][study_file.name.removesuffix(".schema.yaml")] = yaml.safe_load(handle)
+            schema["properties"][study_file.name.removesuffix(".schema.yaml")] = yaml.load(handle, Loader=loader)
     return schema
 
 

@@ -136,11 +136,22 @@ def _inside(path: str, folder: str) -> bool:
     return os.path.commonpath([path, folder]) == folder
 
 
-def confined_path(root: Path, relative: str) -> tuple[Path, str | None]:
+def _realpath(path: str, real_folders: dict[str, str]) -> str:
+    """`os.path.realpath(path)`, each parent folder resolved once per `real_folders` (a listing of thousands of
+    images in a few folders would otherwise resolve every folder again for every file)."""
+    folder, name = os.path.split(path)
+    if folder not in real_folders:
+        real_folders[folder] = os.path.realpath(folder)
+    joined = os.path.join(real_folders[folder], name)
+    return os.path.realpath(joined) if os.path.islink(joined) else joined
+
+
+def confined_path(root: Path, relative: str, real_folders: dict[str, str] | None = None) -> tuple[Path, str | None]:
     """`root / relative`, and why it may not be read (None when it may).
 
     A dataset folder is untrusted: an absolute path, a path that climbs out with `..`, or a symlink whose
     target lies outside `root` is refused, so no file outside the dataset is read, hashed or shown.
+    `real_folders` caches resolved folders across the calls of one listing (the folder is read again next time).
     """
     if not relative:
         return root, "empty path"
@@ -149,18 +160,21 @@ def confined_path(root: Path, relative: str) -> tuple[Path, str | None]:
     path = Path(os.path.normpath(root / relative))
     if not _inside(str(path), str(root)):
         return path, "path leaves the dataset folder"
-    if not _inside(os.path.realpath(path), os.path.realpath(root)):
+    real_folders = {} if real_folders is None else real_folders
+    if not _inside(_realpath(str(path), real_folders), _realpath(str(root), real_folders)):
         return path, "symlink to a file outside the dataset folder"
     return path, None
 
 
-def image_path(layout: FolderLayout, value: str) -> tuple[Path, str | None]:
+def image_path(
+    layout: FolderLayout, value: str, real_folders: dict[str, str] | None = None
+) -> tuple[Path, str | None]:
     """Where a labels-CSV path points (inside the image folder), and why it may not be read (None when it may)."""
     if not value:
         return layout.root, "empty path in the labels CSV"
     if PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute():
         return Path(value), "absolute path in the labels CSV (expected one relative to the image folder)"
-    return confined_path(layout.root, os.path.join(layout.image_dir, value))
+    return confined_path(layout.root, os.path.join(layout.image_dir, value), real_folders)
 
 
 def check_image(path: Path, limits: ImageLimits | None = None) -> str | None:
@@ -199,13 +213,13 @@ def build_manifest(
         print(f"{name}: {duplicates} duplicate rows of {layout.labels} dropped (same image as an earlier row)")
     table = table.sort_values(layout.path_column, kind="stable").reset_index(drop=True)
     order = np.random.default_rng(seed).permutation(len(table))
-    rows, n_included = [], 0
+    rows, n_included, real_folders = [], 0, {}
     for index in order:
         if n_included >= size:
             break
         record = table.iloc[index]
         relative = (Path(layout.image_dir) / record[layout.path_column]).as_posix()
-        path, reason = image_path(layout, record[layout.path_column])
+        path, reason = image_path(layout, record[layout.path_column], real_folders)
         reason = reason or check_image(path, limits)
         rows.append(
             {
@@ -239,9 +253,9 @@ def listed_files(name: str, source: dict, data_dir: str | os.PathLike) -> list[s
         table = read_labels(name, layout)
     except DataError:
         return []
-    files = {str(layout.labels)}
+    files, real_folders = {str(layout.labels)}, {}
     for value in table[layout.path_column]:
-        path, reason = image_path(layout, value)
+        path, reason = image_path(layout, value, real_folders)
         if reason is None and path.is_file():
             files.add(str(path))
     return sorted(files)
