@@ -166,9 +166,7 @@ def confined_path(root: Path, relative: str, real_folders: dict[str, str] | None
     return path, None
 
 
-def image_path(
-    layout: FolderLayout, value: str, real_folders: dict[str, str] | None = None
-) -> tuple[Path, str | None]:
+def image_path(layout: FolderLayout, value: str, real_folders: dict[str, str] | None = None) -> tuple[Path, str | None]:
     """Where a labels-CSV path points (inside the image folder), and why it may not be read (None when it may)."""
     if not value:
         return layout.root, "empty path in the labels CSV"

@@ -102,7 +102,7 @@ def test_image_level_concepts_cover_the_whole_image():
 
 def test_thresholds_match_numpys_exact_quantile_in_blocks():
     maps = np.random.default_rng(0).gamma(2.0, size=(7, 5, 3, 4)).astype(np.float32)
-    maps[:, 4] = 6.0  # a saturated unit: its threshold is its maximum, so its mask is empty
+    maps[:, 4] = 6.0  # constant at ReLU6's ceiling: threshold = its maximum (a constant unit's mask stays empty)
     expected = np.quantile(maps.transpose(1, 0, 2, 3).reshape(5, -1).astype(np.float64), 0.99, axis=1)
     np.testing.assert_allclose(unit_thresholds(maps, 0.01, chunk_values=100), expected.astype(np.float32))
     with pytest.raises(ValueError, match=r"dissection.quantile must be in \(0, 1\)"):

@@ -3,10 +3,23 @@
 For a layer with K units (channels) over a concept dataset:
 
 - threshold T_k: the top `quantile` (0.005) quantile of unit k's activations over every spatial
-  position of every image, computed exactly (numpy's linear-interpolation quantile over all
-  N * h * w values of the unit, as NetDissect-Lite does with np.percentile);
+  position of every image, computed exactly: `np.quantile` (linear interpolation, in float64) over
+  all N * h * w values of the unit, read in blocks of units, then stored as float32
+  (`threshold_units`). NetDissect-Lite estimates it instead, with a streaming randomized quantile
+  sketch (`util/vecquantile.QuantileVector`, after Karnin, Lang and Liberty's KLL; its
+  `np.percentile` line is commented out) read out at 1,000 evenly spaced quantiles, of which it
+  takes entry int(1000 * (1 - quantile)) - 1: the 994/999 (about 0.99499) quantile for 0.005;
 - unit mask M_k = up(A_k) > T_k, where up is torch's bilinear upsampling (align_corners=False)
-  of the h x w map to the H x W mask resolution;
+  of the h x w map to the H x W mask resolution. Ties at a saturated threshold: when T_k equals
+  unit k's largest activation (a ReLU6 unit at 6.0 on at least `quantile` of its positions) and
+  the unit is not constant, `> T_k` holds nowhere and the unit could never be a detector, so its
+  mask is up(A_k) >= T_k instead, values within float32 rounding of T_k (ROUNDING_MARGIN) counting
+  as T_k (`saturated` in `UnitThresholds`; every other unit keeps `>`, and a constant unit, such
+  as one that is 0 everywhere, keeps its empty mask). The mask of a saturated unit is where its
+  upsampled map is at its ceiling: between neighbouring cells at T_k, and at a lone such cell only
+  where an output pixel takes it with weight 1 along both axes (its centre, when that axis's scale
+  is an odd integer, or the clamped border rows and columns). NetDissect-Lite uses `>` for every
+  unit. The tallies take the rule as a per-unit cutoff (`mask_cutoffs`);
 - IoU_{k,c} = sum_images |M_k ∩ L_c| / sum_images |M_k ∪ L_c|, sums over the whole dataset, and for
   concept c only over images annotated for c's category (|M_k| is counted on those images only).
   An image-level concept (Broden scene, texture) covers its whole image.
@@ -30,6 +43,7 @@ bootstrap intervals over images (`bootstrap_layer`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -63,8 +77,19 @@ class DissectionError(UnitscopeError, ValueError):
 # thresholds
 
 
-def unit_thresholds(maps: np.ndarray, quantile: float, *, chunk_values: int = 1 << 24) -> np.ndarray:
-    """T_k = the (1 - quantile) quantile of unit k's values over all images and positions, exactly.
+@dataclass(frozen=True)
+class UnitThresholds:
+    """Each unit's threshold T_k and whether it is saturated: T_k is the unit's largest activation and the unit
+    is not constant, so `> T_k` would leave its mask empty everywhere and its mask is `>= T_k` instead
+    (`mask_cutoffs`)."""
+
+    values: np.ndarray  # float32 [K]: T_k
+    saturated: np.ndarray  # bool [K]
+
+
+def threshold_units(maps: np.ndarray, quantile: float, *, chunk_values: int = 1 << 24) -> UnitThresholds:
+    """T_k = the (1 - quantile) quantile of unit k's values over all images and positions, exactly, and which
+    units are saturated (T_k equals the unit's maximum, which is above its minimum).
 
     `maps` is [N, K, h, w] (a numpy array or memmap); read in blocks of units so memory stays bounded.
     """
@@ -74,11 +99,37 @@ def unit_thresholds(maps: np.ndarray, quantile: float, *, chunk_values: int = 1 
     per_unit = int(np.prod(maps.shape[2:])) * n_images
     block = max(1, chunk_values // max(per_unit, 1))
     thresholds = np.empty(n_units, dtype=np.float32)
+    highest, lowest = np.empty(n_units, dtype=np.float32), np.empty(n_units, dtype=np.float32)
     for start in range(0, n_units, block):
         stop = min(n_units, start + block)
         values = np.asarray(maps[:, start:stop], dtype=np.float64).swapaxes(0, 1).reshape(stop - start, -1)
         thresholds[start:stop] = np.quantile(values, 1.0 - quantile, axis=1)
-    return thresholds
+        highest[start:stop], lowest[start:stop] = values.max(axis=1), values.min(axis=1)
+    return UnitThresholds(thresholds, (thresholds >= highest) & (highest > lowest))
+
+
+def unit_thresholds(maps: np.ndarray, quantile: float, *, chunk_values: int = 1 << 24) -> np.ndarray:
+    """T_k [K] alone (`threshold_units`)."""
+    return threshold_units(maps, quantile, chunk_values=chunk_values).values
+
+
+def mask_cutoffs(thresholds, saturated=None):
+    """Per unit, the value its upsampled map must exceed to be in its mask: T_k, or for a saturated unit the float32
+    just below T_k - ROUNDING_MARGIN * |T_k|, so that `value > cutoff` is `value >= T_k` with values within rounding
+    of T_k counting as T_k. The margin is needed: torch's bilinear upsampling of a constant map is not always exact
+    (5 x 7 -> 45 x 60: 8% of a constant 6.0 map comes out 6.0 +- 1 ulp, in a pattern that changes with the number of
+    maps upsampled together), so a literal `>= T_k` would keep an arbitrary part of a unit's plateau at T_k. One
+    tensor op over all units; `thresholds` and the result are a float32 numpy array or torch tensor alike;
+    `saturated` None: every unit keeps `> T_k`."""
+    if saturated is None:
+        return thresholds
+    if isinstance(thresholds, torch.Tensor):
+        values = thresholds.float()
+        below = torch.nextafter(values - ROUNDING_MARGIN * values.abs(), torch.tensor(-math.inf))
+        return torch.where(torch.as_tensor(np.asarray(saturated), dtype=torch.bool), below, values)
+    values = np.asarray(thresholds, dtype=np.float32)
+    below = np.nextafter(values - np.float32(ROUNDING_MARGIN) * np.abs(values), np.float32(-np.inf))
+    return np.where(saturated, below, values)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -340,9 +391,13 @@ def _finish(labels: LabelBatch, n_units: int, n_codes: int, keys: torch.Tensor, 
     return Tally.of(part)
 
 
-def tally_direct(maps: torch.Tensor, thresholds: torch.Tensor, labels: LabelBatch, n_codes: int) -> Tally:
+def tally_direct(
+    maps: torch.Tensor, thresholds: torch.Tensor, labels: LabelBatch, n_codes: int, *, saturated=None
+) -> Tally:
     """The direct way, for reference and benchmarks: upsample every unit of every image to mask
-    resolution, threshold, intersect with one-hot labels. maps [B, K, h, w] -> Tally."""
+    resolution, threshold, intersect with one-hot labels. maps [B, K, h, w] -> Tally. `saturated` [K]
+    (bool, optional): the units whose mask is `>= T_k` (`mask_cutoffs`)."""
+    thresholds = mask_cutoffs(torch.as_tensor(thresholds, dtype=torch.float32), saturated)
     n_images, n_units = maps.shape[:2]
     height, width = labels.shape
     n_pixels = height * width
@@ -369,15 +424,23 @@ def tally_direct(maps: torch.Tensor, thresholds: torch.Tensor, labels: LabelBatc
 
 
 def tally_batch(
-    maps: torch.Tensor, thresholds: torch.Tensor, labels: LabelBatch, n_codes: int, grid: BilinearGrid
+    maps: torch.Tensor,
+    thresholds: torch.Tensor,
+    labels: LabelBatch,
+    n_codes: int,
+    grid: BilinearGrid,
+    *,
+    saturated=None,
 ) -> Tally:
-    """The same Tally as `tally_direct`, evaluating only tiles that can hold mask pixels (module docstring)."""
+    """The same Tally as `tally_direct`, evaluating only tiles that can hold mask pixels (module docstring).
+    `saturated` [K] (bool, optional): the units whose mask is `>= T_k`; the tiles and margins below work for
+    any cutoff, so they take each unit's cutoff from `mask_cutoffs` in place of T_k."""
     maps = maps.float()
     n_images, n_units, h, w = maps.shape
     if (h, w) != grid.in_shape or tuple(labels.shape) != grid.out_shape:
         raise DissectionError(f"maps {h}x{w} / masks {labels.shape} do not match the grid {grid.in_shape}")
     rows, cols = grid.rows, grid.cols
-    thresholds = thresholds.float()
+    thresholds = mask_cutoffs(thresholds.float(), saturated)
     tiles, corners, margin = _active_tiles(maps, thresholds, grid)
     bh, bw = rows.w0.shape[1], cols.w0.shape[1]
     tile_size, width = bh * bw, grid.out_shape[1]
@@ -482,7 +545,9 @@ def _exact_values(
     An output pixel reads only its 2 x 2 source block, and a source with weight 0 adds exactly 0, so
     where the sources that count are equal (ties at a saturated or all-zero threshold: nearly every
     case) a constant map of that value gives the same result: one small upsampling per distinct
-    value instead of one per map.
+    value instead of one per map. (Not to the last bit at every geometry: torch's rounding can change
+    with the number of maps upsampled together, e.g. a constant 6.0 map 5 x 7 -> 45 x 60; saturated
+    thresholds, the ties that matter, are kept a rounding margin away by `mask_cutoffs`.)
     """
     h, w = maps.shape[-2:]
     values = torch.empty(len(pixel), dtype=torch.float32)
@@ -570,8 +635,11 @@ def layer_summary(units: pd.DataFrame, categories: list[str], iou_threshold: flo
     unique_best: distinct best concepts among detector units (one label per unit).
     unique_per_category: NetDissect's count: per category, the distinct concepts among units whose
     best concept *within that category* exceeds the threshold, summed over categories.
+    saturated_units, saturated_detectors: units whose threshold is their maximum activation (their mask is
+    `>= T_k`), and how many of them are detectors (None when the table has no `saturated_threshold`).
     """
     detectors = units[units["detector"]]
+    saturated = units["saturated_threshold"].astype(bool) if "saturated_threshold" in units else None
     summary = {
         "units": len(units),
         "detectors": len(detectors),
@@ -579,6 +647,8 @@ def layer_summary(units: pd.DataFrame, categories: list[str], iou_threshold: flo
         "unique_per_category": 0,
         "mean_best_iou": float(units["iou"].mean()) if len(units) else 0.0,
         "empty_units": int((units["mask_pixels"] == 0).sum()) if "mask_pixels" in units else None,
+        "saturated_units": None if saturated is None else int(saturated.sum()),
+        "saturated_detectors": None if saturated is None else int((saturated & units["detector"]).sum()),
     }
     for category in categories:
         of_category = detectors[detectors["category"] == category]

@@ -48,13 +48,18 @@ def _tensor(array: np.ndarray):
 
 
 def draw_unit_images(axes, unit, tallies: dict[str, np.ndarray], concepts: ConceptDataset, *, layer: str) -> None:
-    """One unit's top activating images, one per axes: the unit's mask (its upsampled map > T_k) outlined in
-    yellow and its best concept's mask in cyan. Shared by the per-layer and the per-unit figures."""
-    from unitscope.studies.dissection.dissect import upsample  # torch: only the figures need it
+    """One unit's top activating images, one per axes: the unit's mask (its upsampled map > T_k, or >= T_k where
+    T_k is saturated, as the tally counts it) outlined in yellow and its best concept's mask in cyan. Shared by the
+    per-layer and the per-unit figures."""
+    from unitscope.studies.dissection.dissect import mask_cutoffs, upsample  # torch: only the figures need it
 
     shape = tuple(int(x) for x in tallies["mask_shape"])
     top_images, top_maps = tallies[f"{layer}/top_images"], tallies[f"{layer}/top_maps"]
-    masks = upsample(_tensor(top_maps[unit.unit]), shape).numpy() > tallies[f"{layer}/thresholds"][unit.unit]
+    saturated = tallies.get(f"{layer}/saturated")  # absent from tallies written before the rule: `>` everywhere
+    cutoff = mask_cutoffs(
+        tallies[f"{layer}/thresholds"][unit.unit], None if saturated is None else saturated[unit.unit]
+    )
+    masks = upsample(_tensor(top_maps[unit.unit]), shape).numpy() > cutoff
     code = dict(zip(tallies["concept_names"], tallies["concept_codes"], strict=True)).get(unit.concept)
     for col, ax in enumerate(axes):
         index = int(top_images[unit.unit, col])
@@ -67,6 +72,12 @@ def draw_unit_images(axes, unit, tallies: dict[str, np.ndarray], concepts: Conce
                 ax.contour(concept_mask.astype(float), levels=[0.5], colors=[CONCEPT_EDGE], linewidths=0.9)
         ax.set_xticks([])
         ax.set_yticks([])
+
+
+def _saturated(units: pd.DataFrame) -> np.ndarray:
+    """Per row: whether the unit's threshold is its maximum (False for tables without `saturated_threshold`)."""
+    column = units["saturated_threshold"] if "saturated_threshold" in units else pd.Series(False, index=units.index)
+    return column.to_numpy(dtype=bool)
 
 
 def top_units_figure(
@@ -92,9 +103,10 @@ def top_units_figure(
         draw_unit_images(axes[row], unit, tallies, concepts, layer=layer)
         label = f"unit {unit.unit}\n{unit.concept or '-'} ({unit.category or '-'})\nIoU {unit.iou:.3f}"
         axes[row, 0].set_ylabel(label, fontsize=FONT)
+    ties = " or ≥ T where T is the unit's maximum" if _saturated(shown).any() else ""
     fig.suptitle(
         f"{model} · {layer}: top {len(shown)} units by IoU, each with its {k} top activating images\n"
-        f"(of N = {len(tallies['image_ids'])}); yellow: unit mask (upsampled map > T), cyan: its best concept",
+        f"(of N = {len(tallies['image_ids'])}); yellow: unit mask (upsampled map > T{ties}), cyan: its best concept",
         fontsize=FONT,
     )
     save_figure(fig, path)
@@ -108,10 +120,15 @@ def unit_figure(
     width, image = _image_grid(k)
     fig, axes = plt.subplots(1, k, figsize=(width, 0.8 * image + 1.0), squeeze=False, layout="constrained")
     draw_unit_images(axes[0], unit, tallies, concepts, layer=layer)
+    rule = (
+        "≥ T, its top {:g} quantile and its maximum"
+        if getattr(unit, "saturated_threshold", False)
+        else "> T, its top {:g} quantile"
+    )
     fig.suptitle(
         f"{model} · {layer} · unit {unit.unit}: best concept {unit.concept or '-'} ({unit.category or '-'}), "
         f"IoU {unit.iou:.3f}\nits {k} top activating images (of N = {len(tallies['image_ids'])}, highest peak "
-        f"first)\nyellow: unit mask (upsampled map > T, its top {quantile:g} quantile), cyan: concept mask",
+        f"first)\nyellow: unit mask (upsampled map {rule.format(quantile)}), cyan: concept mask",
         fontsize=FONT,
     )
     return fig

@@ -29,20 +29,28 @@ from unitscope.studies.dissection.dissect import (
     concept_lookup,
     label_units,
     layer_summary,
+    mask_cutoffs,
     tally_batch,
-    unit_thresholds,
+    threshold_units,
 )
 from unitscope.studies.dissection.outputs import BOOTSTRAP_RESAMPLES
 
 
 def dissect_layer(
-    maps: np.ndarray, thresholds: np.ndarray, labels: LabelCache, n_codes: int, *, batch_size: int = 16
+    maps: np.ndarray,
+    thresholds: np.ndarray,
+    labels: LabelCache,
+    n_codes: int,
+    *,
+    batch_size: int = 16,
+    saturated: np.ndarray | None = None,
 ) -> Tally:
-    """Stream over the images in batches and tally one layer against the labels."""
+    """Stream over the images in batches and tally one layer against the labels. `saturated` [K] (bool): the
+    units whose mask is `>= T_k` (see `dissect.mask_cutoffs`; None: `> T_k` for every unit)."""
     grid = BilinearGrid.build(tuple(maps.shape[2:]), labels.shape)
     n_images, n_units = maps.shape[:2]
     total = Tally.zeros(n_units, n_codes, labels.annotated.shape[1])
-    thresholds_t = torch.from_numpy(np.asarray(thresholds, dtype=np.float32))
+    thresholds_t = torch.from_numpy(np.array(mask_cutoffs(thresholds, saturated), dtype=np.float32))  # a copy
     bins = len(labels.combo_counts) if labels.combo_counts is not None else 0
     combined = 0 < bins and batch_size * n_units * bins <= MAX_TALLY_BINS
     for start, stop in batches(n_images, batch_size):
@@ -67,23 +75,33 @@ def unit_table(
     categories: list[str],
     iou_threshold: float,
     thresholds: np.ndarray | None = None,
+    saturated: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """One row per unit: its labels (`label_units`), its threshold when given, and its mask pixels.
+    """One row per unit: its labels (`label_units`), its threshold when given, whether that threshold is saturated
+    (`saturated_threshold`: its mask is `>= T_k`) when given, and its mask pixels.
     `lookup`: (code -> category index, code -> name), from `concept_lookup`."""
     code_category, code_name = lookup
     units = label_units(tally.iou(code_category), code_category, code_name, categories, iou_threshold)
     if thresholds is not None:
         units["threshold"] = thresholds
+    if saturated is not None:
+        units["saturated_threshold"] = np.asarray(saturated, dtype=bool)
     units["mask_pixels"] = tally.unit_pixels
     return units
 
 
 def summarise_layer(
-    tally: Tally, concepts: ConceptDataset, thresholds: np.ndarray, iou_threshold: float, *, seed: int
+    tally: Tally,
+    concepts: ConceptDataset,
+    thresholds: np.ndarray,
+    iou_threshold: float,
+    *,
+    seed: int,
+    saturated: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """The unit table and the layer's summary (with bootstrap intervals when per-image counts exist)."""
     lookup = concept_lookup(concepts)
-    units = unit_table(tally, lookup, concepts.categories, iou_threshold, thresholds)
+    units = unit_table(tally, lookup, concepts.categories, iou_threshold, thresholds, saturated)
     summary = layer_summary(units, concepts.categories, iou_threshold)
     summary["images"] = tally.images
     if tally.per_image is not None:
@@ -125,9 +143,10 @@ def dissect_cached_layer(
 ) -> LayerDissection:
     """Thresholds, tally, unit table and summary of one layer, and each unit's top-`top_k` images with their
     maps (for the figures)."""
-    thresholds = unit_thresholds(maps, quantile)
-    tally = dissect_layer(maps, thresholds, labels, concepts.n_codes, batch_size=batch_size)
-    units, summary = summarise_layer(tally, concepts, thresholds, iou_threshold, seed=seed)
+    rule = threshold_units(maps, quantile)
+    thresholds = rule.values
+    tally = dissect_layer(maps, thresholds, labels, concepts.n_codes, batch_size=batch_size, saturated=rule.saturated)
+    units, summary = summarise_layer(tally, concepts, thresholds, iou_threshold, seed=seed, saturated=rule.saturated)
     units.insert(0, "model", model_name)
     units.insert(1, "layer", layer)
     units.insert(2, "depth", depth)
@@ -138,6 +157,7 @@ def dissect_cached_layer(
         f"{layer}/unit_area": tally.unit_area,
         f"{layer}/label_area": tally.label_area,
         f"{layer}/thresholds": thresholds,
+        f"{layer}/saturated": rule.saturated,
         f"{layer}/top_images": order,
         f"{layer}/top_peaks": peaks,
         f"{layer}/top_maps": maps[order, np.arange(order.shape[0])[:, None]],
@@ -145,7 +165,8 @@ def dissect_cached_layer(
     print(
         f"{model_name} {layer}: {summary['detectors']}/{summary['units']} detectors, "
         f"{summary['unique_best']} unique concepts (best label), {summary['unique_per_category']} "
-        f"(per-category sum), mean best IoU {summary['mean_best_iou']:.4f}",
+        f"(per-category sum), mean best IoU {summary['mean_best_iou']:.4f}; {summary['saturated_units']} units with "
+        f"their threshold at their maximum activation (mask >= T), {summary['saturated_detectors']} of them detectors",
         flush=True,
     )
     return LayerDissection(units, row, arrays)

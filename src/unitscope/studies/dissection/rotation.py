@@ -27,7 +27,7 @@ from unitscope.studies.dissection.caches import (
     cache_labels,
     dissection_transform,
 )
-from unitscope.studies.dissection.dissect import DissectionError, concept_lookup, layer_summary, unit_thresholds
+from unitscope.studies.dissection.dissect import DissectionError, concept_lookup, layer_summary, threshold_units
 from unitscope.studies.dissection.layer_dissection import dissect_layer, unit_table
 
 
@@ -104,10 +104,11 @@ def rotated_summary(
     iou_threshold: float,
     batch_size: int,
 ) -> dict:
-    """The layer summary of one set of (rotated) units: thresholds recomputed, no intervals."""
-    thresholds = unit_thresholds(maps, quantile)
-    tally = dissect_layer(maps, thresholds, labels, concepts.n_codes, batch_size=batch_size)
-    units = unit_table(tally, lookup, concepts.categories, iou_threshold)
+    """The layer summary of one set of (rotated) units: thresholds recomputed (a saturated one's mask is `>= T_k`, as
+    in the dissection), no intervals."""
+    rule = threshold_units(maps, quantile)
+    tally = dissect_layer(maps, rule.values, labels, concepts.n_codes, batch_size=batch_size, saturated=rule.saturated)
+    units = unit_table(tally, lookup, concepts.categories, iou_threshold, saturated=rule.saturated)
     return layer_summary(units, concepts.categories, iou_threshold)
 
 

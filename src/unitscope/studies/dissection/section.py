@@ -38,6 +38,11 @@ def relative_figure(path: str | os.PathLike) -> str:
     return parts[1] if len(parts) == 2 else Path(path).as_posix()
 
 
+def _known(row: dict, name: str) -> bool:
+    """Whether the layer row has `name` (layer tables written before a column existed lack it)."""
+    return row.get(name) is not None and not pd.isna(row.get(name))
+
+
 def _interval(row: dict, name: str) -> list[float] | None:
     low, high = row.get(f"{name}_ci_low"), row.get(f"{name}_ci_high")
     return None if low is None or pd.isna(low) else [low, high]
@@ -56,6 +61,9 @@ def layer_entry(row: dict, of_layer: pd.DataFrame, categories: list[str]) -> dic
     }
     entry.update({f"detectors_{c}": int(row[f"detectors_{c}"]) for c in categories})
     entry["concepts_detected"] = {str(k): int(v) for k, v in detected.items()}
+    if _known(row, "saturated_units"):
+        entry["saturated_units"] = int(row["saturated_units"])
+        entry["saturated_detectors"] = int(row["saturated_detectors"])
     for name in HEADLINE:
         if pd.notna(row.get(f"{name}_ci_low")):
             entry[f"{name}_ci95"] = [row[f"{name}_ci_low"], row[f"{name}_ci_high"]]
@@ -109,6 +117,32 @@ def section_summary(
             "alphas": rotation_summary(rotation),
         }
     return summary
+
+
+def saturated_layers(layers: pd.DataFrame, units: pd.DataFrame) -> list[dict] | None:
+    """Per layer (by model, then depth): how many units have their threshold at their maximum activation (their
+    mask is `>= T_k`), how many of those are detectors, and those detectors' concepts (most frequent first, ties
+    alphabetical). None when the layer table predates the count."""
+    if "saturated_units" not in layers or layers["saturated_units"].isna().any() or "saturated_threshold" not in units:
+        return None
+    entries = []
+    for model, table in layers.groupby("model", sort=False):
+        for row in table.sort_values("depth").to_dict("records"):
+            mine = units[(units["model"] == model) & (units["layer"] == row["layer"])]
+            chosen = mine[mine["saturated_threshold"].astype(bool) & mine["detector"].astype(bool)]
+            counts = chosen["concept"].value_counts()
+            concepts = sorted(counts.items(), key=lambda item: (-item[1], str(item[0])))
+            entries.append(
+                {
+                    "model": model,
+                    "layer": row["layer"],
+                    "units": int(row["units"]),
+                    "saturated": int(row["saturated_units"]),
+                    "detectors": int(row["saturated_detectors"]),
+                    "concepts": [(str(name), int(count)) for name, count in concepts],
+                }
+            )
+    return entries
 
 
 # ------------------------------------------------------------------------------------------------
@@ -313,6 +347,8 @@ def layer_table(layers: pd.DataFrame, categories: list[str], threshold: float) -
         "mean_best_iou": "mean best IoU",
         "empty_units": "units whose mask never fires",
     }
+    if "saturated_units" in view:
+        columns["saturated_units"] = "units with T at their maximum (mask ≥ T)"
     for category in categories:
         view[f"detectors_{category}"] = view[f"detectors_{category}"].astype(int)
         columns[f"detectors_{category}"] = f"{category} detectors"
@@ -377,6 +413,8 @@ def listed_units(
                 "dissection runner-up": f"{row.runner_up} ({row.runner_up_iou:.3f})",
             },
         }
+        if getattr(row, "saturated_threshold", False):
+            unit["facts"]["dissection threshold"] = "its maximum activation (mask: map at or above it)"
         folder = unit_images.get(f"{row.model}/{row.layer}")
         if folder is not None:
             caption = unit_image_caption(
@@ -391,7 +429,7 @@ def listed_units(
 
 def unit_image_caption(unit, *, n_images: int, top_images: int, quantile: float) -> str:
     """Caption of a study unit's figure (`unit`: a row of the units table with model, layer, unit, concept,
-    category and iou)."""
+    category and iou, and `saturated_threshold` when the table has it)."""
     return render_text(
         "dissection_unit_caption.html.j2",
         STUDY_DIR,
@@ -399,6 +437,7 @@ def unit_image_caption(unit, *, n_images: int, top_images: int, quantile: float)
         k=min(int(top_images), int(n_images)),
         n_images=n_images,
         quantile=quantile,
+        saturated=bool(getattr(unit, "saturated_threshold", False)),
     )
 
 
@@ -442,6 +481,7 @@ def build_section(
         rotation_table=rotation_table(summary["rotation"]["alphas"]) if "rotation" in summary else None,
         per_layer=STUDY_UNITS_PER_LAYER,
         resamples=BOOTSTRAP_RESAMPLES,
+        saturated=saturated_layers(layers, units),
         figures=figures,
         texts=texts,
         **context,

@@ -4,23 +4,34 @@ channels of a layer at once from its probes (`probes`).
 With R(T)ₙ the response of a channel to its n-th exemplar crop under transform T and R(id)ₙ the untransformed one
 (= aₙ, its exemplar activation):
 
-* color:       CI = clip(1 − Σₙ R(gray)ₙ / Σₙ R(id)ₙ, 0, 1); gray = luminance Y = 0.299 R + 0.587 G + 0.114 B
-               copied to the three channels (in pixel space, before normalisation). Dominant colour names of
+* color:       CI = clip(1 − Σₙ R(gray)ₙ / Σₙ R(id)ₙ, 0, 1); gray (`color_grey`, see `probes`): luminance
+               Y = 0.299 R + 0.587 G + 0.114 B (default) or nefesi's first principal component of the crop in
+               opponent colour space, with a fixed sign, copied to the three channels (in pixel space, before
+               normalisation). nefesi's ratio is the same; only its grey differs. Dominant colour names of
                the NF: each NF pixel gets the nearest of 11 basic colour terms in CIELab; names covering at
                least `color_name_share` of the NF's pixels are listed with their shares. A grayscale model (one
                input channel) sees no colour: its colour index does not apply and is NaN (`GRAYSCALE_NOTE`).
 * orientation: ratio(θ) = Σₙ R(rot θ)ₙ / Σₙ R(id)ₙ for θ = s, 2s, …, 360° − s (s = 15° by default);
-               OI = clip(1 − meanθ ratio(θ), 0, 1). Preferred angle: the dominant edge orientation of the
+               OI = clip(1 − meanθ ratio(θ), 0, 1): nefesi's mean of 1 − ratio(θ), without its 360° "rotation"
+               (the crop itself), bilinear, turned about the unit's field centre with mean-colour padding.
+               Preferred angle: the dominant edge orientation of the
                NF (structure tensor of its luminance; 0° = horizontal edge, counter-clockwise), with its
                coherence in [0, 1].
 * symmetry:    ratio(φ) = Σₙ R(mirror φ)ₙ / Σₙ R(id)ₙ for mirror axes φ = 0° (top↔bottom), 45°, 90°
-               (left↔right), 135°; SI = clip(meanφ ratio(φ), 0, 1) (1: mirrored crops drive it as much).
+               (left↔right), 135°; SI = clip(meanφ ratio(φ), 0, 1) (1: mirrored crops drive it as much), nefesi's
+               mean ratio; a 45°/135° mirror of a non-square crop moves each pixel to its reflection (mean colour
+               where that leaves the crop), where nefesi's transpose scrambles it.
 * class:       fₖ = Σ_{n: class(n)=k} wₙ (activation-weighted relative frequency of class k among the
-               exemplars); sorted decreasingly, M = the fewest classes whose fₖ sum to ≥ `class_coverage`;
-               CSI = (K − M) / (K − 1) with K = min(N, classes in the image set) — nefesi's (N − M)/(N − 1)
+               exemplars); sorted decreasingly, M = the fewest classes whose fₖ sum to ≥ `class_coverage`
+               (nefesi's M). `class_index_scale`:
+               classes (default): CSI = (K − M) / (K − 1) with K = min(N, classes in the image set): 0 when the
+               exemplars spread over every class they could, 1 for one class. This is nefesi's (N − M)/(N − 1)
                whenever the set has at least N classes (its ImageNet setting); with fewer classes M can never
-               reach N, so the largest possible M is used. Population code: the number of classes with
-               fₖ ≥ `population_threshold`, listed with their fₖ.
+               reach N, so the largest possible M is used;
+               top_n: nefesi's CSI = (N − M) / (N − 1) with N = the channel's exemplars (top-N): with K < N
+               classes it lies in [(N − K)/(N − 1), 1] (0.909–1 for N = 100, K = 10); the two scales are
+               related by 1 − CSI_top_n = (1 − CSI_classes)·(K − 1)/(N − 1).
+               Population code: the number of classes with fₖ ≥ `population_threshold`, listed with their fₖ.
 """
 
 from __future__ import annotations
@@ -29,10 +40,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from unitscope.studies.nefesi.errors import NefesiError
 from unitscope.studies.nefesi.images import nf_rgb
-from unitscope.studies.nefesi.probes import LUMA, LayerProbes
+from unitscope.studies.nefesi.probes import GREY_KINDS, LUMA, LayerProbes
 from unitscope.studies.nefesi.topn import TopN
 
+CLASS_INDEX_SCALES = ("classes", "top_n")
 GRAYSCALE_NOTE = "grayscale input (1 channel): the colour index does not apply and is left empty (NaN)"
 
 # Basic colour terms (Berlin & Kay) with representative sRGB values; NF pixels are named by nearest in CIELab.
@@ -89,13 +102,22 @@ def nf_orientation(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def class_selectivity(
-    weights: torch.Tensor, classes: torch.Tensor, n_classes: int, *, coverage: float = 1.0, population: float = 0.1
+    weights: torch.Tensor,
+    classes: torch.Tensor,
+    n_classes: int,
+    *,
+    coverage: float = 1.0,
+    population: float = 0.1,
+    scale: str = "classes",
 ) -> dict[str, np.ndarray]:
     """Class index and population code per channel, all channels at once.
 
     weights [C, N] (wₙ, rows summing to 1, 0 for empty slots); classes [C, N] class codes in [0, n_classes)
-    (−1 for empty slots). Returns freq [C, n_classes], M, K, index, population code per channel.
+    (−1 for empty slots); scale: classes ((K − M)/(K − 1)) or top_n (nefesi's (N − M)/(N − 1), N = the channel's
+    exemplars). Returns freq [C, n_classes], M, K, index, population code per channel.
     """
+    if scale not in CLASS_INDEX_SCALES:
+        raise NefesiError(f"nefesi.class_index_scale must be one of {', '.join(CLASS_INDEX_SCALES)}, got {scale!r}")
     channels, n = weights.shape
     codes = classes.clamp(min=0)
     freq = torch.zeros(channels, n_classes, dtype=torch.float64)
@@ -108,7 +130,8 @@ def class_selectivity(
     exemplars = (classes >= 0).sum(dim=1)
     k = torch.minimum(exemplars, torch.tensor(n_classes))
     alive = freq.sum(dim=1) > 0
-    index = torch.where(alive & (k > 1), (k - m).double() / (k - 1).clamp(min=1).double(), torch.nan)
+    size = k if scale == "classes" else exemplars  # the number the index counts M against
+    index = torch.where(alive & (size > 1), (size - m).double() / (size - 1).clamp(min=1).double(), torch.nan)
     pc = (freq >= population - 1e-12).sum(dim=1)
     return {"freq": freq.numpy(), "M": m.numpy(), "K": k.numpy(), "index": index.numpy(), "population": pc.numpy()}
 
@@ -143,14 +166,20 @@ def nf_descriptors(rgb: np.ndarray, color_name_share: float) -> dict[str, list |
 
 
 def class_columns(
-    top: TopN, class_codes: np.ndarray, class_names: list[str], *, coverage: float, population: float
+    top: TopN,
+    class_codes: np.ndarray,
+    class_names: list[str],
+    *,
+    coverage: float,
+    population: float,
+    scale: str = "classes",
 ) -> dict[str, list | np.ndarray]:
     """The class index and population code columns of the index table (classes of the exemplars' images)."""
     present = top.image >= 0
     image_classes = torch.as_tensor(class_codes)[top.image.clamp(min=0)]
     image_classes = torch.where(present, image_classes, torch.full_like(image_classes, -1))
     classes = class_selectivity(
-        top.weights(), image_classes, len(class_names), coverage=coverage, population=population
+        top.weights(), image_classes, len(class_names), coverage=coverage, population=population, scale=scale
     )
     return {
         "class_index": classes["index"],
@@ -177,14 +206,16 @@ def selectivity_table(
     class_coverage: float = 1.0,
     population_threshold: float = 0.1,
     color_name_share: float = 0.2,
+    class_index_scale: str = "classes",
 ) -> pd.DataFrame:
     """One row per channel: the four indexes and what they rest on (see the module docstring); the colour index
-    and gray ratio are NaN for a grayscale model (one value in `mean`)."""
+    and gray ratio are NaN for a grayscale model (one value in `mean`). The colour index uses the gray the probes
+    used (luminance or principal component); `class_index_scale`: classes or top_n."""
     present = top.image >= 0
     ratio, dead = transform_ratios(top, probes)
     colour = len(list(mean)) > 1
     names = [t.name for t in probes.transforms]
-    gray = names.index("gray")
+    gray = next(i for i, t in enumerate(probes.transforms) if t.kind in GREY_KINDS.values())
     rotations = [i for i, t in enumerate(probes.transforms) if t.kind == "rotate"]
     mirrors = [i for i, t in enumerate(probes.transforms) if t.kind == "mirror"]
     nf = nf_descriptors(nf_rgb(probes.nf, mean, std), color_name_share)
@@ -205,7 +236,14 @@ def selectivity_table(
         "preferred_angle": nf["preferred_angle"],
         "angle_coherence": nf["angle_coherence"],
         "symmetry_index": np.clip(mirror_mean, 0, 1),
-        **class_columns(top, class_codes, class_names, coverage=class_coverage, population=population_threshold),
+        **class_columns(
+            top,
+            class_codes,
+            class_names,
+            coverage=class_coverage,
+            population=population_threshold,
+            scale=class_index_scale,
+        ),
     }
     for i in rotations + mirrors:
         table[f"ratio_{names[i]}"] = ratio[:, i]
@@ -227,6 +265,7 @@ def layer_index_table(
     class_coverage: float,
     population_threshold: float,
     color_name_share: float,
+    class_index_scale: str = "classes",
 ) -> pd.DataFrame:
     """A layer's indexes.parquet: its selectivity table (classes: `image_classes`, the class of each image of the
     target's image table), led by the model and layer."""
@@ -241,6 +280,7 @@ def layer_index_table(
         class_coverage=class_coverage,
         population_threshold=population_threshold,
         color_name_share=color_name_share,
+        class_index_scale=class_index_scale,
     )
     table.insert(0, "layer", layer)
     table.insert(0, "model", model_name)

@@ -56,7 +56,8 @@ class TopNSettings(Settings):
 @dataclasses.dataclass(frozen=True)
 class LayerSettings(Settings):
     """nefesi_layer, per target layer: the layer, the analysed layer before it (its hierarchical decomposition;
-    None for the first) and the settings of the probes and indexes."""
+    None for the first) and the settings of the probes and indexes (with which definition of the class index's
+    scale and of the colour index's gray: nefesi.class_index_scale, nefesi.color_grey)."""
 
     layer: str
     shallower: str | None
@@ -64,6 +65,8 @@ class LayerSettings(Settings):
     class_coverage: float
     population_threshold: float
     color_name_share: float
+    class_index_scale: str
+    color_grey: str
 
     @classmethod
     def from_config(cls, config: Mapping, model: str, layer: str) -> LayerSettings:
@@ -78,6 +81,8 @@ class LayerSettings(Settings):
             class_coverage=nefesi["class_coverage"],
             population_threshold=nefesi["population_threshold"],
             color_name_share=nefesi["color_name_share"],
+            class_index_scale=nefesi["class_index_scale"],
+            color_grey=nefesi["color_grey"],
         )
 
 
@@ -131,13 +136,16 @@ class DecompositionSettings(Settings):
 
 @dataclasses.dataclass(frozen=True)
 class SectionSettings(Settings):
-    """nefesi_section: the settings the section states and records in summary.json (`recorded`), the threshold of
-    its color-selective share, and the exemplar crops shown beside each singled-out unit's NF."""
+    """nefesi_section: the settings the section states and records in summary.json (`recorded`; with the index
+    definitions it states, class_index_scale and color_grey), the threshold of its color-selective share, and the
+    exemplar crops shown beside each singled-out unit's NF."""
 
     top_n: int
     rotation_step: float
     class_coverage: float
     population_threshold: float
+    class_index_scale: str
+    color_grey: str
     color_selective_threshold: float
     order_by: str
     unit_exemplars: int

@@ -12,9 +12,18 @@ window around the field (stride-aligned, inside the image; `receptive_field.prob
 whole image, which gives the same number (identical computation; the untransformed probe reproduces the
 stored exemplar activation, and the stage fails if it does not). Rotations and mirrors turn the padded crop
 about the unit's field centre (for a unit whose field contains the whole image: the image about its centre);
-pixels whose source falls outside the crop take the mean colour. The transforms: identity, gray (luminance
-Y = 0.299 R + 0.587 G + 0.114 B copied to the three channels, in pixel space), rotations by s, 2s, …, 360° − s
-and mirrors about the axes 0°, 45°, 90°, 135°; `indexes` turns the responses into the selectivity indexes.
+pixels whose source falls outside the crop take the mean colour (so a 45° or 135° mirror of a non-square crop moves
+each pixel to its reflection, never scrambles it). The transforms: identity, gray, rotations by s, 2s, …, 360° − s
+(no 0° or 360° "rotation", which would be the crop itself) and mirrors about the axes 0°, 45°, 90°, 135°; `indexes`
+turns the responses into the selectivity indexes. The gray crop (`color_grey`, in pixel space, copied to the three
+channels) is either
+  * luminance (default): Y = 0.299 R + 0.587 G + 0.114 B; or
+  * principal_component (nefesi's): the crop's pixels in opponent colour space O = ((R + G + B − 1.5)/1.5, R − G,
+    (R + G − 2B)/2), projected on their first principal component (largest eigenvalue of their covariance) and
+    rescaled to [0, 1] by its minimum and maximum (nefesi: keras array_to_img(scale=True)). nefesi 1.0.4 takes the
+    eigenvector's sign as numpy returns it, so some crops come out inverted; here the sign is fixed: the one whose
+    projection correlates positively with the crop's luminance (if that correlation is 0, the one whose first
+    non-zero coordinate is positive). A crop without variance has no principal component and keeps its luminance.
 
 All transforms of all exemplar crops of all channels of a layer go through the model in large batches:
 crops shared by several channels (same image and region) are probed once, and every probe returns all channels.
@@ -44,6 +53,10 @@ from unitscope.studies.nefesi.topn import TopN, channels_last
 
 SYMMETRY_AXES = (0, 45, 90, 135)
 LUMA = (0.299, 0.587, 0.114)
+# nefesi's opponent colour space (nefesi.util.image.rgb2opp) on pixels in [0, 1]; its constant −1.5/1.5 offset of
+# the first coordinate drops out when the pixels are centred
+OPPONENT = ((1 / 1.5, 1 / 1.5, 1 / 1.5), (1.0, -1.0, 0.0), (0.5, 0.5, -1.0))
+GREY_KINDS = {"luminance": "gray", "principal_component": "gray_pc"}  # color_grey -> its transform's kind (and name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -53,21 +66,25 @@ LUMA = (0.299, 0.587, 0.114)
 @dataclass(frozen=True)
 class Transform:
     name: str
-    kind: str  # identity | gray | rotate | mirror
+    kind: str  # identity | gray (luminance) | gray_pc (principal component) | rotate | mirror
     angle: float = 0.0
 
 
-def transforms(rotation_step: float = 15.0) -> list[Transform]:
-    """identity, gray, rotations by k·step (k = 1 … 360/step − 1), mirrors about 0°, 45°, 90°, 135°."""
+def transforms(rotation_step: float = 15.0, color_grey: str = "luminance") -> list[Transform]:
+    """identity, the gray of `color_grey` (luminance: "gray", principal_component: "gray_pc"), rotations by k·step
+    (k = 1 … 360/step − 1), mirrors about 0°, 45°, 90°, 135°."""
     steps = 360.0 / rotation_step
     if rotation_step <= 0 or abs(steps - round(steps)) > 1e-9:
         raise NefesiError(f"nefesi.rotation_step must divide 360, got {rotation_step}")
+    if color_grey not in GREY_KINDS:
+        raise NefesiError(f"nefesi.color_grey must be one of {', '.join(GREY_KINDS)}, got {color_grey!r}")
     rotations = [
         Transform(f"rot{int(round(k * rotation_step)):03d}", "rotate", k * rotation_step)
         for k in range(1, int(round(steps)))
     ]
     mirrors = [Transform(f"mirror{axis:03d}", "mirror", float(axis)) for axis in SYMMETRY_AXES]
-    return [Transform("identity", "identity"), Transform("gray", "gray"), *rotations, *mirrors]
+    grey = GREY_KINDS[color_grey]
+    return [Transform("identity", "identity"), Transform(grey, grey), *rotations, *mirrors]
 
 
 def _source_offsets(kind: str, angle: float, dy: torch.Tensor, dx: torch.Tensor):
@@ -103,15 +120,18 @@ def apply_transform(
     normalisation) and written only into it.
     """
     batch, channels, height, width = windows.shape
-    if transform.kind == "identity" or (transform.kind == "gray" and channels == 1):
+    if transform.kind == "identity" or (transform.kind in ("gray", "gray_pc") and channels == 1):
         return windows
     rows = torch.arange(height, dtype=torch.float32).view(1, height, 1)
     cols = torch.arange(width, dtype=torch.float32).view(1, 1, width)
     top, left, bottom, right = (regions[:, i].float().view(batch, 1, 1) for i in range(4))
     inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)  # [B, P, Q]
-    if transform.kind == "gray":
+    if transform.kind in ("gray", "gray_pc"):
         pixels = windows * std.view(1, 3, 1, 1) + mean.view(1, 3, 1, 1)
-        luma = (pixels * torch.tensor(LUMA).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+        if transform.kind == "gray":
+            luma = (pixels * torch.tensor(LUMA).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+        else:
+            luma = principal_component_grey(pixels, inside)
         gray = (luma - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
         return torch.where(inside.unsqueeze(1), gray, windows)
     if centres is None:
@@ -124,6 +144,41 @@ def apply_transform(
     region_only = windows * inside.unsqueeze(1)  # content outside the region never leaks in
     moved = F.grid_sample(region_only, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return torch.where(inside.unsqueeze(1), moved, windows)
+
+
+def _component_signs(component: torch.Tensor, projection: torch.Tensor, luma: torch.Tensor) -> torch.Tensor:
+    """±1 per crop: the sign that makes the projection [B, P, Q] correlate positively with the centred luminance
+    [B, P, Q] (both 0 outside the crop); where they are uncorrelated, the sign that makes the component's [B, 3]
+    first non-zero coordinate positive. Independent of the sign the eigensolver returns."""
+    agreement = (projection * luma).sum(dim=(1, 2))
+    scale = projection.square().sum(dim=(1, 2)).sqrt() * luma.square().sum(dim=(1, 2)).sqrt()
+    lead = component.gather(1, (component.abs() > 1e-9).double().argmax(dim=1, keepdim=True)).squeeze(1)
+    tie = agreement.abs() <= 1e-9 * scale
+    return torch.where(tie, torch.where(lead < 0, -1.0, 1.0), torch.where(agreement < 0, -1.0, 1.0)).double()
+
+
+def principal_component_grey(pixels: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """nefesi's gray, with a fixed sign (see the module docstring), all crops at once.
+
+    pixels [B, 3, P, Q] in [0, 1]; inside [B, P, Q]: the crop. Returns [B, 1, P, Q] gray values in [0, 1] inside
+    the crop (outside: undefined, the caller keeps its pixels)."""
+    x = pixels.double()
+    weight = inside.unsqueeze(1).double()
+    count = weight.sum(dim=(2, 3)).clamp(min=1)  # [B, 1]
+    opponent = torch.einsum("ij,bjpq->bipq", torch.tensor(OPPONENT, dtype=torch.float64), x)
+    centred = (opponent - (opponent * weight).sum(dim=(2, 3), keepdim=True) / count.view(-1, 1, 1, 1)) * weight
+    covariance = torch.einsum("bipq,bjpq->bij", centred, centred) / count.view(-1, 1, 1)
+    component = torch.linalg.eigh(covariance).eigenvectors[:, :, -1]  # largest eigenvalue (eigh sorts ascending)
+    projection = torch.einsum("bi,bipq->bpq", component, centred)
+    luma = (x * torch.tensor(LUMA, dtype=torch.float64).view(1, 3, 1, 1)).sum(dim=1)
+    luma_centred = (luma - (luma * weight[:, 0]).sum(dim=(1, 2), keepdim=True) / count.view(-1, 1, 1)) * weight[:, 0]
+    projection = projection * _component_signs(component, projection, luma_centred).view(-1, 1, 1)
+    low = projection.masked_fill(~inside, float("inf")).amin(dim=(1, 2), keepdim=True)
+    high = projection.masked_fill(~inside, float("-inf")).amax(dim=(1, 2), keepdim=True)
+    spread = high - low
+    flat = ~(spread > 1e-5)  # no principal direction (beyond float32 rounding): the crop keeps its luminance
+    grey = torch.where(flat, luma, (projection - low) / torch.where(flat, 1.0, spread))
+    return grey.unsqueeze(1).to(pixels.dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,6 +300,7 @@ def per_channel_responses(
     std: Iterable[float],
     rotation_step: float = 15.0,
     channels: Iterable[int] | None = None,
+    color_grey: str = "luminance",
 ) -> torch.Tensor:
     """The straightforward algorithm (nefesi's own loop), as a reference and benchmark baseline: for every channel
     and every transform, the channel's N exemplar images, whole, with the crop region transformed, through the
@@ -253,7 +309,7 @@ def per_channel_responses(
     std_t = torch.tensor(list(std), dtype=torch.float32)
     height, width = images.shape[-2:]
     field = layer_receptive_field(model, layer, (height, width), channels=images.shape[1])
-    transform_list = transforms(rotation_step)
+    transform_list = transforms(rotation_step, color_grey)
     channels = list(range(top.channels)) if channels is None else list(channels)
     out = torch.full((len(channels), top.n, len(transform_list)), float("nan"))
     with (
@@ -301,6 +357,7 @@ def probe_layer(
     mean: Iterable[float],
     std: Iterable[float],
     rotation_step: float = 15.0,
+    color_grey: str = "luminance",
     shallower: str | None = None,
     batch_size: int = 256,
     images_per_chunk: int = 64,
@@ -311,7 +368,8 @@ def probe_layer(
     """Every exemplar crop of every channel under every transform, in large batches.
 
     Probes are (image, window, crop region): exemplars of several channels that share one are probed once, and
-    every forward returns all channels. Images are loaded chunk by chunk (bounded memory). With `shallower`
+    every forward returns all channels. Images are loaded chunk by chunk (bounded memory). `color_grey`: the gray
+    transform of the colour index (luminance or principal_component, see the module docstring). With `shallower`
     (a layer computed before `layer`) the untransformed probes also give, per exemplar, the maximum of every
     shallower channel over the unit's cone (the shallower units it is computed from).
     """
@@ -319,7 +377,7 @@ def probe_layer(
     mean, std, device = list(mean), list(std), torch.device(device)
     geometry = LayerGeometry.of(model, layer, image_size, top.map_size, channels=len(mean))
     geometry = local_geometry(model, layer, geometry, len(mean), device, tolerance)
-    prober = _LayerProber(layer, top, geometry, transforms(rotation_step), mean, std, device)
+    prober = _LayerProber(layer, top, geometry, transforms(rotation_step, color_grey), mean, std, device)
     if shallower is not None:
         prober.follow(shallower, layer_receptive_field(model, shallower, tuple(image_size), channels=len(mean)))
     record = [layer] if shallower is None else [shallower, layer]

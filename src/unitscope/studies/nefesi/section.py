@@ -24,6 +24,18 @@ from unitscope.studies.nefesi.storage import read_json
 
 STUDY_DIR = Path(__file__).parent
 TITLE = "Neuron Features and selectivity indexes (nefesi)"
+# nefesi 1.0.4's own index functions, run side by side with these on ResNet-56 (issue 17: the same model, images,
+# top-100 exemplars and receptive-field boxes): what the section's Definitions part states about each index.
+NEFESI_104 = {
+    "model": "ResNet-56",
+    "orientation_r": {"layer1": 0.68, "layer3": 0.90},
+    "color_r": (0.97, 0.99),
+    "verdicts_agree": {"layer3": 0.55, "layer2": 0.84},
+    "verdict_threshold": 0.1,
+    "inverted_greys": 84,
+    "grey_images": 500,
+    "nf_correlation": (0.46, 0.75),
+}
 QUESTION = (
     "How do the selectivity indexes (color, orientation, symmetry, class) of a model's channels change from the "
     "first to the last analysed layer?"
@@ -294,6 +306,33 @@ def notes_context(results: ModelResults) -> dict:
     return {"whole": whole, "layers": layers}
 
 
+def class_scale(results: ModelResults) -> dict:
+    """A model's N (top-N) and K (classes its class index counts against, min(N, classes in the set)), and how the
+    two class-index scales relate: with K < N nefesi's (N − M)/(N − 1) lies in [(N − K)/(N − 1), 1], and
+    1 − top_n index = (1 − classes index)·(K − 1)/(N − 1)."""
+    info = results.infos[results.layers[0]]
+    n = int(info["top_n"])
+    k = min(n, int(info["classes"]))
+    return {
+        "model": results.name,
+        "n": n,
+        "k": k,
+        "top_n_low": (n - k) / (n - 1) if n > 1 else None,
+        "factor": (k - 1) / (n - 1) if n > 1 else None,
+    }
+
+
+def definitions(settings: dict, contexts: list[dict]) -> dict:
+    """What the Definitions part states: the chosen class-index scale and gray (the schema's defaults where
+    `settings` does not name them), each model's class scale, and nefesi 1.0.4's side-by-side numbers."""
+    return {
+        "class_index_scale": settings.get("class_index_scale", "classes"),
+        "color_grey": settings.get("color_grey", "luminance"),
+        "scales": [context["class_scale"] for context in contexts],
+        "nefesi": NEFESI_104,
+    }
+
+
 def model_context(results: ModelResults, figures: dict, tops: list[tuple[str, dict]], settings: dict) -> dict:
     """Everything the body says about one model; `figures`: its figure paths relative to results/report/."""
     tree = results.tree
@@ -304,6 +343,7 @@ def model_context(results: ModelResults, figures: dict, tops: list[tuple[str, di
         ),
         "layer_table": layer_table(results),
         "notes": notes_context(results),
+        "class_scale": class_scale(results),
         "histograms": {"src": figures["histograms"], **histograms_text(results)},
         "layers": [
             {
@@ -329,6 +369,7 @@ def section_body(contexts: list[dict], settings: dict) -> str:
         STUDY_DIR,
         models=contexts,
         settings=settings,
+        definitions=definitions(settings, contexts),
         order_by=settings["order_by"],
         order_by_index=settings["order_by"] in INDEX_COLUMNS,
         resamples=RESAMPLES,

@@ -126,6 +126,7 @@ def run_layer(
         mean=mean,
         std=std,
         rotation_step=settings.rotation_step,
+        color_grey=settings.color_grey,
         shallower=shallower,
         batch_size=probe_batch_size,
         device=device,
@@ -141,6 +142,7 @@ def run_layer(
         class_coverage=settings.class_coverage,
         population_threshold=settings.population_threshold,
         color_name_share=settings.color_name_share,
+        class_index_scale=settings.class_index_scale,
     )
     weights = None if shallower is None else hierarchy_weights(probes.children, top, read_top_n(exemplars, shallower))
     classes = images["class"].nunique()
