@@ -29,6 +29,12 @@ if LESIONS["enabled"]:
         ),
         **({"concept_compared": f"{LESIONS_CONCEPT_DIR}/compared.parquet"} if LESIONS_CONCEPT else {}),
     }
+    LESIONS_FIGURES = "results/report/figures/lesions"
+    # the colour and concept units' figures the section shows (none of a part that is off)
+    LESIONS_PART_FIGURES = {
+        **({"colour_figure": f"{LESIONS_FIGURES}/colour_units.png"} if LESIONS_COLOUR else {}),
+        **({"concept_figure": f"{LESIONS_FIGURES}/concept_units.png"} if LESIONS_CONCEPT else {}),
+    }
 
     rule lesions_class_units:
         input:
@@ -87,6 +93,25 @@ if LESIONS["enabled"]:
             script:
                 "../workflow/scripts/lesions_colour_units.py"
 
+        rule lesions_colour_figure:
+            input:
+                code=code("studies.lesions.stages:run_colour_figure"),
+                compared=f"{LESIONS_COLOUR_DIR}/compared.parquet",
+            output:
+                figure=report(
+                    f"{LESIONS_FIGURES}/colour_units.png",
+                    caption="../workflow/report/lesions_colour_units.rst",
+                    category="Interventions behind the labels",
+                ),
+            log:
+                "logs/lesions/colour_figure.log",
+            benchmark:
+                "benchmarks/lesions/colour_figure.tsv"
+            conda:
+                ENV
+            script:
+                "../workflow/scripts/lesions_colour_figure.py"
+
     if LESIONS_CONCEPT:
 
         rule lesions_concept_units:
@@ -113,6 +138,25 @@ if LESIONS["enabled"]:
             script:
                 "../workflow/scripts/lesions_concept_units.py"
 
+        rule lesions_concept_figure:
+            input:
+                code=code("studies.lesions.stages:run_concept_figure"),
+                compared=f"{LESIONS_CONCEPT_DIR}/compared.parquet",
+            output:
+                figure=report(
+                    f"{LESIONS_FIGURES}/concept_units.png",
+                    caption="../workflow/report/lesions_concept_units.rst",
+                    category="Interventions behind the labels",
+                ),
+            log:
+                "logs/lesions/concept_figure.log",
+            benchmark:
+                "benchmarks/lesions/concept_figure.tsv"
+            conda:
+                ENV
+            script:
+                "../workflow/scripts/lesions_concept_figure.py"
+
     LESIONS_AGREEMENT = LESIONS_PLAN.agreement
     LESIONS_FACES = (
         {"faces_selection": "results/faces/selection.parquet", "faces_conditions": "results/faces/conditions.parquet"}
@@ -124,8 +168,11 @@ if LESIONS["enabled"]:
         input:
             code=code("studies.lesions.stages:run_agreement"),
             class_agreement=f"{LESIONS_DIR}/agreement.parquet",
-            nefesi=[f"results/nefesi/{m}/{layer}/indexes.parquet" for m, layer in LESIONS_AGREEMENT.colour_layers],
-            dissection=sorted({f"results/dissection/{m}/units.parquet" for m, _ in LESIONS_AGREEMENT.colour_layers}),
+            nefesi=[f"results/nefesi/{m}/{layer}/indexes.parquet" for m, layer in LESIONS_AGREEMENT.nefesi_layers()],
+            dissection=[f"results/dissection/{m}/units.parquet" for m in LESIONS_AGREEMENT.dissected_models()],
+            # the actmax study's registry runs whose units nefesi or the dissection also label (the colour score)
+            actmax_arrays=[f"results/actmax/registry/{m}/{layer}.npz" for m, layer in LESIONS_AGREEMENT.actmax_targets()],
+            actmax_runs=[f"results/actmax/registry/{m}/{layer}.parquet" for m, layer in LESIONS_AGREEMENT.actmax_targets()],
             **LESIONS_FACES,
         output:
             table="results/lesions/agreement.parquet",
@@ -172,6 +219,7 @@ if LESIONS["enabled"]:
             methods="results/lesions/agreement.parquet",
             figure="results/report/figures/lesions/class_units.png",
             **LESIONS_PART_TABLES,
+            **LESIONS_PART_FIGURES,
         output:
             section="results/lesions/section.json",
         params:

@@ -36,10 +36,16 @@ STUDIES = ("faces", "actmax", "nefesi", "dissection", "lesions")
 
 def all_studies_config(data_dir: Path) -> dict:
     """The tiny config with every study on, each study's section as tests/configs/<study>.yaml sets it (a study
-    file's other keys, such as actmax's narrower datasets and models, are left out: the tiny ones hold them)."""
+    file's other keys, such as actmax's narrower datasets and models, are left out: the tiny ones hold them), and one
+    more actmax registry target whose units nefesi and the dissection also label."""
     config = tiny_config(data_dir)
     for study in STUDIES:
         config[study] = yaml.safe_load((CONFIGS / f"{study}.yaml").read_text())[study]
+    # ResNet-20 layer1, which nefesi and the dissection both analyse: the actmax colour score's agreement rows
+    # (lesions) get enough shared units for a rho; its layer3 target, which only the dissection shares, gets N only
+    config["actmax"]["registry_targets"].append(
+        {"model": "resnet20_cifar", "layer": "layer1", "channels": list(range(8)), "seeds": 1, "steps": 6}
+    )
     return config
 
 

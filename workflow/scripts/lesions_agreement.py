@@ -15,9 +15,15 @@ with log_to(snakemake.log[0]):
         class_agreement=snakemake.input.class_agreement,
         nefesi={
             f"{m}/{layer}": path
-            for (m, layer), path in zip(settings.colour_layers, snakemake.input.nefesi, strict=True)
+            for (m, layer), path in zip(settings.nefesi_layers(), snakemake.input.nefesi, strict=True)
         },
         dissection={Path(path).parent.name: path for path in snakemake.input.dissection},
+        actmax={
+            f"{m}/{layer}": paths
+            for (m, layer), *paths in zip(
+                settings.actmax_targets(), snakemake.input.actmax_arrays, snakemake.input.actmax_runs, strict=True
+            )
+        },
         faces_selection=snakemake.input.get("faces_selection"),
         faces_conditions=snakemake.input.get("faces_conditions"),
         out_table=snakemake.output.table,

@@ -100,7 +100,7 @@ def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 # color names
 
 
-def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """sRGB in 0..1, [..., 3] -> CIELAB (D65 white), [..., 3]."""
     linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
     to_xyz = np.array(
@@ -114,7 +114,7 @@ def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
 
 def _prototype_lab() -> np.ndarray:
     rgb = np.array([[int(COLOR_PROTOTYPES[n][i : i + 2], 16) for i in (1, 3, 5)] for n in COLOR_NAMES], float)
-    return _srgb_to_lab(rgb / 255.0)
+    return srgb_to_lab(rgb / 255.0)
 
 
 def name_colors_exact(rgb: np.ndarray) -> np.ndarray:
@@ -126,7 +126,7 @@ def name_colors_exact(rgb: np.ndarray) -> np.ndarray:
     Chroma differences are left out on purpose: the survey prototypes are the most saturated
     examples of each name, while a dull green in a photo is still called green.
     """
-    lab = _srgb_to_lab(np.asarray(rgb, dtype=np.float64) / 255.0)
+    lab = srgb_to_lab(np.asarray(rgb, dtype=np.float64) / 255.0)
     protos = _prototype_lab()
     lightness, chroma = lab[..., 0], np.hypot(lab[..., 1], lab[..., 2])
     hue = np.arctan2(lab[..., 2], lab[..., 1])

@@ -14,10 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from unitscope.interventions.errors import InterventionError
 from unitscope.interventions.tail import build_tail, hooked_condition
+from unitscope.report.plotting import TEXT_COLUMN_PX
 from unitscope.studies.actmax.color_shape import color_shape_probe
 from unitscope.studies.actmax.colored_mnist import (
     CLASS_COLORS,
@@ -29,6 +31,7 @@ from unitscope.studies.actmax.colored_mnist import (
     train_model,
 )
 from unitscope.studies.lesions import colour_units as co
+from unitscope.studies.lesions.figures import colour_units_figure
 from unitscope.studies.lesions.inputs import LesionsError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
@@ -90,7 +93,9 @@ class PlantedRed(nn.Module):
         return self.classifier(self.pool(self.relu3(self.planted(maps, unit))).flatten(1))
 
 
-def test_a_planted_colour_unit_is_judged_colour_and_its_lesion_weakens_the_shortcut(trained, data, evaluation):
+def test_a_planted_colour_unit_is_judged_colour_and_its_lesion_weakens_the_shortcut(
+    trained, data, evaluation, tmp_path
+):
     assert CLASS_COLORS[RED].tolist() == [1.0, 0.0, 0.0]
     model = PlantedRed(copy.deepcopy(trained)).eval().requires_grad_(False)
     planted = 16
@@ -127,6 +132,11 @@ def test_a_planted_colour_unit_is_judged_colour_and_its_lesion_weakens_the_short
     assert row.loc["conflicting", "direction"] == "higher" and row.loc["biased", "direction"] == "lower"
     assert (row["n_draws"] == 20).all() and (row["n_distinct"] <= 16).all() and (row["channels"].map(len) == 1).all()
     assert 0 < row.loc["biased", "p_value"] <= 1 and row.loc["biased", "null_low"] <= row.loc["biased", "null_high"]
+    adjusted = co.adjust_over_layers(compared)  # one layer tested: q = p
+    assert (adjusted["q_value"] == adjusted["p_value"]).all() and (adjusted["n_tested"] == 1).all()
+    colour_units_figure(adjusted, tmp_path / "colour.png")
+    with Image.open(tmp_path / "colour.png") as png:  # fits the report's text column
+        assert 500 < png.width <= TEXT_COLUMN_PX and png.height > 200
     summary = co.shortcut_summary(compared)
     assert summary.set_index("kind").loc["colour", "gap_change"] == pytest.approx(row.loc["gap", "change"])
 

@@ -22,11 +22,13 @@ from unitscope.hooks import ActivationRecorder
 from unitscope.interventions.conditions import Conditions, ablation_fill
 from unitscope.interventions.tail import build_tail, condition_outputs
 from unitscope.models.registry import build_model
+from unitscope.report.plotting import TEXT_COLUMN_PX
 from unitscope.studies.dissection.caches import dissection_transform
 from unitscope.studies.dissection.dissect import label_batch
 from unitscope.studies.dissection.layer_dissection import dissect_network
 from unitscope.studies.lesions import concept_units as cu
 from unitscope.studies.lesions.class_units import SetDraws
+from unitscope.studies.lesions.figures import concept_units_figure
 from unitscope.studies.lesions.inputs import LesionsError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
@@ -229,7 +231,7 @@ def test_each_layer_cache_gives_the_models_outputs(frames, mobilenet, images, tm
 # ---------------------------------------------------------------------------------------------- the planted detector
 
 
-def test_the_planted_unit_is_a_car_detector_and_its_lesion_acts_where_cars_are(frames, planted):
+def test_the_planted_unit_is_a_car_detector_and_its_lesion_acts_where_cars_are(frames, planted, tmp_path):
     _, tail, cache, means, units = planted
     assert tail.pool_first and cache.shape == (24, 1281)
     # dissection finds it: the planted unit is the best car detector of the layer
@@ -253,13 +255,18 @@ def test_the_planted_unit_is_a_car_detector_and_its_lesion_acts_where_cars_are(f
         smallest = 1 / (1 + row["n_distinct"])
         assert row["p_kl_high"] == row["p_kl_difference"] == row["p_mass_change_high"] == smallest
         assert row["kl_high"] > row["null_kl_high_high"] and row["mass_change_high"] < row["null_mass_change_high_low"]
+    assert (table["n_tested"] == 1).all() and (table["q_value"] == table["p_kl_difference"]).all()  # one concept
+    assert (table["null_kl_low_low"] <= table["null_kl_low_high"]).all()
+    concept_units_figure(table.assign(model="planted"), tmp_path / "concepts.png")
+    with Image.open(tmp_path / "concepts.png") as png:  # fits the report's text column
+        assert 500 < png.width <= TEXT_COLUMN_PX and png.height > 150
     # provably local: no change at all on frames without a car pixel, a change on every frame with one
     kl = readouts.kl[conditions.table.index[conditions.table["family"] == "detectors"][0]]
     has_car = car_shares(frames, (1, 1))[:, 0, 0].numpy() > 0
     assert (~has_car).any() and (kl[~has_car] == 0).all() and (kl[has_car] > 0).all()
 
 
-def test_lesioning_nothing_changes_nothing_and_controls_fit_the_set(planted):
+def test_lesioning_nothing_changes_nothing_and_controls_fit_the_set(frames, planted):
     _, tail, cache, means, _ = planted
     sets = [
         {"concept": "car", "category": "object", "channels": np.array([1280, 17, 940])},
@@ -293,6 +300,16 @@ def test_lesioning_nothing_changes_nothing_and_controls_fit_the_set(planted):
     np.testing.assert_allclose(readouts.kl[1], expected.numpy(), rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(readouts.mass[1], lesioned.exp()[:, CAR_CLASSES].sum(-1).numpy(), rtol=1e-9)
     np.testing.assert_allclose(readouts.intact_mass[0], intact[:, CAR_CLASSES].sum(-1).numpy(), rtol=1e-9)
+    # two concepts tested: each family's q-values are Benjamini-Hochberg over both (by hand: the larger p stays, the
+    # smaller is doubled unless that passes the larger)
+    splits = [cu.coverage_split(car_shares(frames, (1, 1))[:, 0, 0].numpy())] * 2
+    table_ = cu.compare_concepts(
+        cu.score_conditions(conditions, readouts, splits), readouts, splits, layer="planted", n_bootstrap=100, seed=0
+    )
+    for _, family in table_.groupby("control"):
+        low, high = sorted(family["p_kl_difference"])
+        assert sorted(family["q_value"]) == pytest.approx([min(2 * low, high), high])
+        assert (family["n_tested"] == 2).all()
     with pytest.raises(LesionsError, match="the first condition must be the intact network"):
         cu.evaluate(tail, cache, Conditions(table, conditions.ablate[1:], conditions.sets[1:]), fill, related)
     with pytest.raises(LesionsError, match="index 1000 is not among the model's 1000 outputs"):

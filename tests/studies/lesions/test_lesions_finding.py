@@ -120,3 +120,75 @@ def test_numbers_and_claims_carry_intervals_and_n():
     assert first["claim"].startswith("The 1 unit most selective for a class is necessary for it")
     html = section.body_html(tables(), alpha=0.05)
     assert "Do the methods agree?" in html and "nefesi class index" in html and "units/resnet56_cifar__layer3__" in html
+
+
+# ---------------------------------------------------------------------------------------------- several tests at once
+
+
+def concept_compared(p: dict[str, float]) -> pd.DataFrame:
+    """A concept comparison table (both control families) whose KL-difference p-values are `p` per concept, with
+    the stage's q-values."""
+    from unitscope.studies.lesions import concept_units as cn
+    from unitscope.studies.lesions.multiplicity import family_q_values
+
+    rows = [
+        {column: 0.0 for column in cn.COMPARISON_COLUMNS}
+        | {"layer": "features.18", "concept": concept, "category": "object", "control": control, "set_size": 4}
+        | {"channels": [1, 2, 3, 4], "fraction": 1 / 3, "n_high": 70, "n_low": 80, "n_draws": 20, "n_distinct": 20}
+        | {"kl_high": 0.2, "kl_low": 0.05, "kl_difference": 0.15, "mass_change_high": np.nan, "p_kl_difference": value}
+        for concept, value in p.items()
+        for control in ("random", "matched")
+    ]
+    table = pd.DataFrame(rows).assign(model="mobilenet_v2_imagenet", n_frames=233)
+    table["q_value"], table["n_tested"] = family_q_values(table, "p_kl_difference", ["control"])
+    return table
+
+
+def colour_compared(gap_p: dict[str, float]) -> pd.DataFrame:
+    """A colour comparison table (colour sets only) whose gap p-values are `gap_p` per layer, with the q-values."""
+    from unitscope.studies.lesions.colour_units import MEASURES, adjust_over_layers
+
+    rows = [
+        {"layer": layer, "kind": "colour", "measure": m, "set_size": 4, "channels": [0, 1, 2, 3], "intact": 0.9}
+        | {"value": 0.8, "change": -0.1, "change_low": -0.15, "change_high": -0.05, "null_mean": 0.0}
+        | {"null_low": -0.02, "null_high": 0.02, "p_value": p if m == "gap" else 0.5, "n_images": 500}
+        | {"n_draws": 50, "n_distinct": 50}
+        for layer, p in gap_p.items()
+        for m in MEASURES
+    ]
+    return adjust_over_layers(pd.DataFrame(rows))
+
+
+def test_concept_and_colour_verdicts_read_q_adjusted_over_the_sets_tested():
+    parts = {"concept": concept_compared({"car": 0.01, "road": 0.04, "sky": 0.5})}
+    claims = {c["claim"].split(" detectors")[0]: c for c in section.claims(tables() | parts, alpha=0.05)}
+    # BH over 3 concepts: 0.01, 0.04, 0.5 -> q 0.03, 0.06, 0.5: road's p is below 0.05, its q is not
+    assert claims["The 4 car"]["shown"] and not claims["The 4 road"]["shown"] and not claims["The 4 sky"]["shown"]
+    assert claims["The 4 road"]["p"] == "random p 0.040, q 0.060; matched p 0.040, q 0.060 (BH over 3 concepts)"
+    html = section.body_html(tables() | parts, alpha=0.05)
+    assert "Benjamini-Hochberg over the 3 concepts tested" in html and "q (random)" in html
+    assert "sets (car; q < 0.05, Benjamini-Hochberg over the 3 concepts)." in section.conclusion_text(
+        tables() | parts, alpha=0.05
+    )
+    summary = section.summary(tables() | parts, alpha=0.05)["concept_units"]
+    assert summary[1]["q_kl_difference"] == {"random": pytest.approx(0.06), "matched": pytest.approx(0.06)}
+
+    both = {"colour": colour_compared({"conv1": 0.03, "conv2": 0.04})}  # q 0.04 for both: both shown
+    assert [c["shown"] for c in section.claims(tables() | both, alpha=0.05)[4:]] == [True, True]
+    one = {"colour": colour_compared({"conv1": 0.03, "conv2": 0.4})}  # q 0.06 and 0.4: neither
+    colour_claims = section.claims(tables() | one, alpha=0.05)[4:]
+    assert [c["shown"] for c in colour_claims] == [False, False]
+    assert colour_claims[0]["p"] == "random p 0.030, q 0.060 (BH over 2 layers)"
+    assert "in 0 of 2 layers (q < 0.05, Benjamini-Hochberg over the layers)" in section.conclusion_text(
+        tables() | one, alpha=0.05
+    )
+    single = section.claims(tables() | {"colour": colour_compared({"conv1": 0.03})}, alpha=0.05)[4]
+    assert single["shown"] and single["p"] == "random p 0.030, q 0.030 (BH over 1 layer)"  # one layer: q = p
+
+
+def test_the_agreement_table_gives_only_n_below_five_shared_units():
+    methods = tables()["methods"]
+    few = methods.assign(rho=np.nan, low=np.nan, high=np.nan, n_units=3, label="actmax colour score")
+    html = section.body_html(tables() | {"methods": pd.concat([methods, few])}, alpha=0.05)
+    assert '>n/a</td><td class="num">3</td>' in html
+    assert "with fewer than 5 shared units only their number is given" in " ".join(html.split())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from wfutil import copy_workflow, planned_jobs, snakemake, study_config, write_config
@@ -65,6 +66,27 @@ def test_colour_and_concept_units(finished_run):
     detected = units[(units["layer"] == "layer3") & units["detector"]]["concept"].value_counts()
     assert set(concepts["concept"]) == set(detected[detected >= 3].index)
     assert (concepts["kl_high"] >= 0).all() and set(concepts["control"]) <= {"random", "matched"}
+    for _, rows in concepts.groupby("control"):  # q: Benjamini-Hochberg over the concepts of the family
+        assert (rows["n_tested"] == rows["p_kl_difference"].notna().sum()).all()
+        assert (rows["q_value"] >= rows["p_kl_difference"] - 1e-12).all() and rows["q_value"].max() <= 1
+    assert (colour["q_value"] >= colour["p_value"] - 1e-12).all()
+    assert (colour["n_tested"] == colour.groupby(["kind", "measure"])["layer"].transform("nunique")).all()
+
+
+def test_the_actmax_colour_score_meets_nefesi_and_dissection_on_shared_units(finished_run):
+    """ResNet-20 layer1 (8 channels optimised; nefesi and the dissection label all 16): a rho over 8 units against
+    each; layer3 (channels 0 and 5; the dissection alone): N = 2, no rho."""
+    workdir, _ = finished_run
+    methods = pd.read_parquet(workdir / "results/lesions/agreement.parquet")
+    actmax = methods[methods["label"].str.startswith("actmax colour score")].set_index(["layer", "evidence"])
+    layer1 = actmax.loc["layer1"]
+    assert set(layer1.index) == {"nefesi colour index", "dissection IoU of the unit's best colour concept"}
+    assert (layer1["n_units"] == 8).all() and layer1["rho"].between(-1, 1).all()
+    assert (layer1["low"] <= layer1["rho"] + 1e-12).all() and (layer1["rho"] <= layer1["high"] + 1e-12).all()
+    [layer3] = actmax.loc["layer3"].to_dict("records")
+    assert layer3["n_units"] == 2 and np.isnan(layer3["rho"])
+    html = (workdir / "results/report/index.html").read_text()
+    assert "actmax colour score" in html
 
 
 def test_the_landing_page_states_every_claim_with_its_evidence(finished_run):
@@ -79,12 +101,15 @@ def test_the_landing_page_states_every_claim_with_its_evidence(finished_run):
     assert table.count("not shown (null result)") == sum(not claim["shown"] for claim in claims)
 
 
-def test_the_figure_fits_the_text_column(finished_run):
+def test_the_figures_fit_the_text_column_and_the_section_shows_them(finished_run):
     from PIL import Image
 
-    path = finished_run[0] / "results/report/figures/lesions/class_units.png"
-    with Image.open(path) as png:
-        assert 500 < png.width <= 960 and png.height > 200
+    folder = finished_run[0] / "results/report/figures/lesions"
+    for name in ("class_units", "colour_units", "concept_units"):
+        with Image.open(folder / f"{name}.png") as png:
+            assert 500 < png.width <= 960 and png.height > 200
+    body = json.loads((finished_run[0] / "results/lesions/section.json").read_text())["body_html"]
+    assert 'src="figures/lesions/colour_units.png"' in body
 
 
 def test_rerun_plans_only_what_a_setting_changes(finished_run):
@@ -117,7 +142,9 @@ def assert_reruns(workdir, config) -> None:
     write_config(workdir, changed)
     assert {rule for rule, _ in planned_jobs(workdir)} == {
         "lesions_colour_units",
+        "lesions_colour_figure",
         "lesions_concept_units",
+        "lesions_concept_figure",
         "lesions_section",
         "report",
     }

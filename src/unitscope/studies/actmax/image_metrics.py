@@ -1,14 +1,18 @@
-"""Colour against stroke structure in images (synthesised or real): HSV, hue histograms and per-image measures."""
+"""Colour against stroke structure in images (synthesised or real): HSV, hue histograms and per-image measures;
+and how colourful each unit's optimised images are (its actmax colour score)."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-__all__ = ["hue_histograms", "image_color_shape", "rgb_to_hsv"]
+from unitscope.data.concepts import srgb_to_lab  # the conversion the dissection names colours with
+
+__all__ = ["hue_histograms", "image_color_shape", "mean_chroma", "rgb_to_hsv", "unit_colour_scores"]
 
 
 def rgb_to_hsv(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -79,3 +83,28 @@ def image_color_shape(images: torch.Tensor) -> pd.DataFrame:
             "brightness": flat_value.mean(1).numpy(),
         }
     )
+
+
+def mean_chroma(images: np.ndarray) -> np.ndarray:
+    """[B] the mean CIELAB chroma C*ab = hypot(a*, b*) over the pixels of each sRGB image [B, 3, H, W] in [0, 1]
+    (clipped there): 0 for a grey image, about 100 or more for saturated red, green or blue; NaN for images
+    without three channels (grayscale inputs have no chroma)."""
+    images = np.asarray(images, dtype=np.float64)
+    if images.ndim != 4 or images.shape[1] != 3:
+        return np.full(len(images), np.nan)
+    lab = srgb_to_lab(np.clip(images, 0.0, 1.0).transpose(0, 2, 3, 1))
+    return np.hypot(lab[..., 1], lab[..., 2]).mean(axis=(1, 2))
+
+
+def unit_colour_scores(images: np.ndarray, table: pd.DataFrame) -> pd.DataFrame:
+    """A unit's actmax colour score: the mean chroma (`mean_chroma`) of its optimised images, averaged over all its
+    runs (seeds, and objectives when a target has several). `images` [R, 3, H, W] and `table` (one row per run, as
+    `runs.save_run` writes a registry target: model, unit_layer, channel) are in the same order. One row per unit:
+    model, layer (the unit layer), channel, colour_score, n_runs."""
+    if len(images) != len(table):
+        raise ValueError(f"actmax colour score: {len(images)} images for {len(table)} runs")
+    runs = table.assign(chroma=mean_chroma(images))
+    layer = runs["unit_layer"] if "unit_layer" in runs else runs["layer"]
+    grouped = runs.assign(unit=layer).groupby(["model", "unit", "channel"], sort=True)["chroma"]
+    scores = grouped.agg(colour_score="mean", n_runs="size").reset_index()
+    return scores.rename(columns={"unit": "layer"})

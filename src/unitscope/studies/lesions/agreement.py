@@ -10,12 +10,19 @@ import pandas as pd
 
 from unitscope.stats import derived_rng, spearman
 
+MIN_SHARED = 5  # fewer shared units than this: a label row gives their number and no rho
 
-def rank_agreement(x: np.ndarray, y: np.ndarray, *, n_bootstrap: int, seed: int, purpose: str) -> dict:
-    """rho of x and y [n] (pairs with a NaN left out), its 95% percentile-bootstrap interval, and n."""
+
+def rank_agreement(
+    x: np.ndarray, y: np.ndarray, *, n_bootstrap: int, seed: int, purpose: str, min_units: int = 0
+) -> dict:
+    """rho of x and y [n] (pairs with a NaN left out), its 95% percentile-bootstrap interval, and n; with fewer than
+    `min_units` pairs, n and NaN for the rest."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
+    if len(x) < min_units:
+        return {"rho": np.nan, "low": np.nan, "high": np.nan, "n_units": int(len(x))}
     rng = derived_rng(seed, f"lesions/agreement/{purpose}")
     resampled = np.array([spearman(x[r], y[r]) for r in rng.integers(0, len(x), size=(n_bootstrap, len(x)))])
     resampled = resampled[np.isfinite(resampled)]
@@ -62,6 +69,39 @@ def colour_agreement(
         "evidence": "dissection IoU of the unit's best colour concept",
         **row,
     }
+
+
+ACTMAX_LABEL = "actmax colour score (mean CIELAB chroma of its optimised images)"
+PARTNERS = {
+    "nefesi": ("color_index", "nefesi colour index"),
+    "dissection": ("color_iou", "dissection IoU of the unit's best colour concept"),
+}
+
+
+def partner_units(partner: str, table: pd.DataFrame, layer: str) -> pd.DataFrame:
+    """(channel, value) of a layer's units in another study's table: nefesi's indexes.parquet (color_index) or the
+    dissection's units.parquet (color_iou, its `unit` is the channel)."""
+    column, _ = PARTNERS[partner]
+    rows = table[table["layer"] == layer].rename(columns={"unit": "channel"})
+    return pd.DataFrame({"channel": rows["channel"].astype(np.int64), "value": rows[column].astype(np.float64)})
+
+
+def actmax_colour_agreement(
+    scores: pd.DataFrame, partner: str, table: pd.DataFrame, *, model: str, layer: str, n_bootstrap: int, seed: int
+) -> dict:
+    """The actmax colour score of each unit of `layer` (`scores`: channel, colour_score; see
+    `actmax.image_metrics.unit_colour_scores`) against another study's colour label of the same unit (`partner`:
+    "nefesi" or "dissection", `table` its table), over the units both describe; fewer than MIN_SHARED: N only."""
+    merged = scores[["channel", "colour_score"]].merge(partner_units(partner, table, layer), on="channel")
+    row = rank_agreement(
+        merged["colour_score"],
+        merged["value"],
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        purpose=f"actmax-colour/{partner}/{model}/{layer}",
+        min_units=MIN_SHARED,
+    )
+    return {"model": model, "layer": layer, "label": ACTMAX_LABEL, "evidence": PARTNERS[partner][1], **row}
 
 
 def face_agreement(selection: pd.DataFrame, conditions: pd.DataFrame, *, n_bootstrap: int, seed: int) -> dict:

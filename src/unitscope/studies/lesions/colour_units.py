@@ -24,7 +24,9 @@ drawn without its units. All conditions go through the tail in one streamed pass
 The readout: accuracy per set, and the shortcut gap (biased minus conflicting accuracy). `compare_sets` gives each
 set's change from intact with a paired 95% bootstrap interval over images, the random sets' null and one-sided
 empirical p-values in the direction of the shortcut claim (`DIRECTIONS`; the same directions for the shape set, so
-its p-values ask whether removing shape units weakens the shortcut too).
+its p-values ask whether removing shape units weakens the shortcut too). With several layers tested, each p gets a
+Benjamini-Hochberg q-value over the layers tested with the same set kind and measure (`adjust_over_layers`); a
+layer's colour set weakens the shortcut when the gap's q is below alpha.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from unitscope.studies.actmax.activations import layer_activations
 from unitscope.studies.actmax.colored_mnist import EVAL_SETS, ColoredMnist
 from unitscope.studies.lesions.class_units import evaluate
 from unitscope.studies.lesions.inputs import LesionsError
+from unitscope.studies.lesions.multiplicity import family_q_values
 
 MODEL_NAME = "colored_mnist_cnn"
 COLOUR_THRESHOLD = 0.5  # a colour unit: color_index > 0.5 (its colour change exceeds its digit change)
@@ -328,6 +331,13 @@ def _comparison(chosen, intact, null: pd.DataFrame, measure: str, interval, n_im
         "n_draws": n_draws,
         "n_distinct": len(null_changes),
     }
+
+
+def adjust_over_layers(compared: pd.DataFrame) -> pd.DataFrame:
+    """`compared` (every layer's `compare_sets` rows) with q_value: each p_value adjusted by Benjamini-Hochberg over
+    the layers tested with the same set kind and measure (with one layer, q = p), and n_tested, those layers."""
+    q, tested = family_q_values(compared, "p_value", ["kind", "measure"])
+    return compared.assign(q_value=q, n_tested=tested)
 
 
 def shortcut_summary(compared: pd.DataFrame) -> pd.DataFrame:

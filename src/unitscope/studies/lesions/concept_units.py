@@ -26,6 +26,8 @@ ones, and more than control sets do. It is scored by the KL on high frames and b
 (the difference, not the ratio, is tested: the ratio explodes when a lesion barely moves the low frames; the ratio
 is reported alongside), and by the change of the related mass on high frames (lower = the lesion removes more of
 the related classes); each against every control family with a one-sided empirical p-value over distinct sets.
+Several concepts are tested at once: the verdict's p (the KL difference's) gets a Benjamini-Hochberg q-value over
+the concepts tested against the same control family (`q_value`, `n_tested`), and a concept is shown by its q.
 """
 
 from __future__ import annotations
@@ -47,13 +49,17 @@ from unitscope.studies.dissection.caches import batches, cache_activations, diss
 from unitscope.studies.dissection.dissect import LabelBatch, concept_lookup, label_batch
 from unitscope.studies.lesions.class_units import SetDraws
 from unitscope.studies.lesions.inputs import LesionsError
+from unitscope.studies.lesions.multiplicity import family_q_values
 
 CHUNK_BYTES = 1 << 26  # logits of ~64 MiB per step: their float64 softmax is several times that
 HIGH_LOW_FRACTION = 1 / 3  # default: high frames are the top third by coverage, low frames the bottom third
 UNIT_COLUMNS = ("layer", "unit", "concept", "category", "iou", "detector")
 FAMILIES = ("random", "matched")
-# The statistics tested against the controls, and which side is "stronger" (the lesion's claim).
+# The statistics tested against the controls, and which side is "stronger" (the lesion's claim); the verdict is the
+# KL difference's, its p adjusted over the concepts (`q_value`). The KL on low frames gets its null described only.
 TESTED = {"kl_high": "higher", "kl_difference": "higher", "mass_change_high": "lower"}
+VERDICT = "kl_difference"
+DESCRIBED = ("kl_low",)
 
 COMPARISON_COLUMNS = {
     "layer": "the layer whose units are lesioned",
@@ -89,6 +95,9 @@ COMPARISON_COLUMNS = {
     "null_kl_high_low": "2.5th percentile of the controls' kl_high",
     "null_kl_high_high": "97.5th percentile of the controls' kl_high",
     "p_kl_high": "one-sided empirical p: controls with kl_high at least the detectors'",
+    "null_kl_low_mean": "mean of kl_low over the distinct control sets (described, not tested)",
+    "null_kl_low_low": "2.5th percentile of the controls' kl_low",
+    "null_kl_low_high": "97.5th percentile of the controls' kl_low",
     "null_kl_difference_mean": "mean of kl_difference over the distinct control sets",
     "null_kl_difference_low": "2.5th percentile of the controls' kl_difference",
     "null_kl_difference_high": "97.5th percentile of the controls' kl_difference",
@@ -98,6 +107,9 @@ COMPARISON_COLUMNS = {
     "null_mass_change_high_high": "97.5th percentile of the controls' mass_change_high",
     "p_mass_change_high": "one-sided empirical p: controls lowering the related mass on high frames at least as "
     "much as the detectors (NaN: no related classes)",
+    "q_value": "p_kl_difference adjusted by Benjamini-Hochberg over the concepts tested against the same control "
+    "family (the verdict's statistic)",
+    "n_tested": "concepts the q-value adjusts over (those with a p_kl_difference against this family)",
     "n_draws": "control sets drawn in the family",
     "n_distinct": "distinct control sets among them (the null's size)",
 }
@@ -396,7 +408,9 @@ def compare_concepts(
             row.update(_null(chosen, distinct))
             row.update(n_draws=len(drawn), n_distinct=len(distinct))
             rows.append(row)
-    return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
+    table = pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
+    table["q_value"], table["n_tested"] = family_q_values(table, f"p_{VERDICT}", ["control"])
+    return table
 
 
 def _described(chosen: pd.Series, split: Split, readouts: Readouts, number: int, layer: str, family: str) -> dict:
@@ -461,13 +475,15 @@ def difference_interval(high: np.ndarray, low: np.ndarray, rng: np.random.Genera
 
 
 def _null(chosen: pd.Series, distinct: pd.DataFrame) -> dict:
-    """The family's null of each tested statistic (mean, 2.5 and 97.5 percentiles) and the one-sided p-value."""
+    """The family's null of each tested statistic (mean, 2.5 and 97.5 percentiles) and the one-sided p-value; of a
+    described one, the null only."""
     out = {}
-    for name, direction in TESTED.items():
+    for name in (*DESCRIBED, *TESTED):
         null = distinct[name].to_numpy(dtype=np.float64)
-        usable = len(null) > 0 and np.isfinite(null).all() and np.isfinite(chosen[name])
+        usable = len(null) > 0 and np.isfinite(null).all() and (name in DESCRIBED or np.isfinite(chosen[name]))
         out[f"null_{name}_mean"] = float(null.mean()) if usable else np.nan
         out[f"null_{name}_low"] = float(np.percentile(null, 2.5)) if usable else np.nan
         out[f"null_{name}_high"] = float(np.percentile(null, 97.5)) if usable else np.nan
-        out[f"p_{name}"] = empirical_p(chosen[name], null, direction) if usable else np.nan
+        if name in TESTED:
+            out[f"p_{name}"] = empirical_p(chosen[name], null, TESTED[name]) if usable else np.nan
     return out

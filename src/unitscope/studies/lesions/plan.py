@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 from unitscope.errors import UnitscopeError
 from unitscope.settings import Settings
+from unitscope.studies.actmax.plan import registry_targets
 from unitscope.studies.dissection.plan import ConceptSource
 
 
@@ -183,12 +184,36 @@ def shared_layers(config: Mapping) -> tuple[tuple[str, str], ...]:
     )
 
 
+def _analysed(config: Mapping, study: str) -> set[tuple[str, str]]:
+    """(model, layer) pairs a study's targets analyse (none when the study is off)."""
+    section = config.get(study, {})
+    if not section.get("enabled", False):
+        return set()
+    return {(t["model"], layer) for t in section["targets"] for layer in t["layers"]}
+
+
+def actmax_comparisons(config: Mapping) -> tuple[tuple[str, str, str, str], ...]:
+    """(model, target layer, unit layer, partner) for each actmax registry target whose units ("unit layer": the
+    target's layer, or the faces layer whose channels a from_faces target optimises) nefesi or the dissection also
+    labels (partner "nefesi" / "dissection"): their colour labels can be set against its colour score."""
+    partners = {"nefesi": _analysed(config, "nefesi"), "dissection": _analysed(config, "dissection")}
+    return tuple(
+        (model, layer, target.unit_layer or layer, partner)
+        for (model, layer), target in registry_targets(config).items()
+        for partner, analysed in partners.items()
+        if (model, target.unit_layer or layer) in analysed
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class AgreementSettings(Settings):
-    """lesions_agreement: nefesi's colour index against the dissection's colour IoU on `colour_layers`, and the
-    faces selectivity against its channels' own lesions when `faces`; `n_bootstrap` resamples of units."""
+    """lesions_agreement: nefesi's colour index against the dissection's colour IoU on `colour_layers`, the actmax
+    colour score of registry-target units against nefesi's or the dissection's colour label on `actmax`
+    (`actmax_comparisons`), and the faces selectivity against its channels' own lesions when `faces`;
+    `n_bootstrap` resamples of units."""
 
     colour_layers: tuple[tuple[str, str], ...]
+    actmax: tuple[tuple[str, str, str, str], ...]
     faces: bool
     n_bootstrap: int
     seed: int
@@ -197,10 +222,25 @@ class AgreementSettings(Settings):
     def from_config(cls, config: Mapping) -> AgreementSettings:
         return cls(
             colour_layers=shared_layers(config),
+            actmax=actmax_comparisons(config),
             faces=bool(config.get("faces", {}).get("enabled", False)),
             n_bootstrap=config["lesions"]["class_units"]["n_bootstrap"],
             seed=config["seed"],
         )
+
+    def nefesi_layers(self) -> list[tuple[str, str]]:
+        """(model, layer) of every nefesi indexes table the rows read, in a fixed order."""
+        wanted = [*self.colour_layers, *((m, unit) for m, _, unit, partner in self.actmax if partner == "nefesi")]
+        return list(dict.fromkeys(wanted))
+
+    def dissected_models(self) -> list[str]:
+        """Models whose dissection unit table the rows read, sorted."""
+        wanted = [m for m, _ in self.colour_layers] + [m for m, _, _, p in self.actmax if p == "dissection"]
+        return sorted(set(wanted))
+
+    def actmax_targets(self) -> list[tuple[str, str]]:
+        """(model, target layer) of every actmax registry run the rows read, in a fixed order."""
+        return list(dict.fromkeys((m, layer) for m, layer, _, _ in self.actmax))
 
 
 @dataclasses.dataclass(frozen=True)

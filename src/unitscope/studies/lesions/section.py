@@ -3,7 +3,10 @@ and the context that templates/lesions*.j2 word.
 
 Verdicts are decided here, by rules stated once: a set's effect is "shown" when its average over classes is
 stronger than that of random sets and of activation-matched sets (one-sided empirical p < alpha against each);
-selectivity "predicts" importance when the 95% interval of the mean Spearman rho lies wholly above zero.
+selectivity "predicts" importance when the 95% interval of the mean Spearman rho lies wholly above zero. Where
+several sets are tested at once the verdict reads Benjamini-Hochberg q-values instead of p: a concept's detectors
+are shown when their KL difference's q (over the concepts tested against that control family) is below alpha
+against every family; a layer's colour set weakens the shortcut when the gap's q (over the layers tested) is.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import pandas as pd
 
 from unitscope.report.render import ci, fixed, p_value, render, render_text
 from unitscope.report.sections import claim, finding, finding_number, table_rows, unit_hrefs
+from unitscope.studies.lesions.agreement import MIN_SHARED
 
 STUDY = "lesions"
 TITLE = "Interventions behind the labels"
 STUDY_DIR = Path(__file__).resolve().parent
 FIGURE = "figures/lesions/class_units.png"
+PART_FIGURES = {"colour": "figures/lesions/colour_units.png", "concept": "figures/lesions/concept_units.png"}
 QUESTION = "Does a unit's class selectivity predict how much its lesion hurts that class?"
 KIND_TEXT = {"selective": "most selective for", "important": "most important for"}
 MODE_TEXT = {"lesion": "lesioned", "keep_only": "kept alone"}
@@ -143,7 +148,7 @@ def agreement_table(methods: pd.DataFrame) -> dict:
             "label": methods["label"],
             "set against": methods["evidence"],
             "Spearman rho [95%]": [
-                f"{fixed(r)} {ci([lo, hi])}"
+                f"{fixed(r)} {ci([lo, hi])}" if np.isfinite(r) else "n/a"
                 for r, lo, hi in zip(methods["rho"], methods["low"], methods["high"], strict=True)
             ],
             "units": methods["n_units"].astype(int),
@@ -159,8 +164,9 @@ COLOUR_MEASURES = {"biased": "biased", "conflicting": "conflicting", "gap": "gap
 
 
 def colour_rows(compared: pd.DataFrame | None, alpha: float) -> list[dict]:
-    """One row per (layer, set kind): each measure's change with its interval, the random sets' mean change and p,
-    and whether the set weakens the shortcut beyond random sets (the gap's p < alpha)."""
+    """One row per (layer, set kind): each measure's change with its interval, the random sets' mean change, p and
+    q, and whether the set weakens the shortcut beyond random sets (the gap's q < alpha: its p adjusted over the
+    layers tested, `colour_units.adjust_over_layers`)."""
     if compared is None or compared.empty:
         return []
     rows = []
@@ -176,7 +182,8 @@ def colour_rows(compared: pd.DataFrame | None, alpha: float) -> list[dict]:
                 "n_images": int(gap["n_images"]),
                 "n_distinct": int(gap["n_distinct"]),
                 "measures": {m: by.loc[m].to_dict() for m in COLOUR_MEASURES if m in by.index},
-                "shown": bool(np.isfinite(gap["p_value"]) and gap["p_value"] < alpha),
+                "n_tested": int(gap["n_tested"]),
+                "shown": bool(np.isfinite(gap["q_value"]) and gap["q_value"] < alpha),
             }
         )
     return rows
@@ -192,6 +199,7 @@ def colour_table(rows: list[dict]) -> dict:
         gap = row["measures"]["gap"]
         record["random sets: gap"] = points(gap["null_mean"])
         record["p (gap)"] = p_value(gap["p_value"])
+        record["q (gap)"] = p_value(gap["q_value"])
         records.append({**record, "shortcut weakened": "yes" if row["shown"] else "no"})
     header, body = table_rows(pd.DataFrame(records))
     return {"header": header, "rows": body}
@@ -209,7 +217,8 @@ def colour_claims(rows: list[dict]) -> list[dict]:
                 intervention=f"lesion of the set, colored_mnist_cnn {row['layer']}",
                 effect=f"gap {points(gap['change'])} {points_range(gap['change_low'], gap['change_high'])}",
                 controls=f"random {points(gap['null_mean'])} ({row['n_distinct']} sets)",
-                p=f"random {p_value(gap['p_value'])}",
+                p=f"random p {p_value(gap['p_value'])}, q {p_value(gap['q_value'])} "
+                f"(BH over {_count(row['n_tested'], 'layer')})",
                 n=f"{row['n_images']} digits per evaluation set",
                 shown=row["shown"],
             )
@@ -222,14 +231,15 @@ def colour_claims(rows: list[dict]) -> list[dict]:
 
 def concept_rows(compared: pd.DataFrame | None, alpha: float) -> list[dict]:
     """One row per concept: its detectors' KL on high and low frames, the difference, the related mass, and per
-    control family the null and p; shown when the KL difference beats every control family (p < alpha)."""
+    control family the null, p and q; shown when the KL difference beats every control family after the adjustment
+    over the concepts tested (q < alpha against each)."""
     if compared is None or compared.empty:
         return []
     rows = []
     for concept, group in compared.groupby("concept", sort=False):
         first = group.iloc[0]
         controls = {row["control"]: row for _, row in group.iterrows()}
-        tested = [row["p_kl_difference"] for row in controls.values() if np.isfinite(row["p_kl_difference"])]
+        tested = [row["q_value"] for row in controls.values() if np.isfinite(row["q_value"])]
         rows.append(
             {
                 "concept": concept,
@@ -266,9 +276,21 @@ def concept_table(rows: list[dict]) -> dict:
         for family, control in row["controls"].items():
             record[f"{family} sets: KL high − low"] = _kl(control["null_kl_difference_mean"])
             record[f"p ({family})"] = p_value(control["p_kl_difference"])
+            record[f"q ({family})"] = p_value(control["q_value"])
         records.append({**record, "shown": "yes" if row["shown"] else "no"})
     header, body = table_rows(pd.DataFrame(records))
     return {"header": header, "rows": body}
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _concept_p(row: dict) -> str:
+    """'random p 0.010, q 0.020; matched p 0.030, q 0.045 (BH over 3 concepts)'."""
+    families = [f"{k} p {p_value(c['p_kl_difference'])}, q {p_value(c['q_value'])}" for k, c in row["controls"].items()]
+    tested = max(int(c["n_tested"]) for c in row["controls"].values())
+    return f"{'; '.join(families)} (BH over {_count(tested, 'concept')})"
 
 
 def concept_claims(rows: list[dict]) -> list[dict]:
@@ -283,7 +305,7 @@ def concept_claims(rows: list[dict]) -> list[dict]:
                 intervention=f"lesion of the detectors, {f['model']} {f['layer']}",
                 effect=f"KL high − low {_kl_difference(f)}",
                 controls=", ".join(f"{k} {_kl(c['null_kl_difference_mean'])}" for k, c in row["controls"].items()),
-                p=", ".join(f"{k} {p_value(c['p_kl_difference'])}" for k, c in row["controls"].items()),
+                p=_concept_p(row),
                 n=f"{int(f['n_high'])} high, {int(f['n_low'])} low frames of {int(f['n_frames'])}",
                 shown=row["shown"],
             )
@@ -305,6 +327,9 @@ def _context(tables: dict, alpha: float) -> dict:
         "colour_layers": tables.get("colour_layers"),
         "concept": concept_rows(tables.get("concept"), alpha),
         "concept_ran": tables.get("concept") is not None,
+        "colour_tested": _tested(tables.get("colour")),
+        "min_shared": MIN_SHARED,
+        "concept_tested": _tested(tables.get("concept")),
         "info": info,
         "alpha": alpha,
         "rows": rows,
@@ -314,6 +339,11 @@ def _context(tables: dict, alpha: float) -> dict:
         "verdict": rho_verdict(rho),
         "n_classes": len(info["class_names"]),
     }
+
+
+def _tested(compared: pd.DataFrame | None) -> int:
+    """How many sets (layers, concepts) the q-values of a part's table adjust over: the largest family's count."""
+    return 0 if compared is None or compared.empty else int(compared["n_tested"].max())
 
 
 def conclusion_text(tables: dict, *, alpha: float) -> str:
@@ -360,6 +390,21 @@ def figure_texts(c: dict) -> dict:
     }
 
 
+def part_figure_texts(c: dict) -> dict:
+    """{part: {src, caption, alt}} for the colour and concept figures of the parts with a set tested."""
+    return {
+        part: {
+            "src": src,
+            **{
+                text: render_text(f"lesions_{part}_figure_caption.txt.j2", STUDY_DIR, c=c, alt=text == "alt")
+                for text in ("caption", "alt")
+            },
+        }
+        for part, src in PART_FIGURES.items()
+        if c[part]
+    }
+
+
 def body_html(tables: dict, *, alpha: float) -> str:
     c = _context(tables, alpha)
     return render(
@@ -369,6 +414,7 @@ def body_html(tables: dict, *, alpha: float) -> str:
         conclusion=conclusion_text(tables, alpha=alpha),
         figure_src=FIGURE,
         texts=figure_texts(c),
+        part_figures=part_figure_texts(c),
         pooled_table=pooled_table(c["rows"]),
         class_table=class_table(tables, units(tables)),
         agreement_table=agreement_table(tables["methods"]),
@@ -419,6 +465,8 @@ def summary(tables: dict, *, alpha: float) -> dict:
                 **{f"{m}_change": row["measures"][m]["change"] for m in COLOUR_MEASURES},
                 "gap_interval": [row["measures"]["gap"]["change_low"], row["measures"]["gap"]["change_high"]],
                 "gap_p": row["measures"]["gap"]["p_value"],
+                "gap_q": row["measures"]["gap"]["q_value"],
+                "n_layers_tested": row["n_tested"],
                 "shortcut_weakened": row["shown"],
             }
             for row in c["colour"]
@@ -434,6 +482,8 @@ def summary(tables: dict, *, alpha: float) -> dict:
                 "detectors": list(row["first"]["channels"]),
                 **{key: row["first"][key] for key in ("kl_high", "kl_low", "kl_difference", "mass_change_high")},
                 "p_kl_difference": {k: c["p_kl_difference"] for k, c in row["controls"].items()},
+                "q_kl_difference": {k: c["q_value"] for k, c in row["controls"].items()},
+                "n_concepts_tested": {k: int(c["n_tested"]) for k, c in row["controls"].items()},
                 "shown": row["shown"],
             }
             for row in c["concept"]

@@ -16,7 +16,7 @@ import pandas as pd
 
 from unitscope.fsutil import write_json, write_parquet
 from unitscope.report.sections import write_section
-from unitscope.studies.lesions.figures import class_units_figure
+from unitscope.studies.lesions.figures import class_units_figure, colour_units_figure, concept_units_figure
 from unitscope.studies.lesions.section import TITLE, body_html, claims, conclusion_text, finding_of, summary, units
 
 if TYPE_CHECKING:  # annotations only: a stage's settings arrive as params, so plan.py is no code input
@@ -152,7 +152,7 @@ def run_colour_units(
     layers = co.layer_summary(probe_table, list(s.layers), sets).assign(n_images=evaluation.n_images)
     empty = pd.DataFrame({"layer": pd.Series(dtype=str)})
     write_parquet(pd.concat(scored, ignore_index=True) if scored else empty, out_conditions)
-    write_parquet(pd.concat(compared, ignore_index=True) if compared else empty, out_compared)
+    write_parquet(co.adjust_over_layers(pd.concat(compared, ignore_index=True)) if compared else empty, out_compared)
     write_parquet(layers, out_layers)
     print(f"colour units: {len(sets)} sets in {time.perf_counter() - clock:.1f} s", flush=True)
     return layers
@@ -221,14 +221,16 @@ def run_agreement(
     class_agreement: str,
     nefesi: dict[str, str],
     dissection: dict[str, str],
+    actmax: dict[str, tuple[str, str]] | None = None,
     faces_selection: str | None = None,
     faces_conditions: str | None = None,
     out_table: str | os.PathLike,
 ) -> pd.DataFrame:
     """Do the methods agree? One row per label set against other evidence on the same units: the class units' own
     rows, nefesi's colour index against the dissection colour IoU on every layer both analyse (`nefesi`: {"model/
-    layer": indexes.parquet}, `dissection`: {model: units.parquet}), and the faces selectivity against each
-    selected channel's own lesion."""
+    layer": indexes.parquet}, `dissection`: {model: units.parquet}), the actmax colour score of registry-target
+    units against either (`actmax`: {"model/target layer": (runs .npz, runs .parquet)}), and the faces selectivity
+    against each selected channel's own lesion."""
     from unitscope.studies.lesions.agreement import colour_agreement, face_agreement
 
     rows = pd.read_parquet(class_agreement).query("kind == 'agreement'")
@@ -237,6 +239,7 @@ def run_agreement(
     for model, layer in settings.colour_layers:
         indexes, units = pd.read_parquet(nefesi[f"{model}/{layer}"]), pd.read_parquet(dissection[model])
         rows.append(colour_agreement(indexes, units, model=model, layer=layer, **draws))
+    rows += _actmax_rows(settings, nefesi, dissection, actmax or {})
     if faces_selection and faces_conditions:
         rows.append(face_agreement(pd.read_parquet(faces_selection), pd.read_parquet(faces_conditions), **draws))
     table = pd.DataFrame(rows)
@@ -244,9 +247,46 @@ def run_agreement(
     return table
 
 
+def _actmax_rows(settings: AgreementSettings, nefesi: dict, dissection: dict, actmax: dict) -> list[dict]:
+    """The actmax colour score of each registry target's units against nefesi's colour index or the dissection's
+    colour IoU of the same units (`settings.actmax`)."""
+    from unitscope.studies.actmax.image_metrics import unit_colour_scores
+    from unitscope.studies.actmax.runs import load_run
+    from unitscope.studies.lesions.agreement import actmax_colour_agreement
+
+    scores, rows = {}, []
+    for model, layer, unit_layer, partner in settings.actmax:
+        if (model, layer) not in scores:
+            arrays, runs = load_run(*actmax[f"{model}/{layer}"])
+            scores[model, layer] = unit_colour_scores(arrays["images"], runs)
+            print(f"actmax colour score of {model} {layer}: {len(scores[model, layer])} units", flush=True)
+        path = nefesi[f"{model}/{unit_layer}"] if partner == "nefesi" else dissection[model]
+        row = actmax_colour_agreement(
+            scores[model, layer].query("layer == @unit_layer"),
+            partner,
+            pd.read_parquet(path),
+            model=model,
+            layer=unit_layer,
+            n_bootstrap=settings.n_bootstrap,
+            seed=settings.seed,
+        )
+        rows.append(row)
+    return rows
+
+
 def run_class_figure(*, pooled: str, units: str, agreement: str, out_figure: str | os.PathLike) -> None:
     """The class-units figure from the stage's tables."""
     class_units_figure(pd.read_parquet(pooled), pd.read_parquet(units), pd.read_parquet(agreement), out_figure)
+
+
+def run_colour_figure(*, compared: str, out_figure: str | os.PathLike) -> None:
+    """The colour-units figure from the stage's comparison table."""
+    colour_units_figure(pd.read_parquet(compared), out_figure)
+
+
+def run_concept_figure(*, compared: str, out_figure: str | os.PathLike) -> None:
+    """The concept-detectors figure from the stage's comparison table."""
+    concept_units_figure(pd.read_parquet(compared), out_figure)
 
 
 def run_section(
