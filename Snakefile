@@ -12,3 +12,4 @@ include: "rules/actmax.smk"
 include: "rules/nefesi.smk"
 include: "rules/dissection.smk"
 include: "rules/lesions.smk"
+include: "rules/atlas.smk"  # the unit atlas: `snakemake atlas` (not yet in the report)

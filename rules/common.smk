@@ -45,12 +45,15 @@ WILDCARD_SYNTAX = re.compile(r"[{}]")
 # results/<study>/section.json for the report; a study added later (docs/architecture.md) follows the built-in ones.
 BUILT_IN_STUDIES = ("faces", "actmax", "nefesi", "dissection", "lesions")
 SCHEMA_STUDIES = sorted(path.name.removesuffix(".schema.yaml") for path in (REPO / "config/schemas").glob("*.schema.yaml"))
-STUDIES = BUILT_IN_STUDIES + tuple(name for name in SCHEMA_STUDIES if name not in BUILT_IN_STUDIES)
+# Config blocks with a schema that write no report section (yet): the atlas, built by its own target (`snakemake atlas`).
+NO_SECTION = ("atlas",)
+STUDIES = BUILT_IN_STUDIES + tuple(name for name in SCHEMA_STUDIES if name not in BUILT_IN_STUDIES + NO_SECTION)
 # Run settings that never change results: kept out of params so changing them re-runs nothing.
 RUN_ONLY_SETTINGS = {
     "extraction": ("batch_size", "num_workers", "device", "maps_chunk_images"),
     "dissection": ("batch_size",),
     "nefesi": ("probe_batch_size",),
+    "atlas": ("batch_size",),
 }
 
 

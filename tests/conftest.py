@@ -102,6 +102,7 @@ SCOPE_SECONDS = {
     "tests/studies/faces/test_faces_other_model_workflow.py": 170,
     "tests/data/test_hostile_datasets.py": 100,
     "tests/studies/faces/test_faces.py": 75,
+    "tests/studies/atlas/test_atlas_workflow.py": 70,
     "tests/test_architecture_doc.py": 67,
     "tests/models/test_models.py": 63,
     "tests/test_any_model.py": 45,

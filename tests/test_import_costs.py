@@ -16,6 +16,9 @@ SCRIPTS = ROOT / "workflow" / "scripts"
 HEAVY = ("torch", "torchvision", "sklearn", "scipy")
 TABLE_ONLY = (
     "actmax_report",
+    "atlas_categories",
+    "atlas_gather",
+    "atlas_index",
     "dissection_section",
     "extract_store",
     "faces_categories",

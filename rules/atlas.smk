@@ -1,0 +1,122 @@
+# The unit atlas (src/unitscope/studies/atlas/): every unit of each atlas target layer gets one row of
+# results/atlas/{model}/{layer}/units.parquet. Each kind of evidence runs per shard of consecutive units (one job per
+# (model, layer, shard)), so a cluster profile spreads a whole model over many jobs; one gather job per layer joins the
+# shards (and nefesi's and the dissection's columns, where they analyse the layer). Target: `snakemake atlas`.
+#
+# Sharding: a layer's channel count is known at parse time from the model's facts (a cached survey, no torch), so its
+# shards are expanded here as a `{shard}` wildcard (`0-63`, `64-127`, ...). Not Snakemake's `scattergather:`: its split
+# count is one global number per scatter name, the same for every layer, while layers have 16 to 2,048 units and the
+# shard size (atlas.units_per_shard) should be the same everywhere. Not a checkpoint either: nothing is unknown until
+# a job runs, and a dry run lists every shard job.
+
+from unitscope.studies.atlas.plan import AtlasPlan  # noqa: E402 (no torch: parse time only)
+
+if config["atlas"]["enabled"]:
+    ATLAS = plan(AtlasPlan.from_config, config)
+    # the stores every target reads (one per dataset), declared to the extraction's one pass per (model, dataset)
+    ATLAS_STORES = {
+        key: [request_extraction(target.model, dataset, target.layer) for dataset in target.datasets]
+        for key, target in ATLAS.targets.items()
+    }
+
+    def atlas_target(wildcards):
+        return plan(ATLAS.target, wildcards.model, wildcards.layer)
+
+    def atlas_stores(wildcards):
+        target = atlas_target(wildcards)  # an unknown (model, layer) is one line
+        return ATLAS_STORES[(target.model, target.layer)]
+
+    def atlas_manifests(wildcards):
+        return [manifest_path(dataset) for dataset in atlas_target(wildcards).datasets]
+
+    def atlas_evidence(wildcards):
+        return {kind: ATLAS.shard_files(wildcards.model, wildcards.layer, kind) for kind in ATLAS.evidence()}
+
+    rule atlas_categories:
+        input:
+            code=code("studies.atlas.stages:run_categories"),
+            stores=atlas_stores,
+            manifests=atlas_manifests,
+        output:
+            "results/atlas/{model}/{layer}/shards/{shard}/categories.parquet",
+        params:
+            settings=lambda wc: plan(ATLAS.categories_settings, wc.model, wc.layer, wc.shard).as_params(),
+        wildcard_constraints:
+            shard=r"\d+-\d+",
+        log:
+            "logs/atlas/{model}/{layer}/{shard}/categories.log",
+        benchmark:
+            "benchmarks/atlas/{model}/{layer}/{shard}/categories.tsv"
+        conda:
+            ENV
+        script:
+            "../workflow/scripts/atlas_categories.py"
+
+    rule atlas_lesion:
+        input:
+            code=code("studies.atlas.stages:run_lesion"),
+            stores=atlas_stores,
+            manifests=atlas_manifests,
+            checkpoint=model_checkpoint,
+        output:
+            "results/atlas/{model}/{layer}/shards/{shard}/lesion.parquet",
+        params:
+            settings=lambda wc: plan(ATLAS.lesion_settings, wc.model, wc.layer, wc.shard).as_params(),
+            model=lambda wc: model_ref(wc.model),
+        wildcard_constraints:
+            shard=r"\d+-\d+",
+        threads: 2
+        resources:
+            mem_mb=4000,
+        log:
+            "logs/atlas/{model}/{layer}/{shard}/lesion.log",
+        benchmark:
+            "benchmarks/atlas/{model}/{layer}/{shard}/lesion.tsv"
+        conda:
+            ENV
+        script:
+            "../workflow/scripts/atlas_lesion.py"
+
+    rule atlas_gather:
+        input:
+            unpack(atlas_evidence),
+            code=code("studies.atlas.stages:run_gather"),
+            nefesi=lambda wc: ATLAS.nefesi_table(wc.model, wc.layer),
+            dissection=lambda wc: ATLAS.dissection_table(wc.model, wc.layer),
+        output:
+            "results/atlas/{model}/{layer}/units.parquet",
+        params:
+            settings=lambda wc: plan(ATLAS.gather_settings, wc.model, wc.layer).as_params(),
+            evidence=ATLAS.evidence(),
+        log:
+            "logs/atlas/{model}/{layer}/gather.log",
+        benchmark:
+            "benchmarks/atlas/{model}/{layer}/gather.tsv"
+        conda:
+            ENV
+        script:
+            "../workflow/scripts/atlas_gather.py"
+
+    rule atlas:
+        input:
+            code=code("studies.atlas.stages:run_index"),
+            tables=ATLAS.tables(),
+        output:
+            "results/atlas/index.json",
+        log:
+            "logs/atlas/index.log",
+        benchmark:
+            "benchmarks/atlas/index.tsv"
+        conda:
+            ENV
+        script:
+            "../workflow/scripts/atlas_index.py"
+
+else:
+
+    def atlas_is_off(wildcards):
+        raise WorkflowError("unitscope: the atlas is off (config key atlas.enabled); set it to true and list atlas.targets")
+
+    rule atlas:  # only says why there is nothing to build: it never runs, so it has no log or benchmark
+        input:
+            atlas_is_off,

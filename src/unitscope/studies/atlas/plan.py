@@ -1,0 +1,274 @@
+"""Parse time (no torch): the atlas targets checked against the config and the models' facts (their layers and
+channel counts, surveyed once and cached: `unitscope.models.facts`), each layer's shards of consecutive units, and
+the settings each rule gets (frozen `Settings`, one per job)."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Callable, Mapping
+
+from unitscope.errors import UnitscopeError
+from unitscope.settings import Settings
+
+ROOT = "results/atlas"
+
+
+class AtlasConfigError(UnitscopeError, ValueError):
+    """An atlas setting names something that does not exist; the message is one line naming the key."""
+
+
+def _hint(name: str, known) -> str:
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def unit_shards(n_channels: int, per_shard: int) -> list[tuple[int, int]]:
+    """[start, stop) of consecutive units, `per_shard` each (the last may be smaller): every unit exactly once."""
+    return [(start, min(start + per_shard, n_channels)) for start in range(0, n_channels, per_shard)]
+
+
+def shard_name(start: int, stop: int) -> str:
+    """A shard's name in paths (the `{shard}` wildcard): its first and last unit, e.g. '0-63'."""
+    return f"{start}-{stop - 1}"
+
+
+@dataclasses.dataclass(frozen=True)
+class AtlasTarget:
+    """One target layer, checked: its datasets, the labelled ones, its channel count (from the model's facts)."""
+
+    model: str
+    layer: str
+    datasets: tuple[str, ...]
+    labelled: tuple[str, ...]
+    categories: tuple[str, ...]  # datasets.<d>.category of each dataset
+    channels: int
+    shards: tuple[tuple[int, int], ...]
+
+    @property
+    def folder(self) -> str:
+        return f"{ROOT}/{self.model}/{self.layer}"
+
+    def shard_names(self) -> list[str]:
+        return [shard_name(start, stop) for start, stop in self.shards]
+
+    def shard_range(self, name: str) -> tuple[int, int]:
+        for start, stop in self.shards:
+            if shard_name(start, stop) == name:
+                return start, stop
+        shards = ", ".join(self.shard_names())
+        raise AtlasConfigError(f"atlas target {self.model} {self.layer!r} has no shard {name!r} (its shards: {shards})")
+
+
+def _check_model(config: Mapping, where: str, model: str) -> None:
+    if model not in config["models"]:
+        raise AtlasConfigError(f"{where}.model: unknown model {model!r}{_hint(model, config['models'])}")
+    if not config["models"][model].get("enabled", True):
+        raise AtlasConfigError(f"{where}.model: model {model!r} is disabled (models.{model}.enabled)")
+
+
+def _check_datasets(config: Mapping, where: str, target: Mapping) -> None:
+    for dataset in target["datasets"]:
+        if dataset not in config["datasets"]:
+            raise AtlasConfigError(f"{where}.datasets: unknown dataset {dataset!r}{_hint(dataset, config['datasets'])}")
+    if len(set(target["datasets"])) != len(target["datasets"]):
+        raise AtlasConfigError(f"{where}.datasets: a dataset is listed twice ({', '.join(target['datasets'])})")
+    for dataset in target.get("labelled") or ():
+        if dataset not in target["datasets"]:
+            raise AtlasConfigError(
+                f"{where}.labelled: {dataset!r} is not among the target's datasets{_hint(dataset, target['datasets'])}"
+            )
+
+
+def layer_channels(facts: Mapping, model: str, layer: str, where: str) -> int:
+    """The layer's channel count from the model's facts; an unknown layer (with the closest name) or one without
+    channel maps is one line naming the key."""
+    rows = {row["name"]: row for row in facts["layers"]}
+    if layer not in rows:
+        raise AtlasConfigError(
+            f"{where}.layer: model {model} has no layer {layer!r}{_hint(layer, rows)} "
+            f"(`python -m unitscope layers {model}` lists them)"
+        )
+    if not rows[layer].get("channels"):
+        raise AtlasConfigError(
+            f"{where}.layer: {model} {layer!r} outputs {rows[layer].get('shape')}, not channel maps [C, H, W]"
+        )
+    return int(rows[layer]["channels"])
+
+
+def _labelled(config: Mapping, target: Mapping) -> tuple[str, ...]:
+    if target.get("labelled") is not None:
+        return tuple(target["labelled"])
+    evaluation = config["models"][target["model"]].get("eval") or {}
+    return (evaluation["dataset"],) if evaluation.get("dataset") in target["datasets"] else ()
+
+
+def check_targets(config: Mapping, facts: Callable[[Mapping, str], Mapping]) -> tuple[AtlasTarget, ...]:
+    """atlas.targets checked in order (the first problem is the error) and resolved: `facts(config, model)` gives the
+    model's layers (`unitscope.models.facts.model_facts`)."""
+    atlas, seen, targets = config["atlas"], set(), []
+    if not atlas["targets"]:
+        raise AtlasConfigError(
+            "config key atlas.targets: empty; list {model, layer, datasets} entries (or disable the atlas)"
+        )
+    for index, target in enumerate(atlas["targets"]):
+        where = f"config key atlas.targets[{index}]"
+        _check_model(config, where, target["model"])
+        _check_datasets(config, where, target)
+        channels = layer_channels(facts(config, target["model"]), target["model"], target["layer"], where)
+        if (target["model"], target["layer"]) in seen:
+            raise AtlasConfigError(f"{where}: {target['model']} {target['layer']!r} is already an atlas target")
+        seen.add((target["model"], target["layer"]))
+        targets.append(
+            AtlasTarget(
+                model=target["model"],
+                layer=target["layer"],
+                datasets=tuple(target["datasets"]),
+                labelled=_labelled(config, target),
+                categories=tuple(config["datasets"][d]["category"] for d in target["datasets"]),
+                channels=channels,
+                shards=tuple(unit_shards(channels, atlas["units_per_shard"])),
+            )
+        )
+    return tuple(targets)
+
+
+@dataclasses.dataclass(frozen=True)
+class CategoriesSettings(Settings):
+    """atlas_categories, per shard: units [start, stop) of `layer`; their mean activation per dataset, per category
+    (`categories[i]` is dataset i's) and per label, with `n_bootstrap` resamples seeded by `seed`."""
+
+    model: str
+    layer: str
+    datasets: tuple[str, ...]
+    categories: tuple[str, ...]
+    start: int
+    stop: int
+    n_bootstrap: int
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LesionSettings(Settings):
+    """atlas_lesion, per shard: each unit of [start, stop) of `layer` lesioned alone (`ablation`) on every image of
+    `datasets`; class accuracy on the `labelled` ones."""
+
+    model: str
+    layer: str
+    datasets: tuple[str, ...]
+    labelled: tuple[str, ...]
+    start: int
+    stop: int
+    ablation: str
+
+
+@dataclasses.dataclass(frozen=True)
+class GatherSettings(Settings):
+    """atlas_gather, per layer: the shards' evidence joined into one row per unit, with the nefesi indexes and the
+    dissection's best concept when those studies analyse the layer."""
+
+    model: str
+    layer: str
+    channels: int
+    shards: tuple[str, ...]
+    categories: bool
+    lesion: bool
+    nefesi: bool
+    dissection: bool
+
+
+def analysed(config: Mapping, study: str) -> set[tuple[str, str]]:
+    """(model, layer) pairs an enabled study's targets analyse (none when it is off)."""
+    section = config.get(study, {})
+    if not section.get("enabled", False):
+        return set()
+    return {(t["model"], layer) for t in section.get("targets", []) for layer in t["layers"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class AtlasPlan:
+    """Every atlas job and its settings, built once at parse time (rules/atlas.smk)."""
+
+    targets: dict  # (model, layer) -> AtlasTarget
+    categories: bool
+    lesion: bool
+    ablation: str
+    n_bootstrap: int
+    seed: int
+    nefesi: frozenset  # (model, layer) pairs the nefesi study analyses
+    dissection: frozenset  # (model, layer) pairs the dissection dissects
+
+    @classmethod
+    def from_config(cls, config: Mapping, facts: Callable[[Mapping, str], Mapping] | None = None) -> AtlasPlan:
+        if facts is None:
+            from unitscope.models.facts import model_facts as facts
+        atlas = config["atlas"]
+        targets = check_targets(config, facts)
+        return cls(
+            targets={(t.model, t.layer): t for t in targets},
+            categories=bool(atlas["evidence"]["categories"]),
+            lesion=bool(atlas["evidence"]["lesion"]),
+            ablation=atlas["ablation"],
+            n_bootstrap=atlas["n_bootstrap"],
+            seed=config["seed"],
+            nefesi=frozenset(analysed(config, "nefesi")),
+            dissection=frozenset(analysed(config, "dissection")),
+        )
+
+    def target(self, model: str, layer: str) -> AtlasTarget:
+        if (model, layer) not in self.targets:
+            listed = ", ".join(f"{m}/{layer_}" for m, layer_ in self.targets)
+            raise AtlasConfigError(f"{model}/{layer} is not an atlas target (config key atlas.targets lists {listed})")
+        return self.targets[(model, layer)]
+
+    def categories_settings(self, model: str, layer: str, shard: str) -> CategoriesSettings:
+        target = self.target(model, layer)
+        start, stop = target.shard_range(shard)
+        return CategoriesSettings(
+            model=model,
+            layer=layer,
+            datasets=target.datasets,
+            categories=target.categories,
+            start=start,
+            stop=stop,
+            n_bootstrap=self.n_bootstrap,
+            seed=self.seed,
+        )
+
+    def lesion_settings(self, model: str, layer: str, shard: str) -> LesionSettings:
+        target = self.target(model, layer)
+        start, stop = target.shard_range(shard)
+        return LesionSettings(model, layer, target.datasets, target.labelled, start, stop, self.ablation)
+
+    def gather_settings(self, model: str, layer: str) -> GatherSettings:
+        target = self.target(model, layer)
+        return GatherSettings(
+            model=model,
+            layer=layer,
+            channels=target.channels,
+            shards=tuple(target.shard_names()),
+            categories=self.categories,
+            lesion=self.lesion,
+            nefesi=(model, layer) in self.nefesi,
+            dissection=(model, layer) in self.dissection,
+        )
+
+    def evidence(self) -> tuple[str, ...]:
+        """The evidence kinds computed per shard (each one rule)."""
+        return tuple(kind for kind, on in (("categories", self.categories), ("lesion", self.lesion)) if on)
+
+    def shard_files(self, model: str, layer: str, kind: str) -> list[str]:
+        target = self.target(model, layer)
+        return [f"{target.folder}/shards/{name}/{kind}.parquet" for name in target.shard_names()]
+
+    def nefesi_table(self, model: str, layer: str) -> list[str]:
+        """nefesi's indexes of the layer as a rule input (none when nefesi does not analyse it)."""
+        return [f"results/nefesi/{model}/{layer}/indexes.parquet"] if (model, layer) in self.nefesi else []
+
+    def dissection_table(self, model: str, layer: str) -> list[str]:
+        """The dissection's unit table of the model as a rule input (none when it does not dissect the layer)."""
+        return [f"results/dissection/{model}/units.parquet"] if (model, layer) in self.dissection else []
+
+    def tables(self) -> list[str]:
+        """Every layer's table, in the order of atlas.targets."""
+        return [f"{target.folder}/units.parquet" for target in self.targets.values()]

@@ -1,0 +1,137 @@
+"""The atlas's stages: the entry point of every rule of rules/atlas.smk, and nothing else.
+
+Only the lesion stage runs the network (torch is imported inside it); the category, gather and index stages read
+tables and arrays, so their jobs start without torch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from unitscope.fsutil import write_json, write_parquet
+from unitscope.studies.atlas.categories import category_table
+from unitscope.studies.atlas.gather import layer_table
+from unitscope.studies.atlas.inputs import AtlasError, class_indexes, read_layer_images
+
+if TYPE_CHECKING:  # annotations only: a stage's settings arrive as params, so plan.py is no code input
+    from unitscope.runtime import RunSettings
+    from unitscope.settings import ModelRef
+    from unitscope.studies.atlas.plan import CategoriesSettings, GatherSettings, LesionSettings
+
+
+def _shard_channels(settings, n_read: int) -> np.ndarray:
+    if n_read != settings.stop - settings.start:
+        raise AtlasError(
+            f"{settings.model} {settings.layer!r} has {settings.start + n_read} channels in its stores; the shard asks "
+            f"for units {settings.start}-{settings.stop - 1} (re-plan: the model's facts may be stale)"
+        )
+    return np.arange(settings.start, settings.stop, dtype=np.int64)
+
+
+def run_categories(
+    settings: CategoriesSettings,
+    *,
+    stores: Sequence[str],
+    manifests: Sequence[str],
+    out_table: str | os.PathLike,
+) -> pd.DataFrame:
+    """The shard's units' mean activation per dataset, shared category and label, with 95% bootstrap intervals."""
+    s, clock = settings, time.perf_counter()
+    images = read_layer_images(s.datasets, stores, manifests, s.layer, slice(s.start, s.stop))
+    channels = _shard_channels(s, images.means.shape[1])
+    table = category_table(images, s.categories, channels, n_bootstrap=s.n_bootstrap, seed=s.seed)
+    write_parquet(table, out_table)
+    seconds = time.perf_counter() - clock
+    print(f"categories: {len(channels)} units x {len(images.means)} images in {seconds:.2f} s", flush=True)
+    return table
+
+
+def run_lesion(
+    settings: LesionSettings,
+    model: ModelRef,
+    *,
+    stores: Sequence[str],
+    manifests: Sequence[str],
+    out_table: str | os.PathLike,
+    run: RunSettings | None = None,
+) -> pd.DataFrame:
+    """Each unit of the shard lesioned alone through the network after the layer (see `atlas.lesion`)."""
+    from unitscope.interventions.conditions import ablation_fill
+    from unitscope.interventions.tail import build_tail, layer_cache
+    from unitscope.models.registry import load_model
+    from unitscope.runtime import RunSettings, pick_device
+    from unitscope.studies.atlas import lesion as le
+
+    run, s, clock = run or RunSettings(), settings, time.perf_counter()
+    device = pick_device(run.device)
+    network = load_model(model).to(device)
+    tail = build_tail(network, s.layer, model.name)
+    images = read_layer_images(s.datasets, stores, manifests, s.layer)
+    channels = _shard_channels(s, min(images.means.shape[1], s.stop) - s.start)
+    loading = {"batch_size": run.batch_size, "num_workers": run.num_workers, "device": device}
+    manifest_of = dict(zip(s.datasets, manifests, strict=True))
+    preprocessing = model.spec["preprocessing"]
+    cache, means = layer_cache(network, tail, images.means, images.image_id, manifest_of, preprocessing, **loading)
+    fill = ablation_fill(s.ablation, means, "atlas.ablation")
+    classes = {
+        d: class_indexes(images.labels[images.rows(d)], f"dataset {d} (atlas.targets[].labelled)") for d in s.labelled
+    }
+    outputs = le.lesion_outputs(tail, cache, fill, channels, device=device)
+    table = le.lesion_table(outputs, le.LesionImages(s.datasets, images.dataset, classes), channels)
+    write_parquet(table, out_table)
+    seconds = time.perf_counter() - clock
+    print(f"lesions: {len(channels)} units in {seconds:.2f} s ({len(channels) / seconds:.1f} units/s)", flush=True)
+    return table
+
+
+def run_gather(
+    settings: GatherSettings,
+    *,
+    evidence: Mapping[str, Sequence[str]],
+    nefesi: Sequence[str] = (),
+    dissection: Sequence[str] = (),
+    out_table: str | os.PathLike,
+) -> pd.DataFrame:
+    """The layer's table (results/atlas/<model>/<layer>/units.parquet): one row per unit, every evidence column."""
+    s = settings
+    table = layer_table(
+        s.model,
+        s.layer,
+        s.channels,
+        evidence=dict(evidence),
+        nefesi=nefesi[0] if s.nefesi and nefesi else None,
+        dissection=dissection[0] if s.dissection and dissection else None,
+    )
+    write_parquet(table, out_table)
+    print(f"{s.model} {s.layer}: {len(table)} units, {table.shape[1]} columns", flush=True)
+    return table
+
+
+def run_index(*, tables: Sequence[str], out_path: str | os.PathLike) -> dict:
+    """results/atlas/index.json: each layer table's model, layer, unit count and columns (what later pages list)."""
+    layers = []
+    for path in tables:
+        table = pd.read_parquet(path)
+        model, layer = (str(table[key].iloc[0]) if len(table) else None for key in ("model", "layer"))
+        columns = [str(column) for column in table.columns]
+        layers.append({"model": model, "layer": layer, "units": len(table), "table": str(path), "columns": columns})
+    index = {"layers": layers, "units": sum(layer["units"] for layer in layers)}
+    write_json(index, out_path)
+    return index
+
+
+def run_settings(config: Mapping) -> RunSettings:
+    """The lesion jobs' run-only settings: extraction's (device, loader workers), with atlas.batch_size if set."""
+    import dataclasses
+
+    from unitscope.runtime import RunSettings
+
+    run = RunSettings.from_config(config)
+    batch_size = config.get("atlas", {}).get("batch_size")
+    return dataclasses.replace(run, batch_size=batch_size) if batch_size else run

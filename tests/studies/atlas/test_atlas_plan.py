@@ -1,0 +1,136 @@
+"""The atlas's parse-time plan: shards cover every unit once, channel counts come from the models' real facts (the
+layer survey), and a typo'd model, layer or dataset is one line naming the key, with the closest name."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from wfutil import tiny_config
+
+from unitscope.config import ConfigError, validate_config
+from unitscope.models.facts import compute_facts, model_facts
+from unitscope.studies.atlas.plan import (
+    AtlasConfigError,
+    AtlasPlan,
+    GatherSettings,
+    LesionSettings,
+    shard_name,
+    unit_shards,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
+
+
+@pytest.fixture(scope="module")
+def base(data_dir, tmp_path_factory):
+    """The tiny config (ResNet-20, MobileNetV2) with the atlas on ResNet-20 layer3, 32 units per shard; the models'
+    facts cached under a temporary resources_dir (one real survey each, in a subprocess, as at parse time)."""
+    config = tiny_config(data_dir)
+    config["resources_dir"] = str(tmp_path_factory.mktemp("resources"))
+    config["atlas"] = {
+        "enabled": True,
+        "targets": [{"model": "resnet20_cifar", "layer": "layer3", "datasets": ["objects", "scenes"]}],
+        "units_per_shard": 32,
+    }
+    return validate_config(config)
+
+
+def with_target(config: dict, **changes) -> dict:
+    config = copy.deepcopy(config)
+    config["atlas"]["targets"][0].update(changes)
+    return config
+
+
+@pytest.mark.parametrize(("n_channels", "per_shard"), [(64, 32), (64, 64), (64, 100), (10, 3), (1280, 64), (1, 1)])
+def test_shards_cover_every_unit_exactly_once(n_channels, per_shard):
+    shards = unit_shards(n_channels, per_shard)
+    units = np.concatenate([np.arange(start, stop) for start, stop in shards])
+    assert units.tolist() == list(range(n_channels))
+    assert all(0 < stop - start <= per_shard for start, stop in shards)
+    assert len(shards) == -(-n_channels // per_shard)
+    assert len({shard_name(*shard) for shard in shards}) == len(shards)
+
+
+def test_channel_counts_and_shards_come_from_the_model_facts(base):
+    atlas = AtlasPlan.from_config(base)
+    target = atlas.target("resnet20_cifar", "layer3")
+    layer = next(row for row in model_facts(base, "resnet20_cifar")["layers"] if row["name"] == "layer3")
+    assert target.channels == layer["channels"] == 64
+    assert target.shard_names() == ["0-31", "32-63"] and target.shard_range("32-63") == (32, 64)
+    assert target.labelled == ("objects",)  # ResNet-20's eval set; the scenes' labels are not its classes
+    assert target.categories == ("object", "scene")
+    settings = atlas.lesion_settings("resnet20_cifar", "layer3", "32-63")
+    assert (settings.start, settings.stop, settings.ablation) == (32, 64, "mean")
+    assert LesionSettings.from_params(settings.as_params()) == settings
+    assert atlas.shard_files("resnet20_cifar", "layer3", "lesion") == [
+        f"results/atlas/resnet20_cifar/layer3/shards/{s}/lesion.parquet" for s in ("0-31", "32-63")
+    ]
+    mobilenet = with_target(base, model="mobilenet_v2_imagenet", layer="features.18", datasets=["faces"])
+    in_process = lambda config, name: compute_facts(name, config["models"][name])  # noqa: E731 - what the survey runs
+    wide = AtlasPlan.from_config(mobilenet, facts=in_process).target("mobilenet_v2_imagenet", "features.18")
+    assert wide.channels == 1280 and len(wide.shards) == 40 and wide.labelled == ()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"layer": "layr3"},
+            r"^config key atlas\.targets\[0\]\.layer: model resnet20_cifar has no layer 'layr3'; "
+            r"did you mean 'layer3'\?",
+        ),
+        ({"layer": "linear"}, r"^config key atlas\.targets\[0\]\.layer: resnet20_cifar 'linear' outputs \[10\], not "),
+        (
+            {"model": "resnet_20_cifar"},
+            r"^config key atlas\.targets\[0\]\.model: unknown model 'resnet_20_cifar'; "
+            r"did you mean 'resnet20_cifar'\?$",
+        ),
+        (
+            {"datasets": ["object"]},
+            r"^config key atlas\.targets\[0\]\.datasets: unknown dataset 'object'; "
+            r"did you mean 'objects'\?$",
+        ),
+        ({"labelled": ["faces"]}, r"^config key atlas\.targets\[0\]\.labelled: 'faces' is not among the target's "),
+    ],
+)
+def test_a_bad_target_is_one_line_naming_the_key(base, changes, message):
+    with pytest.raises(AtlasConfigError, match=message) as caught:
+        AtlasPlan.from_config(with_target(base, **changes))
+    assert "\n" not in str(caught.value)
+
+
+def test_a_repeated_or_missing_target_and_an_unknown_key(base):
+    twice = copy.deepcopy(base)
+    twice["atlas"]["targets"].append(dict(twice["atlas"]["targets"][0]))
+    with pytest.raises(AtlasConfigError, match=r"atlas\.targets\[1\]: resnet20_cifar 'layer3' is already"):
+        AtlasPlan.from_config(twice)
+    empty = copy.deepcopy(base)
+    empty["atlas"]["targets"] = []
+    with pytest.raises(AtlasConfigError, match=r"atlas\.targets: empty"):
+        AtlasPlan.from_config(empty)
+    typo = copy.deepcopy(base)
+    typo["atlas"]["units_per_shrad"] = 8
+    with pytest.raises(ConfigError, match=r"atlas: unknown key 'units_per_shrad'; did you mean 'units_per_shard'\?"):
+        validate_config(typo)
+    with pytest.raises(AtlasConfigError, match=r"has no shard '0-9'"):
+        AtlasPlan.from_config(base).lesion_settings("resnet20_cifar", "layer3", "0-9")
+
+
+def test_the_gather_joins_nefesi_and_the_dissection_only_where_they_analyse_the_layer(base):
+    config = copy.deepcopy(base)
+    config["nefesi"] = {
+        "enabled": True,
+        "targets": [{"model": "resnet20_cifar", "datasets": ["objects"], "layers": ["layer3"]}],
+    }
+    config["dissection"] = {"enabled": False, "targets": [{"model": "resnet20_cifar", "layers": ["layer3"]}]}
+    config = validate_config(config)
+    atlas = AtlasPlan.from_config(config)
+    gather = atlas.gather_settings("resnet20_cifar", "layer3")
+    assert gather.nefesi and not gather.dissection and gather.shards == ("0-31", "32-63")
+    assert GatherSettings.from_params(gather.as_params()) == gather
+    assert atlas.nefesi_table("resnet20_cifar", "layer3") == ["results/nefesi/resnet20_cifar/layer3/indexes.parquet"]
+    assert atlas.dissection_table("resnet20_cifar", "layer3") == []
+    config["atlas"]["evidence"]["lesion"] = False
+    assert AtlasPlan.from_config(config).evidence() == ("categories",)

@@ -1,0 +1,55 @@
+"""End to end: `snakemake atlas` with only the atlas on (tests/configs/atlas.yaml): ResNet-20 layer3 on the tiny
+objects set in 2 shards of 32 units, each evidence kind one job per shard, one gather, the index."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from wfutil import copy_workflow, planned_jobs, snakemake, study_config, write_config
+
+pytestmark = pytest.mark.integration
+
+SHARDS = ("0-31", "32-63")
+
+
+@pytest.fixture(scope="module")
+def atlas_run(data_dir, tmp_path_factory):
+    workdir = copy_workflow(tmp_path_factory.mktemp("atlas_workflow"))
+    write_config(workdir, study_config("atlas", data_dir))
+    jobs = planned_jobs(workdir, "atlas")
+    snakemake(workdir, "atlas")
+    return workdir, jobs
+
+
+def test_one_job_per_shard_and_evidence_then_one_gather(atlas_run):
+    _, jobs = atlas_run
+    for rule in ("atlas_categories", "atlas_lesion"):
+        planned = sorted(wildcards for name, wildcards in jobs if name == rule)
+        assert planned == [f"model=resnet20_cifar, layer=layer3, shard={shard}" for shard in SHARDS]
+    assert [name for name, _ in jobs].count("atlas_gather") == 1 and ("atlas", "") in jobs
+    assert not any(name.startswith(("faces", "nefesi", "dissection", "lesions", "actmax")) for name, _ in jobs)
+
+
+def test_the_layer_table_has_every_unit_and_its_evidence(atlas_run):
+    workdir, _ = atlas_run
+    table = pd.read_parquet(workdir / "results/atlas/resnet20_cifar/layer3/units.parquet")
+    assert table["unit"].tolist() == [f"resnet20_cifar/layer3/{c}" for c in range(64)]
+    assert np.isfinite(table[["act.objects.mean", "kl.objects", "acc_change.objects"]].to_numpy()).all()
+    assert (table["kl.objects"] >= 0).all() and (table["kl.objects"] > 0).sum() > 32
+    assert table["flip.objects"].between(0, 1).all()
+    labels = pd.read_parquet(workdir / "results/data/objects/manifest.parquet").query("included")["label"]
+    assert sorted(c for c in table if c.startswith("acc_change.objects[")) == sorted(
+        f"acc_change.objects[{label}]" for label in labels.astype(int).unique()
+    )  # one column per class among the images
+    shards = [
+        pd.read_parquet(workdir / f"results/atlas/resnet20_cifar/layer3/shards/{s}/lesion.parquet") for s in SHARDS
+    ]
+    assert pd.concat(shards)["kl.objects"].tolist() == table["kl.objects"].tolist()
+    index = json.loads((workdir / "results/atlas/index.json").read_text())
+    assert index["units"] == 64 and index["layers"][0]["layer"] == "layer3"
+    for shard in SHARDS:
+        assert (workdir / f"benchmarks/atlas/resnet20_cifar/layer3/{shard}/lesion.tsv").is_file()
+        assert "units/s" in (workdir / f"logs/atlas/resnet20_cifar/layer3/{shard}/lesion.log").read_text()
