@@ -8,6 +8,8 @@
 # count is one global number per scatter name, the same for every layer, while layers have 16 to 2,048 units and the
 # shard size (atlas.units_per_shard) should be the same everywhere. Not a checkpoint either: nothing is unknown until
 # a job runs, and a dry run lists every shard job.
+#
+# Pages: one browsable page per layer (results/atlas/{model}/{layer}/index.html), built from its table alone.
 
 from unitscope.studies.atlas.plan import AtlasPlan  # noqa: E402 (no torch: parse time only)
 
@@ -97,10 +99,36 @@ if config["atlas"]["enabled"]:
         script:
             "../workflow/scripts/atlas_gather.py"
 
+    def atlas_page_settings(wildcards):
+        """PageSettings' params (plain data; pages.py is not imported at parse time): the layer, and the class names
+        of integer labels (nefesi.label_names) of the target's datasets."""
+        target = plan(ATLAS.target, wildcards.model, wildcards.layer)
+        names = config.get("nefesi", {}).get("label_names") or {}
+        label_names = {dataset: list(names[dataset]) for dataset in target.datasets if dataset in names}
+        return {"model": target.model, "layer": target.layer, "label_names": label_names}
+
+    rule atlas_pages:
+        input:
+            code=code("studies.atlas.stages:run_pages"),
+            table="results/atlas/{model}/{layer}/units.parquet",
+        output:
+            "results/atlas/{model}/{layer}/index.html",
+        params:
+            settings=atlas_page_settings,
+        log:
+            "logs/atlas/{model}/{layer}/pages.log",
+        benchmark:
+            "benchmarks/atlas/{model}/{layer}/pages.tsv"
+        conda:
+            ENV
+        script:
+            "../workflow/scripts/atlas_pages.py"
+
     rule atlas:
         input:
             code=code("studies.atlas.stages:run_index"),
             tables=ATLAS.tables(),
+            pages=[f"{target.folder}/index.html" for target in ATLAS.targets.values()],
         output:
             "results/atlas/index.json",
         log:

@@ -19,6 +19,7 @@ TABLE_ONLY = (
     "atlas_categories",
     "atlas_gather",
     "atlas_index",
+    "atlas_pages",
     "dissection_section",
     "extract_store",
     "faces_categories",

@@ -4,6 +4,7 @@ objects set in 2 shards of 32 units, each evidence kind one job per shard, one g
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -53,3 +54,12 @@ def test_the_layer_table_has_every_unit_and_its_evidence(atlas_run):
     for shard in SHARDS:
         assert (workdir / f"benchmarks/atlas/resnet20_cifar/layer3/{shard}/lesion.tsv").is_file()
         assert "units/s" in (workdir / f"logs/atlas/resnet20_cifar/layer3/{shard}/lesion.log").read_text()
+
+
+def test_the_layer_page_lists_every_unit(atlas_run):
+    workdir, jobs = atlas_run
+    assert [name for name, _ in jobs].count("atlas_pages") == 1
+    page = (workdir / "results/atlas/resnet20_cifar/layer3/index.html").read_text(encoding="utf-8")
+    units = re.findall(r'<tr id="unit-\d+" data-unit="([^"]+)"', page)
+    assert units == [f"resnet20_cifar/layer3/{c}" for c in range(64)]
+    assert "64 of 64 units" in page and "KL objects" in page  # the lesion's evidence is a column

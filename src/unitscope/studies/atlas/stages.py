@@ -22,6 +22,7 @@ from unitscope.studies.atlas.inputs import AtlasError, class_indexes, read_layer
 if TYPE_CHECKING:  # annotations only: a stage's settings arrive as params, so plan.py is no code input
     from unitscope.runtime import RunSettings
     from unitscope.settings import ModelRef
+    from unitscope.studies.atlas.pages import PageSettings
     from unitscope.studies.atlas.plan import CategoriesSettings, GatherSettings, LesionSettings
 
 
@@ -111,6 +112,18 @@ def run_gather(
     write_parquet(table, out_table)
     print(f"{s.model} {s.layer}: {len(table)} units, {table.shape[1]} columns", flush=True)
     return table
+
+
+def run_pages(settings: PageSettings, *, table: str | os.PathLike, out_path: str | os.PathLike) -> int:
+    """The layer's browsable page (results/atlas/<model>/<layer>/index.html): every unit, sortable and filterable."""
+    from unitscope.studies.atlas.pages import write_layer_page
+
+    clock = time.perf_counter()
+    n_units = write_layer_page(table, settings, out_path)
+    print(
+        f"{settings.model} {settings.layer}: page of {n_units} units in {time.perf_counter() - clock:.2f} s", flush=True
+    )
+    return n_units
 
 
 def run_index(*, tables: Sequence[str], out_path: str | os.PathLike) -> dict:

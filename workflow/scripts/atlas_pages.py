@@ -1,0 +1,14 @@
+"""Atlas: one layer's browsable page, every unit of its table sortable and filterable (no torch)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+from unitscope.logs import log_to
+from unitscope.studies.atlas.pages import PageSettings
+from unitscope.studies.atlas.stages import run_pages
+
+with log_to(snakemake.log[0]):
+    run_pages(
+        PageSettings.from_params(snakemake.params.settings), table=snakemake.input.table, out_path=snakemake.output[0]
+    )
