@@ -105,13 +105,16 @@ def open_unit_page_from_section(browser, workdir: Path, study: str) -> str:
 
     Fails when the section has no table linking a unit to its page, or when the page does not open.
     """
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get((workdir / "results" / "report" / "index.html").as_uri())
-    links = browser.find_elements(
-        By.XPATH,
-        f"//section[@data-study='{study}']//table//a[starts-with(@href, 'units/')]",
-    )
+    unit_links = (By.XPATH, f"//section[@data-study='{study}']//table//a[starts-with(@href, 'units/')]")
+    try:  # waited for, not read at once: on a busy machine the page's end may still be parsing
+        links = WebDriverWait(browser, 20).until(lambda driver: driver.find_elements(*unit_links))
+    except TimeoutException:
+        links = []
     assert links, f"the {study} section has no table linking a unit to its page"
     browser.execute_script("arguments[0].scrollIntoView({block: 'center', behavior: 'instant'})", links[0])
     links[0].click()
