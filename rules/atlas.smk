@@ -11,7 +11,7 @@
 #
 # Pages: one browsable page per layer (results/atlas/{model}/{layer}/index.html), built from its table alone.
 
-from unitscope.studies.atlas.plan import AtlasPlan  # noqa: E402 (no torch: parse time only)
+from unitscope.studies.atlas.plan import AtlasPlan, atlas_is_off  # noqa: E402 (no torch: parse time only)
 
 if config["atlas"]["enabled"]:
     ATLAS = plan(AtlasPlan.from_config, config)
@@ -21,24 +21,11 @@ if config["atlas"]["enabled"]:
         for key, target in ATLAS.targets.items()
     }
 
-    def atlas_target(wildcards):
-        return plan(ATLAS.target, wildcards.model, wildcards.layer)
-
-    def atlas_stores(wildcards):
-        target = atlas_target(wildcards)  # an unknown (model, layer) is one line
-        return ATLAS_STORES[(target.model, target.layer)]
-
-    def atlas_manifests(wildcards):
-        return [manifest_path(dataset) for dataset in atlas_target(wildcards).datasets]
-
-    def atlas_evidence(wildcards):
-        return {kind: ATLAS.shard_files(wildcards.model, wildcards.layer, kind) for kind in ATLAS.evidence()}
-
     rule atlas_categories:
         input:
             code=code("studies.atlas.stages:run_categories"),
-            stores=atlas_stores,
-            manifests=atlas_manifests,
+            stores=lambda wc: ATLAS_STORES[plan(ATLAS.target, wc.model, wc.layer).key],
+            manifests=lambda wc: [manifest_path(d) for d in plan(ATLAS.target, wc.model, wc.layer).datasets],
         output:
             "results/atlas/{model}/{layer}/shards/{shard}/categories.parquet",
         params:
@@ -57,8 +44,8 @@ if config["atlas"]["enabled"]:
     rule atlas_lesion:
         input:
             code=code("studies.atlas.stages:run_lesion"),
-            stores=atlas_stores,
-            manifests=atlas_manifests,
+            stores=lambda wc: ATLAS_STORES[plan(ATLAS.target, wc.model, wc.layer).key],
+            manifests=lambda wc: [manifest_path(d) for d in plan(ATLAS.target, wc.model, wc.layer).datasets],
             checkpoint=model_checkpoint,
         output:
             "results/atlas/{model}/{layer}/shards/{shard}/lesion.parquet",
@@ -81,7 +68,7 @@ if config["atlas"]["enabled"]:
 
     rule atlas_gather:
         input:
-            unpack(atlas_evidence),
+            unpack(lambda wc: ATLAS.evidence_files(wc.model, wc.layer)),
             code=code("studies.atlas.stages:run_gather"),
             nefesi=lambda wc: ATLAS.nefesi_table(wc.model, wc.layer),
             dissection=lambda wc: ATLAS.dissection_table(wc.model, wc.layer),
@@ -99,14 +86,6 @@ if config["atlas"]["enabled"]:
         script:
             "../workflow/scripts/atlas_gather.py"
 
-    def atlas_page_settings(wildcards):
-        """PageSettings' params (plain data; pages.py is not imported at parse time): the layer, and the class names
-        of integer labels (nefesi.label_names) of the target's datasets."""
-        target = plan(ATLAS.target, wildcards.model, wildcards.layer)
-        names = config.get("nefesi", {}).get("label_names") or {}
-        label_names = {dataset: list(names[dataset]) for dataset in target.datasets if dataset in names}
-        return {"model": target.model, "layer": target.layer, "label_names": label_names}
-
     rule atlas_pages:
         input:
             code=code("studies.atlas.stages:run_pages"),
@@ -114,7 +93,7 @@ if config["atlas"]["enabled"]:
         output:
             "results/atlas/{model}/{layer}/index.html",
         params:
-            settings=atlas_page_settings,
+            settings=lambda wc: plan(ATLAS.page_settings, wc.model, wc.layer),
         log:
             "logs/atlas/{model}/{layer}/pages.log",
         benchmark:
@@ -142,9 +121,6 @@ if config["atlas"]["enabled"]:
 
 else:
 
-    def atlas_is_off(wildcards):
-        raise WorkflowError("unitscope: the atlas is off (config key atlas.enabled); set it to true and list atlas.targets")
-
     rule atlas:  # only says why there is nothing to build: it never runs, so it has no log or benchmark
         input:
-            atlas_is_off,
+            lambda wc: plan(atlas_is_off),

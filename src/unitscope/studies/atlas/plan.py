@@ -46,6 +46,10 @@ class AtlasTarget:
     shards: tuple[tuple[int, int], ...]
 
     @property
+    def key(self) -> tuple[str, str]:
+        return (self.model, self.layer)
+
+    @property
     def folder(self) -> str:
         return f"{ROOT}/{self.model}/{self.layer}"
 
@@ -197,6 +201,7 @@ class AtlasPlan:
     seed: int
     nefesi: frozenset  # (model, layer) pairs the nefesi study analyses
     dissection: frozenset  # (model, layer) pairs the dissection dissects
+    label_names: dict = dataclasses.field(default_factory=dict)  # dataset -> class names (nefesi.label_names)
 
     @classmethod
     def from_config(cls, config: Mapping, facts: Callable[[Mapping, str], Mapping] | None = None) -> AtlasPlan:
@@ -213,7 +218,19 @@ class AtlasPlan:
             seed=config["seed"],
             nefesi=frozenset(analysed(config, "nefesi")),
             dissection=frozenset(analysed(config, "dissection")),
+            label_names={d: list(n) for d, n in (config.get("nefesi", {}).get("label_names") or {}).items()},
         )
+
+    def page_settings(self, model: str, layer: str) -> dict:
+        """The layer page's settings as params (plain data: pages.py is not imported at parse time): the layer, and
+        the class names of the integer labels of the target's datasets."""
+        target = self.target(model, layer)
+        names = {dataset: self.label_names[dataset] for dataset in target.datasets if dataset in self.label_names}
+        return {"model": target.model, "layer": target.layer, "label_names": names}
+
+    def evidence_files(self, model: str, layer: str) -> dict[str, list[str]]:
+        """Each kind of evidence -> the shard files of that layer (the gather's inputs)."""
+        return {kind: self.shard_files(model, layer, kind) for kind in self.evidence()}
 
     def target(self, model: str, layer: str) -> AtlasTarget:
         if (model, layer) not in self.targets:
@@ -272,3 +289,8 @@ class AtlasPlan:
     def tables(self) -> list[str]:
         """Every layer's table, in the order of atlas.targets."""
         return [f"{target.folder}/units.parquet" for target in self.targets.values()]
+
+
+def atlas_is_off(_wildcards=None):
+    """The `atlas` target's input when the atlas is off: says why there is nothing to build."""
+    raise AtlasConfigError("the atlas is off (config key atlas.enabled); set it to true and list atlas.targets")
