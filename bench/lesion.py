@@ -22,19 +22,12 @@ import argparse
 import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
-
-
-class Clock:
-    def __init__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-
-    def stop(self) -> tuple[float, float]:
-        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+sys.path.insert(0, str(REPO / "bench"))
+from benchutil import Clock  # noqa: E402
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from unitscope.data.concepts import srgb_to_lab  # the conversion the dissection names colours with
+from unitscope.colour import srgb_to_lab  # the conversion the dissection names colours with
 
 __all__ = ["hue_histograms", "image_color_shape", "mean_chroma", "rgb_to_hsv", "unit_colour_scores"]
 
