@@ -1,7 +1,9 @@
-"""What every image goes through before a model: the registry entry's `preprocessing`, as a torchvision transform.
+"""What every image goes through before a model: the registry entry's `preprocessing`, as an image transform.
 
-Light on purpose (torchvision's transforms only): figure and section stages that show model inputs import it
-without the model registry.
+The steps are torchvision's `Resize` (antialiased), `CenterCrop`, `ToTensor` and `Normalize` on PIL images, written
+out here with the same arithmetic (tests/models/test_preprocessing_equals_torchvision.py checks equal tensors on
+every dataset): importing torchvision imports torch._dynamo, about 4 s of every job that builds no torchvision model
+(issue 15). Light on purpose: figure and section stages that show model inputs import it without the model registry.
 
 A `preprocessing` dict has `resize` (an int: the shorter side; or [H, W]: exactly that size), `crop` (an int: a
 square centre crop; or [H, W]), and per-channel `mean` and `std`. The number of channels is `len(mean)`: one
@@ -11,15 +13,17 @@ of a model's input; no study reads `crop` itself.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from torchvision import transforms
+import numpy as np
+import torch
+from PIL import Image, ImageOps
 
 from unitscope.models.errors import ModelError
 
-__all__ = ["build_transform", "input_channels", "input_size"]
+__all__ = ["ImageTransform", "build_transform", "input_channels", "input_size"]
 
-INTERPOLATION = {"bilinear": transforms.InterpolationMode.BILINEAR, "bicubic": transforms.InterpolationMode.BICUBIC}
+INTERPOLATION = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
 def _pair(value, key: str) -> tuple[int, int]:
@@ -40,23 +44,66 @@ def input_channels(preprocessing: Mapping) -> int:
     return len(preprocessing["mean"])
 
 
-class _ToMode:
-    """PIL image -> the mode the model reads (datasets hold RGB, grayscale and palette images alike).
-    A class, not a lambda, so that loader workers can pickle the transform."""
+def resized_size(height: int, width: int, resize: int | Sequence[int]) -> tuple[int, int]:
+    """(height, width) after `resize`: an int sets the shorter side (the longer one scaled and truncated, as
+    torchvision does), [H, W] sets both."""
+    if not isinstance(resize, int):
+        return int(resize[0]), int(resize[1])
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(resize * long / short)
+    return (new_long, resize) if width <= height else (resize, new_long)
 
-    def __init__(self, channels: int):
-        if channels not in (1, 3):
-            raise ModelError(f"preprocessing.mean: {channels} channels; images are read as 1 (grayscale) or 3 (RGB)")
-        self.mode = "L" if channels == 1 else "RGB"
 
-    def __call__(self, image):
-        return image if image.mode == self.mode else image.convert(self.mode)
+def center_crop(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The centre `size` (height, width) of `image`, zero-padded first where the image is smaller (torchvision's
+    rounding of the offsets)."""
+    crop_h, crop_w = size
+    if crop_w > image.width or crop_h > image.height:
+        pad_w, pad_h = max(crop_w - image.width, 0), max(crop_h - image.height, 0)
+        image = ImageOps.expand(image, border=(pad_w // 2, pad_h // 2, (pad_w + 1) // 2, (pad_h + 1) // 2), fill=0)
+        if (image.height, image.width) == (crop_h, crop_w):
+            return image
+    top, left = int(round((image.height - crop_h) / 2.0)), int(round((image.width - crop_w) / 2.0))
+    return image.crop((left, top, left + crop_w, top + crop_h))
+
+
+class ImageTransform:
+    """PIL image -> [to `mode`] -> resize -> [centre crop] -> float tensor [C, H, W] in [0, 1] -> normalised.
+
+    A class, not a closure, so that loader workers can pickle it. `mode` None keeps the image's own mode;
+    `crop` None skips the crop."""
+
+    def __init__(self, *, mode, resize, crop, mean, std, resample=Image.Resampling.BILINEAR):
+        self.mode, self.resize, self.crop, self.resample = mode, resize, crop, resample
+        self.mean = torch.tensor([float(m) for m in mean])[:, None, None]
+        self.std = torch.tensor([float(s) for s in std])[:, None, None]
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        if self.mode and image.mode != self.mode:
+            image = image.convert(self.mode)
+        height, width = resized_size(image.height, image.width, self.resize)
+        if (height, width) != (image.height, image.width):
+            image = image.resize((width, height), self.resample)
+        if self.crop is not None:
+            image = center_crop(image, self.crop)
+        pixels = torch.from_numpy(np.array(image, np.uint8, copy=True))
+        pixels = pixels.view(image.height, image.width, -1).permute(2, 0, 1).contiguous()
+        return pixels.to(torch.get_default_dtype()).div(255).sub_(self.mean).div_(self.std)
 
     def __repr__(self) -> str:
-        return f"ToMode({self.mode})"
+        return (
+            f"ImageTransform(mode={self.mode}, resize={self.resize}, crop={self.crop}, "
+            f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
+        )
 
 
-def build_transform(preprocessing: Mapping):
+def _image_mode(channels: int) -> str:
+    if channels not in (1, 3):
+        raise ModelError(f"preprocessing.mean: {channels} channels; images are read as 1 (grayscale) or 3 (RGB)")
+    return "L" if channels == 1 else "RGB"
+
+
+def build_transform(preprocessing: Mapping) -> ImageTransform:
     """[to L or RGB] -> Resize (bilinear unless `interpolation: bicubic`; antialiased) -> CenterCrop -> ToTensor
     -> Normalize."""
     missing = [k for k in ("resize", "crop", "mean", "std") if k not in preprocessing]
@@ -67,17 +114,18 @@ def build_transform(preprocessing: Mapping):
             f"preprocessing: mean has {len(preprocessing['mean'])} values, std {len(preprocessing['std'])}; "
             "expected one of each per input channel"
         )
+    if any(float(s) == 0 for s in preprocessing["std"]):
+        raise ModelError(f"preprocessing.std: {list(preprocessing['std'])} has a zero; every std must be non-zero")
     interpolation = str(preprocessing.get("interpolation") or "bilinear")
     if interpolation not in INTERPOLATION:
         raise ModelError(f"preprocessing.interpolation: {interpolation!r} is not one of {', '.join(INTERPOLATION)}")
     resize = preprocessing["resize"]
-    resize = int(resize) if isinstance(resize, int | float) else list(_pair(resize, "resize"))
-    return transforms.Compose(
-        [
-            _ToMode(input_channels(preprocessing)),
-            transforms.Resize(resize, interpolation=INTERPOLATION[interpolation], antialias=True),
-            transforms.CenterCrop(list(input_size(preprocessing))),
-            transforms.ToTensor(),
-            transforms.Normalize([float(m) for m in preprocessing["mean"]], [float(s) for s in preprocessing["std"]]),
-        ]
+    resize = int(resize) if isinstance(resize, int | float) else _pair(resize, "resize")
+    return ImageTransform(
+        mode=_image_mode(input_channels(preprocessing)),
+        resize=resize,
+        crop=input_size(preprocessing),
+        mean=preprocessing["mean"],
+        std=preprocessing["std"],
+        resample=INTERPOLATION[interpolation],
     )

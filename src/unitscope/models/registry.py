@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-import torchvision
 from torch import nn
 
 from unitscope.models.errors import ModelError
@@ -103,4 +102,6 @@ def resolve_layer(model: nn.Module, name: str, model_name: str) -> nn.Module:
 
 def imagenet_categories() -> list[str]:
     """The 1000 ImageNet-1k class names in torchvision's (standard) order."""
+    import torchvision  # local: a job that builds no torchvision model starts without it (issue 15)
+
     return list(torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])

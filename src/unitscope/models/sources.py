@@ -18,7 +18,6 @@ import importlib
 import math
 from collections.abc import Mapping
 
-import torchvision
 from torch import nn
 
 from unitscope.models.cifar_resnet import cifar_resnet20, cifar_resnet56
@@ -41,6 +40,8 @@ def _suggest(name: str, valid: list[str]) -> str:
 
 
 def torchvision_builder(name: str, tv_arch: str):
+    import torchvision  # local: importing torchvision imports torch._dynamo, seconds per job (issue 15)
+
     known = torchvision.models.list_models(module=torchvision.models)
     if tv_arch not in known:
         raise ModelError(

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 __all__ = ["BlurPoolConv2d", "apply_blurpool", "toponet_resnet18"]
@@ -63,6 +62,8 @@ def apply_blurpool(module: nn.Module) -> nn.Module:
 
 def toponet_resnet18(num_classes: int = 1000) -> nn.Module:
     """Untrained TopoNet ResNet-18 whose state_dict keys match the released checkpoints."""
+    import torchvision  # local: see sources.torchvision_builder
+
     return apply_blurpool(torchvision.models.resnet18(weights=None, num_classes=num_classes))
 
 

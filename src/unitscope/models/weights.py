@@ -28,7 +28,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-import torchvision
 from torch import nn
 
 from unitscope.data.manifest import resolve
@@ -210,6 +209,8 @@ def load_checkpoint(name: str, spec: Mapping, arch: str, model: nn.Module, path:
 
 
 def torchvision_weights(name: str, tv_arch: str, weights_name: str):
+    import torchvision  # local: see sources.torchvision_builder
+
     try:
         enum = torchvision.models.get_model_weights(tv_arch)
     except (ValueError, KeyError):

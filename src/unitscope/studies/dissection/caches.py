@@ -19,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision import transforms
 from tqdm import tqdm
 
 from unitscope.data.concepts import ConceptDataset, open_concepts
 from unitscope.hooks import ActivationRecorder, HookError
-from unitscope.models.preprocessing import input_channels
+from unitscope.models.preprocessing import ImageTransform, input_channels
 from unitscope.models.registry import load_model, resolve_layer
 from unitscope.settings import ModelRef
 from unitscope.studies.dissection.dissect import MAX_COMBINATIONS, DissectionError, LabelBatch
@@ -53,15 +52,8 @@ def dissection_transform(preprocessing: Mapping, model_name: str = "model"):
         resize = [int(resize[0]), int(resize[1])]
     else:
         resize = int(resize)
-    steps = [transforms.Grayscale(num_output_channels=1)] if channels == 1 else []
-    return transforms.Compose(
-        [
-            *steps,
-            transforms.Resize(resize, antialias=True),
-            transforms.ToTensor(),
-            transforms.Normalize([float(m) for m in preprocessing["mean"]], [float(s) for s in preprocessing["std"]]),
-        ]
-    )
+    mode = "L" if channels == 1 else None
+    return ImageTransform(mode=mode, resize=resize, crop=None, mean=preprocessing["mean"], std=preprocessing["std"])
 
 
 def open_concept_source(source: ConceptSource, seed: int) -> ConceptDataset:
