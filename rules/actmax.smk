@@ -220,6 +220,7 @@ rule actmax_report:
         ),
     params:
         settings=ACTMAX_PLAN.report.as_params(),
+    localrule: True
     log:
         "logs/actmax/report.log",
     benchmark:

@@ -135,6 +135,7 @@ if DISSECTION.get("enabled", False):
             settings=DISSECTION_PLAN.section.as_params(),
             unit_figures=DISSECTION_UNIT_FIGURES,
             unit_images=DISSECTION_UNIT_IMAGES,
+        localrule: True
         log:
             "logs/dissection/section.log",
         benchmark:

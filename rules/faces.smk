@@ -100,6 +100,7 @@ if FACES["enabled"]:
                 category=FACES_TITLE,
             ),
             verdicts=f"{FACES_FIGURES}/verdicts.png",
+        localrule: True
         log:
             "logs/faces/interventions_figure.log",
         benchmark:
@@ -198,6 +199,7 @@ if FACES["enabled"]:
             "results/faces/section.json",
         params:
             settings=FACES_PLAN.section.as_params(),
+        localrule: True
         log:
             "logs/faces/section.log",
         benchmark:

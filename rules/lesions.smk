@@ -103,6 +103,7 @@ if LESIONS["enabled"]:
                     caption="../workflow/report/lesions_colour_units.rst",
                     category="Interventions behind the labels",
                 ),
+            localrule: True
             log:
                 "logs/lesions/colour_figure.log",
             benchmark:
@@ -148,6 +149,7 @@ if LESIONS["enabled"]:
                     caption="../workflow/report/lesions_concept_units.rst",
                     category="Interventions behind the labels",
                 ),
+            localrule: True
             log:
                 "logs/lesions/concept_figure.log",
             benchmark:
@@ -199,6 +201,7 @@ if LESIONS["enabled"]:
                 caption="../workflow/report/lesions_class_units.rst",
                 category="Interventions behind the labels",
             ),
+        localrule: True
         log:
             "logs/lesions/class_figure.log",
         benchmark:
@@ -224,6 +227,7 @@ if LESIONS["enabled"]:
             section="results/lesions/section.json",
         params:
             settings=LESIONS_PLAN.section.as_params(),
+        localrule: True
         log:
             "logs/lesions/section.log",
         benchmark:

@@ -83,6 +83,7 @@ rule nefesi_layer_figures:
         ),
     params:
         settings=NEFESI.layer_figures_settings.as_params(),
+    localrule: True
     log:
         "logs/nefesi/{model}/{layer}/figures.log",
     benchmark:
@@ -117,6 +118,7 @@ rule nefesi_model_figures:
         tree="results/nefesi/{model}/hierarchy.json",
     params:
         settings=lambda wc: NEFESI.model_figures_settings(wc.model).as_params(),
+    localrule: True
     log:
         "logs/nefesi/{model}/model_figures.log",
     benchmark:
@@ -178,6 +180,7 @@ rule nefesi_section:
     params:
         settings=NEFESI.section_settings.as_params(),
         models=NEFESI.section_models(),  # the files it reads per model, and the model's preprocessing
+    localrule: True
     log:
         "logs/nefesi/section.log",
     benchmark:

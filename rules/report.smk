@@ -20,6 +20,7 @@ rule report:
         datasets=list(config["datasets"]),
         models=enabled_models(),
         targets=[list(target[:3]) for target in extraction_targets()],
+    localrule: True
     log:
         "logs/report/report.log",
     benchmark:
@@ -42,6 +43,7 @@ rule figure_datasets:
         ),
     params:
         datasets=list(config["datasets"]),
+    localrule: True
     log:
         "logs/report/figure_datasets.log",
     benchmark:
@@ -64,6 +66,7 @@ rule figure_activations:
             subcategory="{model}",
             labels={"model": "{model}", "dataset": "{dataset}", "layer": "{layer}"},
         ),
+    localrule: True
     log:
         "logs/report/figure_activations/{model}/{dataset}/{layer}.log",
     benchmark:
