@@ -152,6 +152,11 @@ def study_sections():
     return [f"results/{study}/section.json" for study in enabled_studies()]
 
 
+def atlas_index():
+    """The atlas's index when the atlas is on: the report lists its layers and links each unit page to it."""
+    return ["results/atlas/index.json"] if config["atlas"]["enabled"] else []
+
+
 @functools.cache
 def listed_dataset_files(dataset):
     """The dataset's labels CSV and the images it names inside its folder (never a walk of the folder)."""

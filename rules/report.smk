@@ -11,6 +11,7 @@ rule report:
         datasets_figure="results/report/figures/datasets.png",
         activation_figures=activation_figures(),
         sections=study_sections(),
+        atlas=atlas_index(),
     output:
         html="results/report/index.html",
         summary="results/summary.json",

@@ -17,6 +17,7 @@ with log_to(snakemake.log[0]):
         stores=list(snakemake.input.stores),
         figures=figures,
         sections=list(snakemake.input.sections),
+        atlas=list(snakemake.input.atlas),
         config=snakemake.params.config,
         html_path=snakemake.output.html,
         summary_path=snakemake.output.summary,

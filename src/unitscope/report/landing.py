@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -198,6 +199,45 @@ def units_table(units: list[dict]):
     return html_table(frame, fold_after=None, links={"channel": [u["page"] for u in units]})
 
 
+def atlas_layers(index_path: str | os.PathLike | None, html_dir: Path) -> list[dict]:
+    """The atlas's layers (results/atlas/index.json), each with its unit count and its index page's link relative
+    to the report's folder; none when the atlas is off."""
+    if not index_path:
+        return []
+    index = json.loads(Path(index_path).read_text())
+    atlas_root = Path(index_path).parent
+    return [
+        {
+            "model": layer["model"],
+            "layer": layer["layer"],
+            "units": int(layer["units"]),
+            "href": os.path.relpath(atlas_root / layer["model"] / layer["layer"] / "index.html", html_dir),
+        }
+        for layer in index["layers"]
+    ]
+
+
+def link_atlas_pages(units: list[dict], layers: list[dict]) -> None:
+    """Give each unit page of an atlas layer the link to the unit's atlas page (from results/report/units/)."""
+    folders = {(layer["model"], layer["layer"]): Path(layer["href"]).parent for layer in layers}
+    for unit in units:
+        folder = folders.get((unit["model"], unit["layer"]))
+        if folder is not None:
+            unit["atlas_href"] = str(Path("..") / folder / "units" / f"{unit['channel']}.html")
+
+
+def atlas_table(layers: list[dict]):
+    frame = pd.DataFrame(
+        {
+            "model": [layer["model"] for layer in layers],
+            "layer": [layer["layer"] for layer in layers],
+            "units": [layer["units"] for layer in layers],
+            "atlas": ["browse every unit" for _ in layers],
+        }
+    )
+    return html_table(frame, fold_after=None, links={"atlas": [layer["href"] for layer in layers]})
+
+
 def write_unit_pages(folder: Path, units: list[dict]) -> None:
     """Every unit's page and the unit index (index.html) into `folder`, written whole then renamed."""
     unit_template = environment().get_template("unit.html.j2")
@@ -221,18 +261,27 @@ def build_report(
     summary_path: str | os.PathLike,
     units_dir: str | os.PathLike | None = None,
     benchmarks_dir: str | os.PathLike | None = None,
+    atlas: Sequence[str | os.PathLike] = (),
 ) -> dict:
     """Write the HTML report (findings first: each study's answer and card, then the sections, then the run's
     data, models, activations and cost), the unit pages with their index, and the machine-readable summary;
-    return the summary. `benchmarks_dir` holds Snakemake's per-job benchmark files, summed per stage."""
+    return the summary. `benchmarks_dir` holds Snakemake's per-job benchmark files, summed per stage; `atlas` is
+    the atlas's index.json when the atlas is on (its layers are listed, and unit pages link to their atlas pages)."""
     html_path = Path(html_path)
     datasets = [dataset_summary(name, pd.read_parquet(path)) for name, path in manifests.items()]
     models = [json.loads(Path(path).read_text()) for path in cards.values()]
     extractions = [extraction_summary(path) for path in stores]
     studies = [read_section(path) for path in sections]
     units = collect_units(studies)
+    layers = atlas_layers(atlas[0] if atlas else None, html_path.parent)
+    link_atlas_pages(units, layers)
     versions = extractions[0]["package_versions"] if extractions else {}
     summary = run_summary(datasets, models, extractions, studies, versions)
+    if layers:
+        summary["atlas"] = {
+            "units": sum(x["units"] for x in layers),
+            "layers": [f"{x['model']}/{x['layer']}" for x in layers],
+        }
     relative_figures = {key: os.path.relpath(path, html_path.parent) for key, path in figures.items()}
     for e in extractions:
         e["figure"] = relative_figures.get(f"activations/{e['model']}/{e['dataset']}/{e['layer']}")
@@ -242,6 +291,7 @@ def build_report(
         "activations": activations_table(extractions),
         "cost": cost_table(cost) if cost else "",
         "claims": claims_table(studies),
+        "atlas": atlas_table(layers) if layers else "",
     }
     html = (
         environment()
@@ -253,6 +303,7 @@ def build_report(
             extractions=extractions,
             studies=studies,
             units=units,
+            atlas=layers,
             figures=relative_figures,
             tables=tables,
             config_yaml=yaml.safe_dump(config, sort_keys=False),
