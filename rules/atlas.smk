@@ -9,7 +9,11 @@
 # shard size (atlas.units_per_shard) should be the same everywhere. Not a checkpoint either: nothing is unknown until
 # a job runs, and a dry run lists every shard job.
 #
-# Pages: one browsable page per layer (results/atlas/{model}/{layer}/index.html), built from its table alone.
+# Exemplars: the expensive part, a forward pass over every image, runs once per layer (atlas_top_n: every unit's top-N
+# exemplars); each shard's job (atlas_exemplars) then cuts its units' crops and Neuron Features from that table.
+#
+# Pages: one browsable page per layer (results/atlas/{model}/{layer}/index.html) and one per unit
+# (results/atlas/{model}/{layer}/units/<channel>.html), from the layer's table and the evidence files named below.
 
 from unitscope.studies.atlas.plan import AtlasPlan, atlas_is_off  # noqa: E402 (no torch: parse time only)
 
@@ -66,6 +70,54 @@ if config["atlas"]["enabled"]:
         script:
             "../workflow/scripts/atlas_lesion.py"
 
+    rule atlas_top_n:
+        input:
+            code=code("studies.atlas.stages:run_top_n"),
+            manifests=lambda wc: [manifest_path(d) for d in plan(ATLAS.target, wc.model, wc.layer).datasets],
+            checkpoint=model_checkpoint,
+        output:
+            table="results/atlas/{model}/{layer}/top_n.parquet",
+            geometry="results/atlas/{model}/{layer}/top_n.json",
+        params:
+            settings=lambda wc: plan(ATLAS.top_n_settings, wc.model, wc.layer).as_params(),
+            model=lambda wc: model_ref(wc.model),
+        threads: 2
+        resources:
+            mem_mb=4000,
+        log:
+            "logs/atlas/{model}/{layer}/top_n.log",
+        benchmark:
+            "benchmarks/atlas/{model}/{layer}/top_n.tsv"
+        conda:
+            ENV
+        script:
+            "../workflow/scripts/atlas_top_n.py"
+
+    rule atlas_exemplars:
+        input:
+            code=code("studies.atlas.stages:run_exemplars"),
+            table="results/atlas/{model}/{layer}/top_n.parquet",
+            geometry="results/atlas/{model}/{layer}/top_n.json",
+            manifests=lambda wc: [manifest_path(d) for d in plan(ATLAS.target, wc.model, wc.layer).datasets],
+        output:
+            images="results/atlas/{model}/{layer}/shards/{shard}/exemplars.npz",
+            table="results/atlas/{model}/{layer}/shards/{shard}/exemplars.parquet",
+        params:
+            settings=lambda wc: plan(ATLAS.exemplars_settings, wc.model, wc.layer, wc.shard).as_params(),
+        wildcard_constraints:
+            shard=r"\d+-\d+",
+        threads: 1  # small tensor ops (decoding, crops): a second thread only waits on a busy machine
+        resources:
+            mem_mb=4000,
+        log:
+            "logs/atlas/{model}/{layer}/{shard}/exemplars.log",
+        benchmark:
+            "benchmarks/atlas/{model}/{layer}/{shard}/exemplars.tsv"
+        conda:
+            ENV
+        script:
+            "../workflow/scripts/atlas_exemplars.py"
+
     rule atlas_gather:
         input:
             unpack(lambda wc: ATLAS.evidence_files(wc.model, wc.layer)),
@@ -86,12 +138,22 @@ if config["atlas"]["enabled"]:
         script:
             "../workflow/scripts/atlas_gather.py"
 
+    # The layer's index page and every unit's page (units/<channel>.html, one folder written whole): the unit pages
+    # show the shards' exemplar images (none when exemplars are off), the unit's IoU with every concept (the
+    # dissection's tallies, when it dissects the layer) and the enabled studies that single the unit out (their
+    # sections, so the report's studies run first).
     rule atlas_pages:
         input:
             code=code("studies.atlas.stages:run_pages"),
             table="results/atlas/{model}/{layer}/units.parquet",
+            exemplars=lambda wc: ATLAS.exemplar_images(wc.model, wc.layer),
+            tallies=lambda wc: [
+                path.removesuffix("units.parquet") + "tallies.npz" for path in ATLAS.dissection_table(wc.model, wc.layer)
+            ],
+            sections=study_sections(),
         output:
-            "results/atlas/{model}/{layer}/index.html",
+            index="results/atlas/{model}/{layer}/index.html",
+            units=directory("results/atlas/{model}/{layer}/units"),
         params:
             settings=lambda wc: plan(ATLAS.page_settings, wc.model, wc.layer),
         log:

@@ -1,4 +1,4 @@
-"""Atlas: one layer's browsable page, every unit of its table sortable and filterable (no torch)."""
+"""Atlas: one layer's browsable index page and every unit's page (no torch unless the dissection's IoU is read)."""
 
 import sys
 from pathlib import Path
@@ -10,5 +10,11 @@ from unitscope.studies.atlas.stages import run_pages
 
 with log_to(snakemake.log[0]):
     run_pages(
-        PageSettings.from_params(snakemake.params.settings), table=snakemake.input.table, out_path=snakemake.output[0]
+        PageSettings.from_params(snakemake.params.settings),
+        table=snakemake.input.table,
+        out_path=snakemake.output.index,
+        units_dir=snakemake.output.units,
+        exemplars=list(snakemake.input.exemplars),
+        tallies=list(snakemake.input.tallies),
+        sections=list(snakemake.input.sections),
     )

@@ -14,8 +14,10 @@ from unitscope.models.facts import compute_facts, model_facts
 from unitscope.studies.atlas.plan import (
     AtlasConfigError,
     AtlasPlan,
+    ExemplarsSettings,
     GatherSettings,
     LesionSettings,
+    TopNSettings,
     shard_name,
     unit_shards,
 )
@@ -132,5 +134,32 @@ def test_the_gather_joins_nefesi_and_the_dissection_only_where_they_analyse_the_
     assert GatherSettings.from_params(gather.as_params()) == gather
     assert atlas.nefesi_table("resnet20_cifar", "layer3") == ["results/nefesi/resnet20_cifar/layer3/indexes.parquet"]
     assert atlas.dissection_table("resnet20_cifar", "layer3") == []
+    assert atlas.evidence() == ("categories", "lesion", "exemplars")  # the defaults: every kind
     config["atlas"]["evidence"]["lesion"] = False
-    assert AtlasPlan.from_config(config).evidence() == ("categories",)
+    assert AtlasPlan.from_config(config).evidence() == ("categories", "exemplars")
+
+
+def test_exemplars_run_one_top_n_per_layer_and_one_job_per_shard(base):
+    atlas = AtlasPlan.from_config(base)
+    top_n = atlas.top_n_settings("resnet20_cifar", "layer3")
+    assert (top_n.datasets, top_n.top_n) == (("objects", "scenes"), 50)  # the schema's default
+    assert TopNSettings.from_params(top_n.as_params()) == top_n
+    shard = atlas.exemplars_settings("resnet20_cifar", "layer3", "32-63")
+    assert (shard.start, shard.stop, shard.shown, shard.pixels) == (32, 64, 8, 128)
+    assert ExemplarsSettings.from_params(shard.as_params()) == shard
+    assert atlas.exemplar_images("resnet20_cifar", "layer3") == [
+        f"results/atlas/resnet20_cifar/layer3/shards/{s}/exemplars.npz" for s in ("0-31", "32-63")
+    ]
+    assert atlas.evidence_files("resnet20_cifar", "layer3")["exemplars"] == [
+        f"results/atlas/resnet20_cifar/layer3/shards/{s}/exemplars.parquet" for s in ("0-31", "32-63")
+    ]
+    off = copy.deepcopy(base)
+    off["atlas"]["evidence"]["exemplars"] = False
+    assert "exemplars" not in AtlasPlan.from_config(off).evidence()
+    assert AtlasPlan.from_config(off).exemplar_images("resnet20_cifar", "layer3") == []
+    many = copy.deepcopy(base)
+    many["atlas"]["exemplars_shown"] = 60
+    with pytest.raises(
+        AtlasConfigError, match=r"^config key atlas\.exemplars_shown: 60 crops shown of atlas\.top_n = 50"
+    ):
+        AtlasPlan.from_config(many)

@@ -1,5 +1,6 @@
 """End to end: `snakemake atlas` with only the atlas on (tests/configs/atlas.yaml): ResNet-20 layer3 on the tiny
-objects set in 2 shards of 32 units, each evidence kind one job per shard, one gather, the index."""
+objects set in 2 shards of 32 units, each evidence kind one job per shard (the exemplars after one top-N pass for the
+layer), one gather, the index."""
 
 from __future__ import annotations
 
@@ -27,9 +28,10 @@ def atlas_run(data_dir, tmp_path_factory):
 
 def test_one_job_per_shard_and_evidence_then_one_gather(atlas_run):
     _, jobs = atlas_run
-    for rule in ("atlas_categories", "atlas_lesion"):
+    for rule in ("atlas_categories", "atlas_lesion", "atlas_exemplars"):
         planned = sorted(wildcards for name, wildcards in jobs if name == rule)
         assert planned == [f"model=resnet20_cifar, layer=layer3, shard={shard}" for shard in SHARDS]
+    assert [wildcards for name, wildcards in jobs if name == "atlas_top_n"] == ["model=resnet20_cifar, layer=layer3"]
     assert [name for name, _ in jobs].count("atlas_gather") == 1 and ("atlas", "") in jobs
     assert not any(name.startswith(("faces", "nefesi", "dissection", "lesions", "actmax")) for name, _ in jobs)
 
@@ -49,6 +51,12 @@ def test_the_layer_table_has_every_unit_and_its_evidence(atlas_run):
         pd.read_parquet(workdir / f"results/atlas/resnet20_cifar/layer3/shards/{s}/lesion.parquet") for s in SHARDS
     ]
     assert pd.concat(shards)["kl.objects"].tolist() == table["kl.objects"].tolist()
+    live = table["exemplars.n"] > 0  # the top-50 of 20 images: every image, the positive ones in the NF
+    assert table["exemplars.n"].between(0, 20).all() and live.sum() > 32
+    assert (table.loc[live, "exemplars.share.objects"] == 1).all() and (table["exemplars.top_activation"] >= 0).all()
+    for shard in SHARDS:
+        with np.load(workdir / f"results/atlas/resnet20_cifar/layer3/shards/{shard}/exemplars.npz") as arrays:
+            assert arrays["nf"].shape == (32, 60, 60, 3) and arrays["crops"].shape == (32, 8, 60, 60, 3)
     index = json.loads((workdir / "results/atlas/index.json").read_text())
     assert index["units"] == 64 and index["layers"][0]["layer"] == "layer3"
     for shard in SHARDS:

@@ -1,6 +1,8 @@
 """The layer table: one row per unit (`unit` = <model>/<layer>/<channel>), the shards' evidence joined on the
 channel, and, where the nefesi study or the dissection analyses the same layer, their columns beside it
-(`nefesi.<index>`, `dissection.<column>`). No torch."""
+(`nefesi.<index>`, `dissection.<column>`). The exemplar shards' columns get the prefix `exemplars.`
+(`exemplars.top_activation`, `exemplars.n`, `exemplars.share.<dataset>`); their images stay in the shards'
+exemplars.npz. No torch."""
 
 from __future__ import annotations
 
@@ -53,6 +55,24 @@ def concat_shards(paths: Sequence[str | os.PathLike], n_channels: int, kind: str
     return table.sort_values("channel", kind="stable").reset_index(drop=True)
 
 
+def exemplars_part(table: pd.DataFrame) -> pd.DataFrame:
+    """The exemplar shards' columns as the layer table names them: `exemplars.top_activation`, `exemplars.n` (its
+    exemplars with a positive activation) and `exemplars.share.<dataset>`."""
+
+    def name(column: str) -> str:
+        if column == "channel":
+            return column
+        if column == "n_exemplars":
+            return "exemplars.n"
+        return "exemplars." + column.replace("exemplar_share.", "share.", 1)
+
+    return table.rename(columns=name)
+
+
+# evidence kinds whose shard columns are renamed in the layer table (the others keep their own names)
+RENAMED = {"exemplars": exemplars_part}
+
+
 def _joined(base: pd.DataFrame, part: pd.DataFrame, source: str) -> pd.DataFrame:
     if len(part) != len(base) or not np.array_equal(part["channel"].to_numpy(), base["channel"].to_numpy()):
         raise AtlasError(f"{source} has {len(part)} units at this layer; the layer has {len(base)}")
@@ -85,7 +105,8 @@ def layer_table(
     """One row per unit of the layer: `evidence` {kind: its shard tables}, then nefesi's and the dissection's."""
     table = unit_frame(model, layer, n_channels)
     for kind, paths in evidence.items():
-        table = _joined(table, concat_shards(paths, n_channels, kind), f"the {kind} shards")
+        part = concat_shards(paths, n_channels, kind)
+        table = _joined(table, RENAMED.get(kind, lambda frame: frame)(part), f"the {kind} shards")
     if nefesi is not None:
         table = _joined(table, nefesi_part(nefesi, layer), f"nefesi table {nefesi}")
     if dissection is not None:

@@ -1,6 +1,8 @@
 """The atlas's browsable layer page, results/atlas/<model>/<layer>/index.html: one row per unit of the layer table
 (units.parquet) with the evidence that exists for the layer, sortable by any column and filtered by a text box in
-the browser (plain inline JS and CSS in `templates/atlas_layer.html.j2`; no external file, no CDN).
+the browser (plain inline JS and CSS in `templates/atlas_layer.html.j2`; no external file, no CDN). Each row's unit id
+links to the unit's page (units/<channel>.html, `unit_page`, written by the same stage) and, where the layer has
+exemplars, shows the unit's Neuron Feature as a thumbnail.
 
 Numbers are formatted here; each numeric cell carries its raw value in `data-v` (empty where it is missing), which
 the page sorts on, missing values last in either direction. A row's `data-search` holds what the filter
@@ -13,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -24,12 +25,17 @@ from unitscope.fsutil import atomic_path
 from unitscope.report.render import fixed, num, pct, render
 from unitscope.settings import Settings
 from unitscope.studies.atlas.inputs import AtlasError
+from unitscope.studies.atlas.unit_page import (
+    ACTIVATION,
+    CLASS_CHANGE,
+    LABEL_GROUP,
+    LayerSources,
+    class_name,
+    write_unit_pages,
+)
 
 STUDY_DIR = Path(__file__).resolve().parent
 NEFESI_INDEXES = ("color_index", "orientation_index", "symmetry_index", "class_index")
-ACTIVATION = re.compile(r"^act\.(.+)\.mean$")
-LABEL_GROUP = re.compile(r"^(?!category\[)(.+)\[(.+)\]$")  # <dataset>[<label>]; `category[<c>]` is a category
-CLASS_CHANGE = re.compile(r"^acc_change\.(.+)\[(.+)\]$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,14 +61,6 @@ class Column:
     @property
     def numeric(self) -> bool:
         return self.fmt is not None
-
-
-def class_name(dataset: str, label: str, label_names: Mapping[str, Sequence[str]]) -> str:
-    """A label as the reader knows it: its name when the dataset's labels are indexes into `label_names`."""
-    names = label_names.get(dataset)
-    if names and re.fullmatch(r"\d+", str(label)) and int(label) < len(names):
-        return str(names[int(label)])
-    return str(label)
 
 
 def _argmax_named(block: pd.DataFrame, names: Sequence[str]) -> tuple[list[str], np.ndarray]:
@@ -135,12 +133,19 @@ def _lesion(table: pd.DataFrame, view: dict, columns: list[Column], label_names:
         columns += [Column("drop", "drop", pct), Column("drop_class", "drop_class")]
 
 
-def layer_view(table: pd.DataFrame, label_names: Mapping[str, Sequence[str]]) -> tuple[pd.DataFrame, list[Column]]:
-    """The page's columns from the layer table: one row per unit, in the table's order; only evidence that exists."""
+def layer_view(
+    table: pd.DataFrame, label_names: Mapping[str, Sequence[str]], thumbnails: Mapping[int, str] | None = None
+) -> tuple[pd.DataFrame, list[Column]]:
+    """The page's columns from the layer table: one row per unit, in the table's order; only evidence that exists.
+    `thumbnails` {channel: image URI}: a first, unsortable column of NF thumbnails (none when empty)."""
     if "unit" not in table or "channel" not in table:
         raise AtlasError(f"the atlas layer table has columns {list(table.columns)[:6]}...; expected 'unit', 'channel'")
     view = {"unit_id": table["unit"].astype(str).tolist(), "channel": table["channel"].to_numpy(dtype=np.int64)}
-    columns = [Column("channel", "unit", lambda x: str(int(x)))]
+    columns = []
+    if thumbnails:
+        view["nf"] = [thumbnails.get(int(channel), "") for channel in view["channel"]]
+        columns.append(Column("nf", "nf"))
+    columns.append(Column("channel", "unit", lambda x: str(int(x))))
     _dissection(table, view, columns)
     _nefesi(table, view, columns)
     _activation(table, view, columns, label_names)
@@ -169,13 +174,35 @@ def page_rows(view: pd.DataFrame, columns: Sequence[Column]) -> list[dict]:
             for column in columns
         ]
         search = "\n".join(str(record[key]) for key in searched if record[key]).lower()
-        rows.append({"unit": record["unit_id"], "channel": int(record["channel"]), "search": search, "cells": cells})
+        rows.append(
+            {
+                "unit": record["unit_id"],
+                "channel": int(record["channel"]),
+                "search": search,
+                "cells": cells,
+                "measure": False,
+            }
+        )
+    for index in measured_rows(rows, columns):
+        rows[index]["measure"] = True
     return rows
 
 
-def layer_page(table: pd.DataFrame, settings: PageSettings) -> str:
-    """The layer's index page (HTML) from its units table."""
-    view, columns = layer_view(table, settings.label_names)
+def measured_rows(rows: Sequence[dict], columns: Sequence[Column], first: int = 50, widest: int = 3) -> set[int]:
+    """The rows the browser lays out before it freezes the column widths (the page's `freeze()`): the `first` ones
+    and, per column, the `widest` with the longest text, so every column gets as wide as its widest cells need,
+    without laying out all the layer's rows at load."""
+    keep = set(range(min(first, len(rows))))
+    for k, column in enumerate(columns):
+        if column.kind != "nf":
+            lengths = np.array([len(row["cells"][k][0]) for row in rows])
+            keep.update(np.argsort(-lengths, kind="stable")[:widest].tolist())
+    return keep
+
+
+def layer_page(table: pd.DataFrame, settings: PageSettings, thumbnails: Mapping[int, str] | None = None) -> str:
+    """The layer's index page (HTML) from its units table; `thumbnails` {channel: image URI} of the units' NFs."""
+    view, columns = layer_view(table, settings.label_names, thumbnails)
     datasets = sorted({c.dataset for c in columns if c.dataset})
     return render(
         "atlas_layer.html.j2",
@@ -187,13 +214,24 @@ def layer_page(table: pd.DataFrame, settings: PageSettings) -> str:
         rows=page_rows(view, columns),
         datasets=datasets,
         label_names=sorted(settings.label_names),
+        thumbnails=bool(thumbnails),
     )
 
 
-def write_layer_page(table_path: str | os.PathLike, settings: PageSettings, out_path: str | os.PathLike) -> int:
-    """Write the page of the table at `table_path` to `out_path`; return its number of units."""
+def write_layer_page(
+    table_path: str | os.PathLike,
+    settings: PageSettings,
+    out_path: str | os.PathLike,
+    *,
+    units_dir: str | os.PathLike | None = None,
+    sources: LayerSources | None = None,
+) -> int:
+    """Write every unit's page into `units_dir` (default: units/ beside `out_path`, where the index links) and the
+    layer's index page to `out_path`; return the number of units. `sources`: the unit pages' other inputs."""
     table = pd.read_parquet(table_path)
-    page = layer_page(table, settings)
+    units_dir = Path(units_dir) if units_dir is not None else Path(out_path).parent / "units"
+    thumbnails = write_unit_pages(table, settings, units_dir, sources or LayerSources())
+    page = layer_page(table, settings, thumbnails)
     with atomic_path(out_path) as temp:
         temp.write_text(page, encoding="utf-8")
     return len(table)

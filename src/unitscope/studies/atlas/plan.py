@@ -167,6 +167,32 @@ class LesionSettings(Settings):
 
 
 @dataclasses.dataclass(frozen=True)
+class TopNSettings(Settings):
+    """atlas_top_n, per layer: one pass over every image of `datasets`, the `top_n` exemplars of every unit of
+    `layer` (nefesi's streaming top-N)."""
+
+    model: str
+    layer: str
+    datasets: tuple[str, ...]
+    top_n: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ExemplarsSettings(Settings):
+    """atlas_exemplars, per shard: the Neuron Features of units [start, stop) of `layer` from the layer's top-N
+    table, their best `shown` crops, images no larger than `pixels` a side (None: full size), and per unit the share
+    of its exemplars from each of `datasets`."""
+
+    model: str
+    layer: str
+    datasets: tuple[str, ...]
+    start: int
+    stop: int
+    shown: int
+    pixels: int | None
+
+
+@dataclasses.dataclass(frozen=True)
 class GatherSettings(Settings):
     """atlas_gather, per layer: the shards' evidence joined into one row per unit, with the nefesi indexes and the
     dissection's best concept when those studies analyse the layer."""
@@ -177,6 +203,7 @@ class GatherSettings(Settings):
     shards: tuple[str, ...]
     categories: bool
     lesion: bool
+    exemplars: bool
     nefesi: bool
     dissection: bool
 
@@ -196,6 +223,10 @@ class AtlasPlan:
     targets: dict  # (model, layer) -> AtlasTarget
     categories: bool
     lesion: bool
+    exemplars: bool
+    top_n: int
+    exemplars_shown: int
+    exemplar_pixels: int | None
     ablation: str
     n_bootstrap: int
     seed: int
@@ -209,10 +240,19 @@ class AtlasPlan:
             from unitscope.models.facts import model_facts as facts
         atlas = config["atlas"]
         targets = check_targets(config, facts)
+        if atlas["exemplars_shown"] > atlas["top_n"]:
+            raise AtlasConfigError(
+                f"config key atlas.exemplars_shown: {atlas['exemplars_shown']} crops shown of atlas.top_n = "
+                f"{atlas['top_n']} exemplars; show at most top_n"
+            )
         return cls(
             targets={(t.model, t.layer): t for t in targets},
             categories=bool(atlas["evidence"]["categories"]),
             lesion=bool(atlas["evidence"]["lesion"]),
+            exemplars=bool(atlas["evidence"]["exemplars"]),
+            top_n=atlas["top_n"],
+            exemplars_shown=atlas["exemplars_shown"],
+            exemplar_pixels=atlas["exemplar_pixels"],
             ablation=atlas["ablation"],
             n_bootstrap=atlas["n_bootstrap"],
             seed=config["seed"],
@@ -257,6 +297,30 @@ class AtlasPlan:
         start, stop = target.shard_range(shard)
         return LesionSettings(model, layer, target.datasets, target.labelled, start, stop, self.ablation)
 
+    def top_n_settings(self, model: str, layer: str) -> TopNSettings:
+        target = self.target(model, layer)
+        return TopNSettings(model=model, layer=layer, datasets=target.datasets, top_n=self.top_n)
+
+    def exemplars_settings(self, model: str, layer: str, shard: str) -> ExemplarsSettings:
+        target = self.target(model, layer)
+        start, stop = target.shard_range(shard)
+        return ExemplarsSettings(
+            model=model,
+            layer=layer,
+            datasets=target.datasets,
+            start=start,
+            stop=stop,
+            shown=self.exemplars_shown,
+            pixels=self.exemplar_pixels,
+        )
+
+    def exemplar_images(self, model: str, layer: str) -> list[str]:
+        """The layer's shard image files (exemplars.npz: NFs and crops), for the pages; none when exemplars are off."""
+        if not self.exemplars:
+            return []
+        target = self.target(model, layer)
+        return [f"{target.folder}/shards/{name}/exemplars.npz" for name in target.shard_names()]
+
     def gather_settings(self, model: str, layer: str) -> GatherSettings:
         target = self.target(model, layer)
         return GatherSettings(
@@ -266,13 +330,16 @@ class AtlasPlan:
             shards=tuple(target.shard_names()),
             categories=self.categories,
             lesion=self.lesion,
+            exemplars=self.exemplars,
             nefesi=(model, layer) in self.nefesi,
             dissection=(model, layer) in self.dissection,
         )
 
     def evidence(self) -> tuple[str, ...]:
-        """The evidence kinds computed per shard (each one rule)."""
-        return tuple(kind for kind, on in (("categories", self.categories), ("lesion", self.lesion)) if on)
+        """The evidence kinds computed per shard (each one rule writing <kind>.parquet per shard, which the gather
+        joins; exemplars also write exemplars.npz, from the layer's one top-N pass)."""
+        kinds = (("categories", self.categories), ("lesion", self.lesion), ("exemplars", self.exemplars))
+        return tuple(kind for kind, on in kinds if on)
 
     def shard_files(self, model: str, layer: str, kind: str) -> list[str]:
         target = self.target(model, layer)

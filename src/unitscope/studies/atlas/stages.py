@@ -1,14 +1,16 @@
 """The atlas's stages: the entry point of every rule of rules/atlas.smk, and nothing else.
 
-Only the lesion stage runs the network (torch is imported inside it); the category, gather and index stages read
-tables and arrays, so their jobs start without torch.
+The lesion and top-N stages run the network and the exemplar stage cuts crops with torch (imported inside them); the
+category, gather and index stages read tables and arrays, so their jobs start without torch.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,7 +25,13 @@ if TYPE_CHECKING:  # annotations only: a stage's settings arrive as params, so p
     from unitscope.runtime import RunSettings
     from unitscope.settings import ModelRef
     from unitscope.studies.atlas.pages import PageSettings
-    from unitscope.studies.atlas.plan import CategoriesSettings, GatherSettings, LesionSettings
+    from unitscope.studies.atlas.plan import (
+        CategoriesSettings,
+        ExemplarsSettings,
+        GatherSettings,
+        LesionSettings,
+        TopNSettings,
+    )
 
 
 def _shard_channels(settings, n_read: int) -> np.ndarray:
@@ -91,6 +99,76 @@ def run_lesion(
     return table
 
 
+def run_top_n(
+    settings: TopNSettings,
+    model: ModelRef,
+    *,
+    manifests: Sequence[str],
+    out_table: str | os.PathLike,
+    out_geometry: str | os.PathLike,
+    run: RunSettings | None = None,
+) -> pd.DataFrame:
+    """The layer's top-N table (results/atlas/<model>/<layer>/top_n.parquet: every unit's exemplars) and its
+    geometry (top_n.json), from one pass over every image of the target's datasets (see `atlas.exemplars`)."""
+    from unitscope.models.preprocessing import input_channels, input_size
+    from unitscope.models.receptive_field import layer_receptive_field
+    from unitscope.models.registry import load_model, resolve_layer
+    from unitscope.runtime import RunSettings, pick_device
+    from unitscope.studies.atlas import exemplars as ex
+    from unitscope.studies.nefesi.images import image_table
+    from unitscope.studies.nefesi.topn import inference_copy
+
+    run, s, clock = run or RunSettings(), settings, time.perf_counter()
+    device = pick_device(run.device)
+    network = inference_copy(load_model(model)).to(device)  # as nefesi's top-N: BatchNorm folded, channels-last
+    preprocessing = model.spec["preprocessing"]
+    resolve_layer(network, s.layer, model.name)
+    # before the pass: a layer without a spatial map has no field, and fails now
+    field = layer_receptive_field(network, s.layer, input_size(preprocessing), channels=input_channels(preprocessing))
+    images = image_table(dict(zip(s.datasets, manifests, strict=True)))
+    top = ex.find_top_n(network, s.layer, images, s.top_n, preprocessing, run=run, device=device)
+    table = ex.top_n_table(top, images)
+    write_parquet(table, out_table)
+    write_json(ex.geometry_record(field, top, preprocessing, images, model=model.name, layer=s.layer), out_geometry)
+    seconds = time.perf_counter() - clock
+    print(f"top-{top.n}: {top.channels} units x {len(images)} images in {seconds:.2f} s", flush=True)
+    return table
+
+
+def run_exemplars(
+    settings: ExemplarsSettings,
+    *,
+    table: str | os.PathLike,
+    geometry: str | os.PathLike,
+    manifests: Sequence[str],
+    out_images: str | os.PathLike,
+    out_table: str | os.PathLike,
+) -> pd.DataFrame:
+    """The shard's Neuron Features and best crops (exemplars.npz) and its per-unit exemplar table (exemplars.parquet),
+    from the layer's top-N table."""
+    from unitscope.studies.atlas import exemplars as ex
+    from unitscope.studies.nefesi.images import image_table, model_inputs
+
+    s, clock = settings, time.perf_counter()
+    layout = json.loads(Path(geometry).read_text())
+    images = image_table(dict(zip(s.datasets, manifests, strict=True)))
+    channels = np.arange(s.start, s.stop, dtype=np.int64)
+    rows = pd.read_parquet(table, filters=[("channel", ">=", s.start), ("channel", "<", s.stop)])
+    top = ex.shard_top_n(rows, images, channels, table)
+    decode = lambda which: model_inputs(images.iloc[which], layout["preprocessing"])  # noqa: E731 - as the pass saw them
+    nf, crops = ex.neuron_features(top, decode, layout, shown=s.shown, pixels=s.pixels)
+    ex.write_npz(ex.exemplar_arrays(top, nf, crops, images, channels, layout, s.pixels), out_images)
+    summary = ex.exemplar_summary(top, images, channels, s.datasets)
+    write_parquet(summary, out_table)
+    seconds = time.perf_counter() - clock
+    print(
+        f"exemplars: {len(channels)} units, top-{top.n}, NF {tuple(nf.shape[-2:])} px, in {seconds:.2f} s "
+        f"({len(channels) / seconds:.1f} units/s)",
+        flush=True,
+    )
+    return summary
+
+
 def run_gather(
     settings: GatherSettings,
     *,
@@ -114,14 +192,30 @@ def run_gather(
     return table
 
 
-def run_pages(settings: PageSettings, *, table: str | os.PathLike, out_path: str | os.PathLike) -> int:
-    """The layer's browsable page (results/atlas/<model>/<layer>/index.html): every unit, sortable and filterable."""
+def run_pages(
+    settings: PageSettings,
+    *,
+    table: str | os.PathLike,
+    out_path: str | os.PathLike,
+    units_dir: str | os.PathLike | None = None,
+    exemplars: Sequence[str] = (),
+    tallies: Sequence[str] = (),
+    sections: Sequence[str] = (),
+) -> int:
+    """The layer's browsable page (results/atlas/<model>/<layer>/index.html): every unit, sortable and filterable;
+    and every unit's page (units/<channel>.html) with its exemplar images (the shards' exemplars.npz), its IoU profile
+    (the dissection's tallies.npz, when it dissects the layer) and the report's studies that single it out."""
     from unitscope.studies.atlas.pages import write_layer_page
+    from unitscope.studies.atlas.unit_page import LayerSources
 
     clock = time.perf_counter()
-    n_units = write_layer_page(table, settings, out_path)
+    sources = LayerSources(exemplars=list(exemplars), tallies=tallies[0] if tallies else None, sections=list(sections))
+    n_units = write_layer_page(table, settings, out_path, units_dir=units_dir, sources=sources)
     print(
-        f"{settings.model} {settings.layer}: page of {n_units} units in {time.perf_counter() - clock:.2f} s", flush=True
+        f"{settings.model} {settings.layer}: index and {n_units} unit pages ({len(sources.exemplars)} exemplar files, "
+        f"{'an' if sources.tallies else 'no'} IoU profile, {len(sources.sections)} sections) in "
+        f"{time.perf_counter() - clock:.2f} s",
+        flush=True,
     )
     return n_units
 
@@ -140,7 +234,8 @@ def run_index(*, tables: Sequence[str], out_path: str | os.PathLike) -> dict:
 
 
 def run_settings(config: Mapping) -> RunSettings:
-    """The lesion jobs' run-only settings: extraction's (device, loader workers), with atlas.batch_size if set."""
+    """The lesion, top-N and exemplar jobs' run-only settings: extraction's (device, loader workers), with
+    atlas.batch_size if set."""
     import dataclasses
 
     from unitscope.runtime import RunSettings

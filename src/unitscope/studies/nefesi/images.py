@@ -117,18 +117,23 @@ def layer_field(info: dict) -> ReceptiveField:
     return ReceptiveField.from_dict(info["receptive_field"])
 
 
-def exemplar_crops(images, field, ys, xs, extent, mean, std) -> np.ndarray:
-    """The crops a Neuron Feature averages: unit (y, x)'s field, cut to the layer's visible `extent` (layer.json
-    nf_extent), from its model-input image (normalised [k, K, H, W]), mean colour where the field leaves the image
-    (the same cut as probes.probe_layer). sRGB [k, h, w, 3] in [0, 1], as the NFs in nf.npz."""
+def field_crops(images, slots, field, ys, xs, extent) -> torch.Tensor:
+    """Unit (y, x)'s field, cut to the layer's visible `extent` (layer.json nf_extent), from images[slots]
+    (normalised [B, K, H, W]), 0 (the mean colour) where the field leaves the image: [R, K, h, w], normalised, the
+    crops a Neuron Feature averages (the same cut as probes.probe_layer)."""
     boxes = np.array([field.box(int(y), int(x)) for y, x in zip(ys, xs, strict=True)], dtype=np.int64).reshape(-1, 4)
     (row0, row1), (col0, col1) = extent
-    crops = gather_crops(
+    return gather_crops(
         images.float(),
-        np.arange(len(images)),
+        np.asarray(slots, dtype=np.int64),
         boxes[:, 0],
         boxes[:, 1],
         np.arange(row0, row1),
         np.arange(col0, col1),
     )
-    return nf_rgb(crops, mean, std)
+
+
+def exemplar_crops(images, field, ys, xs, extent, mean, std) -> np.ndarray:
+    """The crops a Neuron Feature averages (`field_crops`) of unit (y, x) in each model-input image (normalised
+    [k, K, H, W]). sRGB [k, h, w, 3] in [0, 1], as the NFs in nf.npz."""
+    return nf_rgb(field_crops(images, np.arange(len(images)), field, ys, xs, extent), mean, std)
