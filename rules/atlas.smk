@@ -118,6 +118,30 @@ if config["atlas"]["enabled"]:
         script:
             "../workflow/scripts/atlas_exemplars.py"
 
+    rule atlas_actmax:
+        input:
+            code=code("studies.atlas.stages:run_actmax"),
+            checkpoint=model_checkpoint,
+        output:
+            images="results/atlas/{model}/{layer}/shards/{shard}/actmax.npz",
+            table="results/atlas/{model}/{layer}/shards/{shard}/actmax.parquet",
+        params:
+            settings=lambda wc: plan(ATLAS.actmax_settings, wc.model, wc.layer, wc.shard).as_params(),
+            model=lambda wc: model_ref(wc.model),
+        wildcard_constraints:
+            shard=r"\d+-\d+",
+        threads: 2
+        resources:
+            mem_mb=4000,
+        log:
+            "logs/atlas/{model}/{layer}/{shard}/actmax.log",
+        benchmark:
+            "benchmarks/atlas/{model}/{layer}/{shard}/actmax.tsv"
+        conda:
+            ENV
+        script:
+            "../workflow/scripts/atlas_actmax.py"
+
     rule atlas_gather:
         input:
             unpack(lambda wc: ATLAS.evidence_files(wc.model, wc.layer)),
@@ -128,7 +152,7 @@ if config["atlas"]["enabled"]:
             "results/atlas/{model}/{layer}/units.parquet",
         params:
             settings=lambda wc: plan(ATLAS.gather_settings, wc.model, wc.layer).as_params(),
-            evidence=ATLAS.evidence(),
+            evidence=lambda wc: ATLAS.evidence_kinds(wc.model, wc.layer),
         log:
             "logs/atlas/{model}/{layer}/gather.log",
         benchmark:
@@ -147,6 +171,7 @@ if config["atlas"]["enabled"]:
             code=code("studies.atlas.stages:run_pages"),
             table="results/atlas/{model}/{layer}/units.parquet",
             exemplars=lambda wc: ATLAS.exemplar_images(wc.model, wc.layer),
+            actmax=lambda wc: ATLAS.actmax_images(wc.model, wc.layer),
             tallies=lambda wc: [
                 path.removesuffix("units.parquet") + "tallies.npz" for path in ATLAS.dissection_table(wc.model, wc.layer)
             ],

@@ -32,6 +32,9 @@ def study_config(study: str, data_dir: Path) -> dict:
 
 
 STUDIES = ("faces", "actmax", "nefesi", "dissection", "lesions")
+# In the all-studies run, a study's section feeds the atlas's unit pages (the studies that name each unit), so a
+# change to any section re-writes the atlas layer's pages and index too (and the report, as before)
+ATLAS_PAGES = {("atlas_pages", "model=resnet20_cifar, layer=layer1"), ("atlas", "")}
 
 
 def all_studies_config(data_dir: Path) -> dict:
@@ -46,6 +49,17 @@ def all_studies_config(data_dir: Path) -> dict:
     config["actmax"]["registry_targets"].append(
         {"model": "resnet20_cifar", "layer": "layer1", "channels": list(range(8)), "seeds": 1, "steps": 6}
     )
+    # the atlas of that layer too (16 units, one shard): its unit pages join nefesi's indexes, the dissection's IoU
+    # profile and the studies' mentions, and the report lists it and links its unit pages there
+    config["atlas"] = {
+        "enabled": True,
+        "targets": [{"model": "resnet20_cifar", "layer": "layer1", "datasets": ["objects"], "actmax": True}],
+        "actmax": {"seeds": 1, "steps": 4},
+        "units_per_shard": 16,
+        "n_bootstrap": 200,
+        "top_n": 10,
+        "exemplars_shown": 4,
+    }
     return config
 
 

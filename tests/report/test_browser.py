@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from browser import crawl_report, on_first_screen, open_unit_page_from_section, overflowing, scrolled_to, show_at
 from wfutil import STUDIES
@@ -89,3 +90,33 @@ def test_contents_links_scroll_to_their_sections_and_long_tables_unfold(browser,
     browser.execute_script("arguments[0].scrollIntoView({block: 'center', behavior: 'instant'})", fold)
     fold.find_element(By.CSS_SELECTOR, "label.show-all").click()
     assert all(row.is_displayed() for row in fold.find_elements(By.CSS_SELECTOR, "tr.more"))
+
+
+def test_the_atlas_opens_from_the_report_and_its_unit_pages_link_back(browser, tiny_studies_run):
+    """The report's atlas table opens the layer's page; a unit page there shows its NF and crops, the studies that
+    name the unit and a link back to the report's page of that unit, which links to it in turn."""
+    from browser import check_page
+    from selenium.webdriver.common.by import By
+
+    workdir, _ = tiny_studies_run
+    report = workdir / "results" / "report"
+    browser.get((report / "index.html").as_uri())
+    link = browser.find_element(By.XPATH, "//h2[@id='atlas']/following::a[contains(@href, 'layer1/index.html')]")
+    browser.get(link.get_attribute("href"))  # (not a click: the contents bar may cover the link on a small window)
+    assert browser.current_url.endswith("/atlas/resnet20_cifar/layer1/index.html")
+    check_page(browser, browser.current_url)  # every NF thumbnail renders, no console error
+    summary = json.loads((workdir / "results" / "summary.json").read_text())
+    assert summary["atlas"] == {"units": 16, "layers": ["resnet20_cifar/layer1"]}
+    mentioned = sorted(
+        int(page.stem.rsplit("__", 1)[1]) for page in report.glob("units/resnet20_cifar__layer1__*.html")
+    )
+    assert mentioned, "no study singles out a unit of resnet20_cifar layer1 in the tiny run"
+    atlas_unit = workdir / f"results/atlas/resnet20_cifar/layer1/units/{mentioned[0]}.html"
+    links = check_page(browser, atlas_unit.as_uri())
+    assert len(browser.find_elements(By.TAG_NAME, "img")) >= 3  # the NF, at least one crop, the actmax image
+    assert "activation maximisation 1 of resnet20_cifar/layer1/" in atlas_unit.read_text()
+    table = pd.read_parquet(workdir / "results/atlas/resnet20_cifar/layer1/units.parquet")
+    assert table["actmax.activation"].notna().all() and len(table) == 16
+    report_page = (report / "units" / f"resnet20_cifar__layer1__{mentioned[0]}.html").as_uri()
+    assert report_page in links, "the atlas page does not link to the report's page of the unit"
+    assert atlas_unit.as_uri() in check_page(browser, report_page), "the report's unit page does not link back"

@@ -17,4 +17,5 @@ with log_to(snakemake.log[0]):
         exemplars=list(snakemake.input.exemplars),
         tallies=list(snakemake.input.tallies),
         sections=list(snakemake.input.sections),
+        actmax=list(snakemake.input.actmax),
     )

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from wfutil import planned_jobs, snakemake, write_config
+from wfutil import ATLAS_PAGES, planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -79,6 +79,7 @@ def test_changes_rerun_exactly_their_stages(finished_run):
         "actmax_optimize",
         "actmax_analyze",
         "actmax_report",
+        *(rule for rule, _ in ATLAS_PAGES),
         "report",
     }, "changing actmax settings must not retrain"
 

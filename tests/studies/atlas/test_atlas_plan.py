@@ -163,3 +163,34 @@ def test_exemplars_run_one_top_n_per_layer_and_one_job_per_shard(base):
         AtlasConfigError, match=r"^config key atlas\.exemplars_shown: 60 crops shown of atlas\.top_n = 50"
     ):
         AtlasPlan.from_config(many)
+
+
+def test_actmax_is_per_target_and_its_layer_must_have_the_layers_channels(base):
+    """evidence.actmax is off by default; a target switches it on for itself only, with the atlas.actmax settings
+    per shard; actmax_layer must be a module with the layer's channels (layer3.2.bn2: 64, like layer3)."""
+    plan = AtlasPlan.from_config(validate_config(copy.deepcopy(base)))
+    assert "actmax" not in plan.evidence_kinds("resnet20_cifar", "layer3")
+    assert plan.actmax_images("resnet20_cifar", "layer3") == []
+    with pytest.raises(AtlasConfigError, match="no actmax evidence"):
+        plan.actmax_settings("resnet20_cifar", "layer3", "0-31")
+
+    config = with_target(base, actmax=True, actmax_layer="layer3.2.bn2")
+    config["atlas"]["actmax"] = {"seeds": 3, "steps": 7}
+    config["atlas"]["targets"].append({"model": "resnet20_cifar", "layer": "layer2", "datasets": ["objects"]})
+    plan = AtlasPlan.from_config(validate_config(config))
+    assert plan.evidence_kinds("resnet20_cifar", "layer3")[-1] == "actmax"
+    assert "actmax" not in plan.evidence_kinds("resnet20_cifar", "layer2")
+    assert plan.evidence_files("resnet20_cifar", "layer3")["actmax"] == [
+        "results/atlas/resnet20_cifar/layer3/shards/0-31/actmax.parquet",
+        "results/atlas/resnet20_cifar/layer3/shards/32-63/actmax.parquet",
+    ]
+    settings = plan.actmax_settings("resnet20_cifar", "layer3", "32-63")
+    assert (settings.start, settings.stop, settings.seeds, settings.steps) == (32, 64, 3, 7)
+    assert settings.optimize_at == "layer3.2.bn2" and settings.parameterization == "auto"
+    assert plan.gather_settings("resnet20_cifar", "layer3").actmax
+
+    wrong_channels = r"atlas.targets\[0\].actmax_layer: resnet20_cifar .layer2.2.bn2. has 32"
+    with pytest.raises(AtlasConfigError, match=wrong_channels):
+        AtlasPlan.from_config(validate_config(with_target(base, actmax=True, actmax_layer="layer2.2.bn2")))
+    with pytest.raises(AtlasConfigError, match=r"actmax_layer: model resnet20_cifar has no layer 'layer3.2.bn9'"):
+        AtlasPlan.from_config(validate_config(with_target(base, actmax_layer="layer3.2.bn9")))

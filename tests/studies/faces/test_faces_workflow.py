@@ -7,7 +7,7 @@ import re
 
 import pandas as pd
 import pytest
-from wfutil import planned_jobs, snakemake, write_config
+from wfutil import ATLAS_PAGES, planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +81,7 @@ def test_rerun_plans_exactly_what_changed(finished_run):
     changed = json.loads(json.dumps(config))
     changed["faces"]["interventions"]["alpha"] = 0.01  # a reporting threshold: the section only
     write_config(workdir, changed)
-    assert planned_jobs(workdir) == {("faces_section", ""), ("report", "")}
+    assert planned_jobs(workdir) == {("faces_section", ""), *ATLAS_PAGES, ("report", "")}
 
     changed = json.loads(json.dumps(config))
     changed["faces"]["interventions"]["n_random"] += 1
@@ -92,6 +92,7 @@ def test_rerun_plans_exactly_what_changed(finished_run):
         ("faces_section", ""),
         ("lesions_agreement", ""),  # the lesions study sets face selectivity against each channel's own lesion
         ("lesions_section", ""),
+        *ATLAS_PAGES,
         ("report", ""),
     }
 
@@ -107,6 +108,7 @@ def test_rerun_plans_exactly_what_changed(finished_run):
         "faces_section",
         "lesions_agreement",
         "lesions_section",
+        *(rule for rule, _ in ATLAS_PAGES),
         "report",
     }
     write_config(workdir, config)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from wfutil import copy_workflow, planned_jobs, snakemake, study_config, write_config
+from wfutil import ATLAS_PAGES, copy_workflow, planned_jobs, snakemake, study_config, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -125,7 +125,7 @@ def assert_reruns(workdir, config) -> None:
     changed = json.loads(json.dumps(config))
     changed["lesions"]["alpha"] = 0.01
     write_config(workdir, changed)
-    assert {rule for rule, _ in planned_jobs(workdir)} == {"lesions_section", "report"}
+    assert {rule for rule, _ in planned_jobs(workdir)} == {"lesions_section", *(r for r, _ in ATLAS_PAGES), "report"}
     changed = json.loads(json.dumps(config))
     changed["lesions"]["class_units"]["n_random"] = 5
     write_config(workdir, changed)
@@ -134,6 +134,7 @@ def assert_reruns(workdir, config) -> None:
         "lesions_class_figure",
         "lesions_agreement",  # the class units' own agreement row
         "lesions_section",
+        *(rule for rule, _ in ATLAS_PAGES),
         "report",
     }
     changed = json.loads(json.dumps(config))
@@ -146,6 +147,7 @@ def assert_reruns(workdir, config) -> None:
         "lesions_concept_units",
         "lesions_concept_figure",
         "lesions_section",
+        *(rule for rule, _ in ATLAS_PAGES),
         "report",
     }
 

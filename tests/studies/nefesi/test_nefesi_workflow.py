@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from wfutil import planned_jobs, snakemake, write_config
+from wfutil import ATLAS_PAGES, planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +89,12 @@ def test_rerun_plans_exactly_what_changed(finished_run):
     changed = json.loads(json.dumps(config))
     changed["nefesi"]["order_by"] = "class"
     write_config(workdir, changed)
-    assert {rule for rule, _ in planned_jobs(workdir)} == {"nefesi_layer_figures", "nefesi_section", "report"}
+    assert {rule for rule, _ in planned_jobs(workdir)} == {
+        "nefesi_layer_figures",
+        "nefesi_section",
+        *(rule for rule, _ in ATLAS_PAGES),
+        "report",
+    }
 
     changed = json.loads(json.dumps(config))
     changed["nefesi"]["rotation_step"] = 30

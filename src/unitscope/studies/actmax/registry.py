@@ -17,14 +17,22 @@ import pandas as pd
 import torch
 
 from unitscope.hooks import ActivationRecorder
-from unitscope.studies.actmax.render import optimize_inputs
-from unitscope.studies.actmax.specs import UnitSpecs
+from unitscope.studies.actmax.render import ActmaxResult, optimize_inputs
+from unitscope.studies.actmax.specs import ActmaxError, UnitSpecs
 from unitscope.studies.faces.selection import selected_channels
 
 if TYPE_CHECKING:
     from unitscope.studies.actmax.plan import RegistryTarget
 
-__all__ = ["optimize_registry_target", "target_channels"]
+__all__ = [
+    "channel_rows",
+    "check_layers",
+    "chosen_parameterization",
+    "input_shape",
+    "optimize_channels",
+    "optimize_registry_target",
+    "target_channels",
+]
 
 
 def target_channels(target: RegistryTarget, faces_selection=None) -> list[int]:
@@ -51,50 +59,90 @@ def optimize_registry_target(model, model_name: str, spec: Mapping, target: Regi
     with transforms when both sides are 64 px or more, unless the target sets its parameterisation. The target
     layer may be any module path; the forward pass stops there. Returns the result and the table's extra
     columns (model, parameterization, unit_layer)."""
-    from unitscope.models.preprocessing import input_channels, input_size  # torchvision: only this stage
-
     preprocessing = spec["preprocessing"]
-    shape = (input_channels(preprocessing), *input_size(preprocessing))
     unit_layer = target.unit_layer or target.layer
-    _check_layers(model, model_name, target.layer, unit_layer, shape)
-    parameterization = target.parameterization
-    if parameterization == "auto":
-        parameterization = "fft" if min(shape[1:]) >= 64 else "pixel"
-    rows = [
-        {"channel": c, "objective": o, "seed": s, "init": "gray_noise", "l2": target.l2, "tv": target.tv}
-        for c in channels
-        for o in target.objectives
-        for s in range(int(target.seeds))
-    ]
-    result = optimize_inputs(
+    check_layers(model, model_name, target.layer, unit_layer, input_shape(preprocessing))
+    rows = channel_rows(channels, target.objectives, int(target.seeds), l2=target.l2, tv=target.tv)
+    result, parameterization = optimize_channels(
         model,
         target.layer,
+        preprocessing,
+        rows,
+        steps=target.steps,
+        lr=target.lr,
+        parameterization=target.parameterization,
+    )
+    return result, {"model": model_name, "parameterization": parameterization, "unit_layer": unit_layer}
+
+
+def input_shape(preprocessing: Mapping) -> tuple[int, int, int]:
+    """(channels, height, width) of the model's input, from its preprocessing."""
+    from unitscope.models.preprocessing import input_channels, input_size  # torchvision: only the stages
+
+    return (input_channels(preprocessing), *input_size(preprocessing))
+
+
+def chosen_parameterization(parameterization: str, shape: Sequence[int]) -> str:
+    """`auto`: the FFT parameterisation (with transforms) when both sides are 64 px or more, plain pixels below;
+    `pixel` or `fft` as given."""
+    if parameterization == "auto":
+        return "fft" if min(shape[1:]) >= 64 else "pixel"
+    return parameterization
+
+
+def channel_rows(channels: Sequence[int], objectives: Sequence[str], seeds: int, *, l2: float, tv: float) -> list[dict]:
+    """One run per channel x objective x seed (in that nesting, seeds innermost), each from the grey start."""
+    return [
+        {"channel": int(c), "objective": o, "seed": s, "init": "gray_noise", "l2": l2, "tv": tv}
+        for c in channels
+        for o in objectives
+        for s in range(int(seeds))
+    ]
+
+
+def optimize_channels(
+    model, layer: str, preprocessing: Mapping, rows: Sequence[Mapping], *, steps, lr, parameterization: str, **run
+) -> tuple[ActmaxResult, str]:
+    """Optimise `rows` (`channel_rows`) on `layer` of a registry model in one batch (`render.optimize_inputs`):
+    images of the model's input shape in [0, 1], normalised by its preprocessing's mean and std on the way in, pulled
+    towards 0.5 grey by each row's L2 weight; `run` passes device, max_batch, progress, snapshot_every (none of
+    them changes the images). Returns the result and the parameterisation used."""
+    shape = input_shape(preprocessing)
+    parameterization = chosen_parameterization(parameterization, shape)
+    result = optimize_inputs(
+        model,
+        layer,
         UnitSpecs.from_rows(rows),
         image_shape=shape,
-        steps=int(target.steps),
-        lr=float(target.lr),
+        steps=int(steps),
+        lr=float(lr),
         l2_center=0.5,
         parameterization=parameterization,
         transforms=parameterization == "fft",
         input_mean=preprocessing["mean"],
         input_std=preprocessing["std"],
+        **run,
     )
-    return result, {"model": model_name, "parameterization": parameterization, "unit_layer": unit_layer}
+    return result, parameterization
 
 
-def _check_layers(model: torch.nn.Module, model_name: str, layer: str, unit_layer: str, shape) -> None:
+def check_layers(
+    model: torch.nn.Module, model_name: str, layer: str, unit_layer: str, shape, *, what: str = "actmax registry target"
+) -> None:
     """Both layers exist (else the registry's one-line error with the nearest name) and, when they differ, have
-    the same channels (one forward pass on a blank image, stopped once both have run)."""
+    the same channels (one forward pass on a blank image on the model's device, stopped once both have run);
+    `what` names the setting in the error."""
     from unitscope.models.registry import resolve_layer  # torchvision: only this stage
 
     for name in dict.fromkeys((layer, unit_layer)):
         resolve_layer(model, name, model_name)
     if unit_layer == layer:
         return
+    device = next(model.parameters(), torch.empty(0)).device
     with ActivationRecorder(model, [layer, unit_layer], stop_early=True) as recorder, torch.inference_mode():
-        means = recorder(torch.zeros(1, *shape))
+        means = recorder(torch.zeros(1, *shape, device=device))
     if means[layer].shape[1] != means[unit_layer].shape[1]:
-        raise ValueError(
-            f"actmax registry target layer {layer!r} has {means[layer].shape[1]} channels, but the units it stands "
+        raise ActmaxError(
+            f"{what} layer {layer!r} has {means[layer].shape[1]} channels, but the units it stands "
             f"for ({unit_layer!r}) have {means[unit_layer].shape[1]}"
         )

@@ -372,12 +372,22 @@ def unit_activation(
     topk: int = 5,
     input_mean=None,
     input_std=None,
+    max_batch: int | None = None,
 ) -> np.ndarray:
-    """Each element's objective (without logit term) on given images [B, C, H, W], no optimisation."""
-    objective = build_objective(layer, specs, topk=topk, include_logits=False)
+    """Each element's objective (without logit term) on given images [B, C, H, W] in [0, 1], no optimisation: one
+    plain forward pass on the model's device (normalised by input_mean/input_std when given), in chunks of at most
+    `max_batch` images (the values do not depend on it)."""
+    device = next(model.parameters(), torch.empty(0)).device
     capture = _Capture(layer, stop=True)
-    if input_mean is not None:
-        mean = torch.tensor(input_mean, dtype=torch.float32).view(1, -1, 1, 1)
-        images = (images - mean) / torch.tensor(input_std, dtype=torch.float32).view(1, -1, 1, 1)
+    chunk = int(max_batch) if max_batch else max(1, len(specs))
+    values = []
     with frozen(model), hooked(model, {layer: capture}), torch.no_grad():
-        return objective(_evaluate(model, capture, images)).cpu().numpy()
+        for index in torch.split(torch.arange(len(specs)), chunk):
+            part = specs if len(index) == len(specs) else specs.select(index)
+            objective = build_objective(layer, part, topk=topk, include_logits=False)
+            inputs = images[index].to(device)
+            if input_mean is not None:
+                mean = torch.tensor(input_mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+                inputs = (inputs - mean) / torch.tensor(input_std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+            values.append(objective(_evaluate(model, capture, inputs)).cpu().numpy())
+    return np.concatenate(values)

@@ -69,8 +69,14 @@ def exemplars_part(table: pd.DataFrame) -> pd.DataFrame:
     return table.rename(columns=name)
 
 
+def actmax_part(table: pd.DataFrame) -> pd.DataFrame:
+    """The actmax shards' columns as the layer table names them: `actmax.activation` (mean over seeds),
+    `actmax.activation_sd` and `actmax.colour_score`."""
+    return table.rename(columns=lambda c: c if c == "channel" else "actmax." + c.removeprefix("actmax_"))
+
+
 # evidence kinds whose shard columns are renamed in the layer table (the others keep their own names)
-RENAMED = {"exemplars": exemplars_part}
+RENAMED = {"exemplars": exemplars_part, "actmax": actmax_part}
 
 
 def _joined(base: pd.DataFrame, part: pd.DataFrame, source: str) -> pd.DataFrame:

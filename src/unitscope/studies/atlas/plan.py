@@ -44,6 +44,8 @@ class AtlasTarget:
     categories: tuple[str, ...]  # datasets.<d>.category of each dataset
     channels: int
     shards: tuple[tuple[int, int], ...]
+    actmax: bool = False  # activation-maximisation images for its units (the target's switch, else evidence.actmax)
+    actmax_layer: str | None = None  # the module optimised in the layer's place (same channels); None: the layer
 
     @property
     def key(self) -> tuple[str, str]:
@@ -84,20 +86,34 @@ def _check_datasets(config: Mapping, where: str, target: Mapping) -> None:
             )
 
 
-def layer_channels(facts: Mapping, model: str, layer: str, where: str) -> int:
+def layer_channels(facts: Mapping, model: str, layer: str, where: str, key: str = "layer") -> int:
     """The layer's channel count from the model's facts; an unknown layer (with the closest name) or one without
     channel maps is one line naming the key."""
     rows = {row["name"]: row for row in facts["layers"]}
     if layer not in rows:
         raise AtlasConfigError(
-            f"{where}.layer: model {model} has no layer {layer!r}{_hint(layer, rows)} "
+            f"{where}.{key}: model {model} has no layer {layer!r}{_hint(layer, rows)} "
             f"(`python -m unitscope layers {model}` lists them)"
         )
     if not rows[layer].get("channels"):
         raise AtlasConfigError(
-            f"{where}.layer: {model} {layer!r} outputs {rows[layer].get('shape')}, not channel maps [C, H, W]"
+            f"{where}.{key}: {model} {layer!r} outputs {rows[layer].get('shape')}, not channel maps [C, H, W]"
         )
     return int(rows[layer]["channels"])
+
+
+def _actmax_layer(facts: Mapping, target: Mapping, channels: int, where: str) -> str | None:
+    """The target's actmax_layer, checked: a layer of the model with the target layer's channel count."""
+    name = target.get("actmax_layer")
+    if name is None:
+        return None
+    found = layer_channels(facts, target["model"], name, where, key="actmax_layer")
+    if found != channels:
+        raise AtlasConfigError(
+            f"{where}.actmax_layer: {target['model']} {name!r} has {found} channels, the layer "
+            f"{target['layer']!r} {channels}; optimise a module with the layer's channels"
+        )
+    return name
 
 
 def _labelled(config: Mapping, target: Mapping) -> tuple[str, ...]:
@@ -119,7 +135,8 @@ def check_targets(config: Mapping, facts: Callable[[Mapping, str], Mapping]) -> 
         where = f"config key atlas.targets[{index}]"
         _check_model(config, where, target["model"])
         _check_datasets(config, where, target)
-        channels = layer_channels(facts(config, target["model"]), target["model"], target["layer"], where)
+        model_facts = facts(config, target["model"])
+        channels = layer_channels(model_facts, target["model"], target["layer"], where)
         if (target["model"], target["layer"]) in seen:
             raise AtlasConfigError(f"{where}: {target['model']} {target['layer']!r} is already an atlas target")
         seen.add((target["model"], target["layer"]))
@@ -132,6 +149,8 @@ def check_targets(config: Mapping, facts: Callable[[Mapping, str], Mapping]) -> 
                 categories=tuple(config["datasets"][d]["category"] for d in target["datasets"]),
                 channels=channels,
                 shards=tuple(unit_shards(channels, atlas["units_per_shard"])),
+                actmax=bool(atlas["evidence"]["actmax"] if target.get("actmax") is None else target["actmax"]),
+                actmax_layer=_actmax_layer(model_facts, target, channels, where),
             )
         )
     return tuple(targets)
@@ -206,6 +225,26 @@ class GatherSettings(Settings):
     exemplars: bool
     nefesi: bool
     dissection: bool
+    actmax: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ActmaxSettings(Settings):
+    """atlas_actmax, per shard: units [start, stop) of `layer` optimised together (`seeds` images each, `steps` Adam
+    steps at `lr`, `parameterization`, `l2` and `tv` penalties), at `optimize_at` when set (a module with the
+    layer's channels), their activation read at `layer`."""
+
+    model: str
+    layer: str
+    start: int
+    stop: int
+    seeds: int
+    steps: int
+    lr: float
+    parameterization: str
+    l2: float
+    tv: float
+    optimize_at: str | None
 
 
 def analysed(config: Mapping, study: str) -> set[tuple[str, str]]:
@@ -233,6 +272,7 @@ class AtlasPlan:
     nefesi: frozenset  # (model, layer) pairs the nefesi study analyses
     dissection: frozenset  # (model, layer) pairs the dissection dissects
     label_names: dict = dataclasses.field(default_factory=dict)  # dataset -> class names (nefesi.label_names)
+    actmax: dict = dataclasses.field(default_factory=dict)  # atlas.actmax: seeds, steps, lr, parameterization, l2, tv
 
     @classmethod
     def from_config(cls, config: Mapping, facts: Callable[[Mapping, str], Mapping] | None = None) -> AtlasPlan:
@@ -259,6 +299,7 @@ class AtlasPlan:
             nefesi=frozenset(analysed(config, "nefesi")),
             dissection=frozenset(analysed(config, "dissection")),
             label_names={d: list(n) for d, n in (config.get("nefesi", {}).get("label_names") or {}).items()},
+            actmax=dict(atlas["actmax"]),
         )
 
     def page_settings(self, model: str, layer: str) -> dict:
@@ -270,7 +311,27 @@ class AtlasPlan:
 
     def evidence_files(self, model: str, layer: str) -> dict[str, list[str]]:
         """Each kind of evidence -> the shard files of that layer (the gather's inputs)."""
-        return {kind: self.shard_files(model, layer, kind) for kind in self.evidence()}
+        return {kind: self.shard_files(model, layer, kind) for kind in self.evidence_kinds(model, layer)}
+
+    def evidence_kinds(self, model: str, layer: str) -> tuple[str, ...]:
+        """The evidence kinds of one target layer: every target's (`evidence`), and actmax where the target has it."""
+        return self.evidence() + (("actmax",) if self.target(model, layer).actmax else ())
+
+    def actmax_settings(self, model: str, layer: str, shard: str) -> ActmaxSettings:
+        target = self.target(model, layer)
+        start, stop = target.shard_range(shard)
+        if not target.actmax:
+            raise AtlasConfigError(f"atlas target {model} {layer!r} has no actmax evidence (atlas.evidence.actmax)")
+        a = self.actmax
+        return ActmaxSettings(
+            model, layer, start, stop, a["seeds"], a["steps"], a["lr"], a["parameterization"], a["l2"], a["tv"],
+            target.actmax_layer,
+        )  # fmt: skip
+
+    def actmax_images(self, model: str, layer: str) -> list[str]:
+        """The layer's shard actmax images (actmax.npz), for the pages; none when the target has no actmax."""
+        target = self.target(model, layer)
+        return [f"{target.folder}/shards/{name}/actmax.npz" for name in target.shard_names()] if target.actmax else []
 
     def target(self, model: str, layer: str) -> AtlasTarget:
         if (model, layer) not in self.targets:
@@ -333,6 +394,7 @@ class AtlasPlan:
             exemplars=self.exemplars,
             nefesi=(model, layer) in self.nefesi,
             dissection=(model, layer) in self.dissection,
+            actmax=target.actmax,
         )
 
     def evidence(self) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # annotations only: a stage's settings arrive as params, so p
     from unitscope.settings import ModelRef
     from unitscope.studies.atlas.pages import PageSettings
     from unitscope.studies.atlas.plan import (
+        ActmaxSettings,
         CategoriesSettings,
         ExemplarsSettings,
         GatherSettings,
@@ -135,6 +136,37 @@ def run_top_n(
     return table
 
 
+def run_actmax(
+    settings: ActmaxSettings,
+    model: ModelRef,
+    *,
+    out_images: str | os.PathLike,
+    out_table: str | os.PathLike,
+    run: RunSettings | None = None,
+) -> pd.DataFrame:
+    """The shard's units' activation-maximisation images, optimised together (see `atlas.actmax`)."""
+    from unitscope.models.registry import load_model
+    from unitscope.runtime import RunSettings, pick_device
+    from unitscope.studies.atlas.actmax import shard_actmax, write_shard_actmax
+
+    s, run = settings, run or RunSettings()
+    device = pick_device(run.device)
+    network = load_model(model).to(device)
+    result = shard_actmax(
+        network, model.spec["preprocessing"], s.layer, range(s.start, s.stop), seeds=s.seeds, steps=s.steps,
+        lr=s.lr, parameterization=s.parameterization, l2=s.l2, tv=s.tv, optimize_at=s.optimize_at,
+        model_name=model.name, device=device, progress=True,
+    )  # fmt: skip
+    table = write_shard_actmax(result, out_images, out_table)
+    units = s.stop - s.start
+    print(
+        f"actmax: {units} units x {s.seeds} seeds, {s.steps} steps ({result.parameterization}) in "
+        f"{result.seconds:.1f} s ({units / result.seconds:.2f} units/s)",
+        flush=True,
+    )
+    return table
+
+
 def run_exemplars(
     settings: ExemplarsSettings,
     *,
@@ -201,6 +233,7 @@ def run_pages(
     exemplars: Sequence[str] = (),
     tallies: Sequence[str] = (),
     sections: Sequence[str] = (),
+    actmax: Sequence[str] = (),
 ) -> int:
     """The layer's browsable page (results/atlas/<model>/<layer>/index.html): every unit, sortable and filterable;
     and every unit's page (units/<channel>.html) with its exemplar images (the shards' exemplars.npz), its IoU profile
@@ -209,7 +242,9 @@ def run_pages(
     from unitscope.studies.atlas.unit_page import LayerSources
 
     clock = time.perf_counter()
-    sources = LayerSources(exemplars=list(exemplars), tallies=tallies[0] if tallies else None, sections=list(sections))
+    sources = LayerSources(
+        exemplars=list(exemplars), tallies=tallies[0] if tallies else None, sections=list(sections), actmax=list(actmax)
+    )
     n_units = write_layer_page(table, settings, out_path, units_dir=units_dir, sources=sources)
     print(
         f"{settings.model} {settings.layer}: index and {n_units} unit pages ({len(sources.exemplars)} exemplar files, "

@@ -138,6 +138,33 @@ class LayerSources:
     exemplars: Sequence[str | os.PathLike] = ()
     tallies: str | os.PathLike | None = None
     sections: Sequence[str | os.PathLike] = ()
+    actmax: Sequence[str | os.PathLike] = ()  # the shards' actmax.npz files (none when the target has no actmax)
+
+
+class ActmaxShards:
+    """The shards' activation-maximisation images by unit, read a shard at a time as pages ask for its units (the
+    pages go through the units in order, so each shard is read once)."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike]):
+        self.where = {}
+        for path in paths:
+            with np.load(path) as arrays:
+                self.where.update({int(c): (str(path), i) for i, c in enumerate(arrays["channels"])})
+        self.loaded: tuple[str, dict] | None = None
+
+    def images(self, channel: int) -> dict | None:
+        """The unit's images (one per seed, PNG data URIs) with their activation at the layer; None without any."""
+        if channel not in self.where:
+            return None
+        path, index = self.where[channel]
+        if self.loaded is None or self.loaded[0] != path:
+            with np.load(path) as arrays:
+                self.loaded = (path, {key: arrays[key] for key in ("images", "activation")})
+        images, activation = self.loaded[1]["images"][index], self.loaded[1]["activation"][index]
+        height, width = images.shape[1:3]
+        pairs = zip(images, activation, strict=True)
+        seeds = [{"src": png.data_uri(image), "activation": float(a)} for image, a in pairs]
+        return {"seeds": seeds, "height": int(height), "width": int(width)}
 
 
 def class_name(dataset: str, label: str, label_names: Mapping[str, Sequence[str]]) -> str:
@@ -226,6 +253,7 @@ class LayerPages:
             "profile": profile_bars(concepts),
             "profiled": self.profiles is not None,
             "images": images,
+            "actmax": None,  # the unit's activation-maximisation images, where the layer has them (ActmaxShards)
             "studies": self.mentions.get(channel, []),
             "report": self.report,
             "report_index": posixpath.join(posixpath.dirname(self.report), "index.html"),
@@ -247,6 +275,7 @@ def write_unit_pages(
     sources = sources or LayerSources()
     pages = LayerPages.of(table, settings, sources)
     neighbours, thumbnails, done = pages.neighbours(), {}, set()
+    actmax = ActmaxShards(sources.actmax)
     with atomic_path(folder) as temp:
         temp.mkdir()
         for path in sources.exemplars:
@@ -258,11 +287,13 @@ def write_unit_pages(
                         f"({pages.model} {pages.layer!r} has {len(pages.records)} units)"
                     )
                 context = pages.context(channel, exemplar_images(shard, index), neighbours[channel])
+                context["actmax"] = actmax.images(channel)
                 (temp / f"{channel}.html").write_text(unit_page(context), encoding="utf-8")
                 thumbnails[channel] = png.data_uri(png.thumbnail(shard.nf[index]))
                 done.add(channel)
         for channel in pages.records:
             if channel not in done:
                 context = pages.context(channel, None, neighbours[channel])
+                context["actmax"] = actmax.images(channel)
                 (temp / f"{channel}.html").write_text(unit_page(context), encoding="utf-8")
     return thumbnails
