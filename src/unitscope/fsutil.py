@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from unitscope.errors import UnitscopeError
@@ -118,3 +118,18 @@ def _link_or_copy(source: str, destination: str) -> None:
         os.link(source, destination)
     except OSError:
         shutil.copy2(source, destination)
+
+
+def write_npz(arrays: Mapping, path: str | os.PathLike) -> None:
+    """An .npz archive (np.load reads it) whose bytes depend only on the arrays: deflated members stamped with a
+    fixed time (np.savez stamps the current one, so two runs of a shard would differ), written whole then renamed."""
+    import zipfile
+
+    import numpy as np
+
+    with atomic_path(path) as temp, zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, array in arrays.items():
+            member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            member.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(member, "w", force_zip64=True) as handle:
+                np.lib.format.write_array(handle, np.ascontiguousarray(array), allow_pickle=False)

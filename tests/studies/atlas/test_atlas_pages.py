@@ -561,6 +561,43 @@ def test_unit_pages_without_other_evidence(tmp_path):
     assert 'Best concept <strong class="best-concept">striped</strong>' in page  # the table's concept, no profile
 
 
+def test_actmax_images_are_on_the_unit_pages_and_their_first_seed_in_the_index(tmp_path):
+    """actmax.npz shards (atlas.actmax's layout) of 2 seeds: each unit's page shows both images losslessly with the
+    activation each reaches; the index gets an AM thumbnail column; a unit without actmax gets none."""
+    from unitscope.fsutil import write_npz
+    from unitscope.report.render import num
+    from unitscope.studies.atlas.unit_page import LayerSources
+
+    rng = np.random.default_rng(3)
+    table = units_table()
+    table.to_parquet(tmp_path / "units.parquet")
+    shards = []
+    for start, stop in ((0, 6), (6, N - 1)):  # the last unit has no actmax image
+        arrays = {
+            "channels": np.arange(start, stop, dtype=np.int64),
+            "images": rng.integers(0, 256, (stop - start, 2, 20, 20, 3), dtype=np.uint8),
+            "activation": rng.random((stop - start, 2), dtype=np.float32) * 5,
+            "colour_score": rng.random(stop - start, dtype=np.float32),
+        }
+        write_npz(arrays, tmp_path / f"actmax_{start}.npz")
+        shards.append(arrays)
+    sources = LayerSources(actmax=[tmp_path / "actmax_0.npz", tmp_path / "actmax_6.npz"])
+    write_layer_page(tmp_path / "units.parquet", SETTINGS, tmp_path / "index.html", sources=sources)
+    for arrays in shards:
+        for i, channel in enumerate(arrays["channels"].tolist()):
+            parts, page = unit_parts(tmp_path, channel)
+            shown = [decoded(src) for src, alt in parts.images if alt.startswith("activation maximisation")]
+            assert len(shown) == 2 and all(
+                np.array_equal(a, b) for a, b in zip(shown, arrays["images"][i], strict=True)
+            )
+            assert f"seed 1 · {num(float(arrays['activation'][i, 1]))}" in page  # the page's own number format
+    assert "No activation-maximisation images" in unit_parts(tmp_path, N - 1)[1]
+    index = (tmp_path / "index.html").read_text()
+    thumbs = re.findall(r'<img src="(data:[^"]+)" alt="AM of ([^"]+)">', index)
+    assert [unit for _, unit in thumbs] == [f"toy/layer3/{c}" for c in range(N - 1)]
+    assert np.array_equal(decoded(thumbs[0][0]), shards[0]["images"][0, 0])  # 20 px: already thumbnail-sized
+
+
 # ---- in headless Chromium: the unit pages, and a layer of 1,280 units ----------------------------------------------
 
 

@@ -33,14 +33,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from unitscope.fsutil import write_parquet
+from unitscope.fsutil import write_npz, write_parquet
 from unitscope.studies.actmax.activations import frozen
 from unitscope.studies.actmax.grids import display_normalize
 from unitscope.studies.actmax.image_metrics import mean_chroma
 from unitscope.studies.actmax.registry import channel_rows, check_layers, input_shape, optimize_channels
 from unitscope.studies.actmax.render import unit_activation
 from unitscope.studies.actmax.specs import ActmaxError, UnitSpecs
-from unitscope.studies.atlas.exemplars import write_npz
 
 __all__ = ["ShardActmax", "actmax_arrays", "actmax_table", "displayed_images", "shard_actmax", "write_shard_actmax"]
 
@@ -147,7 +146,7 @@ def actmax_table(result: ShardActmax) -> pd.DataFrame:
 def write_shard_actmax(
     result: ShardActmax, npz_path: str | os.PathLike, parquet_path: str | os.PathLike
 ) -> pd.DataFrame:
-    """actmax.npz (bytes that depend only on the arrays: `exemplars.write_npz`) and actmax.parquet, each written whole
+    """actmax.npz (bytes that depend only on the arrays: `fsutil.write_npz`) and actmax.parquet, each written whole
     then renamed; returns the table."""
     write_npz(actmax_arrays(result), npz_path)
     table = actmax_table(result)

@@ -20,8 +20,6 @@ Stored images are uint8 sRGB, shrunk by area averaging to at most `pixels` a sid
 
 from __future__ import annotations
 
-import os
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -31,7 +29,6 @@ import torch
 import torch.nn.functional as F
 
 from unitscope.data.manifest import ManifestDataset
-from unitscope.fsutil import atomic_path
 from unitscope.models.preprocessing import build_transform, input_channels, input_size
 from unitscope.models.receptive_field import ReceptiveField
 from unitscope.runtime import RunSettings, make_loader
@@ -288,14 +285,3 @@ def exemplar_summary(top: TopN, images: pd.DataFrame, channels: np.ndarray, data
         from_dataset = ((dataset_of == dataset) & positive).sum(axis=1)
         table[f"exemplar_share.{dataset}"] = np.where(count > 0, from_dataset / np.maximum(count, 1), np.nan)
     return pd.DataFrame(table)
-
-
-def write_npz(arrays: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
-    """An .npz archive (np.load reads it) whose bytes depend only on the arrays: deflated members stamped with a
-    fixed time (np.savez stamps the current one, so two runs of a shard would differ), written whole then renamed."""
-    with atomic_path(path) as temp, zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, array in arrays.items():
-            member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            member.compress_type = zipfile.ZIP_DEFLATED
-            with archive.open(member, "w", force_zip64=True) as handle:
-                np.lib.format.write_array(handle, np.ascontiguousarray(array), allow_pickle=False)

@@ -36,6 +36,7 @@ from unitscope.studies.atlas.unit_page import (
 
 STUDY_DIR = Path(__file__).resolve().parent
 NEFESI_INDEXES = ("color_index", "orientation_index", "symmetry_index", "class_index")
+THUMBNAIL_KINDS = ("nf", "actmax")  # image columns of the index: first, and not sorted on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,17 +135,19 @@ def _lesion(table: pd.DataFrame, view: dict, columns: list[Column], label_names:
 
 
 def layer_view(
-    table: pd.DataFrame, label_names: Mapping[str, Sequence[str]], thumbnails: Mapping[int, str] | None = None
+    table: pd.DataFrame, label_names: Mapping[str, Sequence[str]], thumbnails: Mapping[str, Mapping] | None = None
 ) -> tuple[pd.DataFrame, list[Column]]:
     """The page's columns from the layer table: one row per unit, in the table's order; only evidence that exists.
-    `thumbnails` {channel: image URI}: a first, unsortable column of NF thumbnails (none when empty)."""
+    `thumbnails` {kind: {channel: image URI}}, kind "nf" (Neuron Features) or "actmax" (a unit's first actmax image):
+    first, unsortable columns of thumbnails (none for a kind without any)."""
     if "unit" not in table or "channel" not in table:
         raise AtlasError(f"the atlas layer table has columns {list(table.columns)[:6]}...; expected 'unit', 'channel'")
     view = {"unit_id": table["unit"].astype(str).tolist(), "channel": table["channel"].to_numpy(dtype=np.int64)}
     columns = []
-    if thumbnails:
-        view["nf"] = [thumbnails.get(int(channel), "") for channel in view["channel"]]
-        columns.append(Column("nf", "nf"))
+    for kind in THUMBNAIL_KINDS:
+        if (thumbnails or {}).get(kind):
+            view[kind] = [thumbnails[kind].get(int(channel), "") for channel in view["channel"]]
+            columns.append(Column(kind, kind))
     columns.append(Column("channel", "unit", lambda x: str(int(x))))
     _dissection(table, view, columns)
     _nefesi(table, view, columns)
@@ -194,14 +197,14 @@ def measured_rows(rows: Sequence[dict], columns: Sequence[Column], first: int = 
     without laying out all the layer's rows at load."""
     keep = set(range(min(first, len(rows))))
     for k, column in enumerate(columns):
-        if column.kind != "nf":
+        if column.kind not in THUMBNAIL_KINDS:
             lengths = np.array([len(row["cells"][k][0]) for row in rows])
             keep.update(np.argsort(-lengths, kind="stable")[:widest].tolist())
     return keep
 
 
-def layer_page(table: pd.DataFrame, settings: PageSettings, thumbnails: Mapping[int, str] | None = None) -> str:
-    """The layer's index page (HTML) from its units table; `thumbnails` {channel: image URI} of the units' NFs."""
+def layer_page(table: pd.DataFrame, settings: PageSettings, thumbnails: Mapping[str, Mapping] | None = None) -> str:
+    """The layer's index page (HTML) from its units table; `thumbnails` {kind: {channel: image URI}} (`layer_view`)."""
     view, columns = layer_view(table, settings.label_names, thumbnails)
     datasets = sorted({c.dataset for c in columns if c.dataset})
     return render(
@@ -214,7 +217,7 @@ def layer_page(table: pd.DataFrame, settings: PageSettings, thumbnails: Mapping[
         rows=page_rows(view, columns),
         datasets=datasets,
         label_names=sorted(settings.label_names),
-        thumbnails=bool(thumbnails),
+        thumbnails=any(c.kind in THUMBNAIL_KINDS for c in columns),
     )
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from unitscope.fsutil import write_json, write_parquet
+from unitscope.fsutil import write_json, write_npz, write_parquet
 from unitscope.studies.atlas.categories import category_table
 from unitscope.studies.atlas.gather import layer_table
 from unitscope.studies.atlas.inputs import AtlasError, class_indexes, read_layer_images
@@ -189,7 +189,7 @@ def run_exemplars(
     top = ex.shard_top_n(rows, images, channels, table)
     decode = lambda which: model_inputs(images.iloc[which], layout["preprocessing"])  # noqa: E731 - as the pass saw them
     nf, crops = ex.neuron_features(top, decode, layout, shown=s.shown, pixels=s.pixels)
-    ex.write_npz(ex.exemplar_arrays(top, nf, crops, images, channels, layout, s.pixels), out_images)
+    write_npz(ex.exemplar_arrays(top, nf, crops, images, channels, layout, s.pixels), out_images)
     summary = ex.exemplar_summary(top, images, channels, s.datasets)
     write_parquet(summary, out_table)
     seconds = time.perf_counter() - clock

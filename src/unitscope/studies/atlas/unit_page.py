@@ -152,15 +152,22 @@ class ActmaxShards:
                 self.where.update({int(c): (str(path), i) for i, c in enumerate(arrays["channels"])})
         self.loaded: tuple[str, dict] | None = None
 
-    def images(self, channel: int) -> dict | None:
-        """The unit's images (one per seed, PNG data URIs) with their activation at the layer; None without any."""
-        if channel not in self.where:
-            return None
+    def _arrays(self, channel: int) -> tuple[np.ndarray, np.ndarray]:
         path, index = self.where[channel]
         if self.loaded is None or self.loaded[0] != path:
             with np.load(path) as arrays:
                 self.loaded = (path, {key: arrays[key] for key in ("images", "activation")})
-        images, activation = self.loaded[1]["images"][index], self.loaded[1]["activation"][index]
+        return self.loaded[1]["images"][index], self.loaded[1]["activation"][index]
+
+    def thumbnail(self, channel: int) -> str:
+        """The unit's first image (seed 0), shrunk for the layer index."""
+        return png.data_uri(png.thumbnail(self._arrays(channel)[0][0]))
+
+    def images(self, channel: int) -> dict | None:
+        """The unit's images (one per seed, PNG data URIs) with their activation at the layer; None without any."""
+        if channel not in self.where:
+            return None
+        images, activation = self._arrays(channel)
         height, width = images.shape[1:3]
         pairs = zip(images, activation, strict=True)
         seeds = [{"src": png.data_uri(image), "activation": float(a)} for image, a in pairs]
@@ -271,10 +278,11 @@ def write_unit_pages(
     table: pd.DataFrame, settings, folder: str | os.PathLike, sources: LayerSources | None = None
 ) -> dict[int, str]:
     """Every unit's page (<channel>.html) into `folder`, written whole then renamed; return the NF thumbnails of the
-    units that have exemplars (channel -> PNG data URI) for the layer index. `settings`: the layer's PageSettings."""
+    units that have exemplars and the first actmax image of those that have actmax ({"nf" | "actmax": {channel: PNG
+    data URI}}) for the layer index. `settings`: the layer's PageSettings."""
     sources = sources or LayerSources()
     pages = LayerPages.of(table, settings, sources)
-    neighbours, thumbnails, done = pages.neighbours(), {}, set()
+    neighbours, thumbnails, done = pages.neighbours(), {"nf": {}, "actmax": {}}, set()
     actmax = ActmaxShards(sources.actmax)
     with atomic_path(folder) as temp:
         temp.mkdir()
@@ -288,12 +296,16 @@ def write_unit_pages(
                     )
                 context = pages.context(channel, exemplar_images(shard, index), neighbours[channel])
                 context["actmax"] = actmax.images(channel)
+                if channel in actmax.where:
+                    thumbnails["actmax"][channel] = actmax.thumbnail(channel)
                 (temp / f"{channel}.html").write_text(unit_page(context), encoding="utf-8")
-                thumbnails[channel] = png.data_uri(png.thumbnail(shard.nf[index]))
+                thumbnails["nf"][channel] = png.data_uri(png.thumbnail(shard.nf[index]))
                 done.add(channel)
         for channel in pages.records:
             if channel not in done:
                 context = pages.context(channel, None, neighbours[channel])
                 context["actmax"] = actmax.images(channel)
+                if channel in actmax.where:
+                    thumbnails["actmax"][channel] = actmax.thumbnail(channel)
                 (temp / f"{channel}.html").write_text(unit_page(context), encoding="utf-8")
     return thumbnails
