@@ -160,14 +160,10 @@ def test_a_finding_is_one_sentence_with_one_to_three_numbers_and_a_described_fig
         finding(question="Q?", answer="One.", numbers=[number], figure={"src": "a.png", "caption": "c"}, null=True)
 
 
-def test_the_atlas_is_listed_and_unit_pages_of_its_layers_link_to_their_atlas_pages(tmp_path):
+def tiny_report(tmp_path, report, **extra) -> dict:
+    """build_report on make_inputs' files, the page in `report`; `extra`: more keyword arguments."""
     manifest, card, store, sections = make_inputs(tmp_path)
-    atlas = tmp_path / "results" / "atlas"
-    atlas.mkdir(parents=True)
-    layers = [{"model": "tiny", "layer": "layer3", "units": 64}, {"model": "tiny", "layer": "layer2", "units": 32}]
-    (atlas / "index.json").write_text(json.dumps({"layers": layers, "units": 96}))
-    report = tmp_path / "results" / "report"
-    summary = build_report(
+    return build_report(
         manifests={"faces": manifest},
         cards={"tiny": card},
         stores=[store],
@@ -176,8 +172,17 @@ def test_the_atlas_is_listed_and_unit_pages_of_its_layers_link_to_their_atlas_pa
         config={"seed": 0},
         html_path=report / "index.html",
         summary_path=tmp_path / "summary.json",
-        atlas=[atlas / "index.json"],
+        **extra,
     )
+
+
+def test_the_atlas_is_listed_and_unit_pages_of_its_layers_link_to_their_atlas_pages(tmp_path):
+    atlas = tmp_path / "results" / "atlas"
+    atlas.mkdir(parents=True)
+    layers = [{"model": "tiny", "layer": "layer3", "units": 64}, {"model": "tiny", "layer": "layer2", "units": 32}]
+    (atlas / "index.json").write_text(json.dumps({"layers": layers, "units": 96}))
+    report = tmp_path / "results" / "report"
+    summary = tiny_report(tmp_path, report, atlas=[atlas / "index.json"])
     assert summary["atlas"] == {"units": 96, "layers": ["tiny/layer3", "tiny/layer2"]}
     html = (report / "index.html").read_text()
     assert '<h2 id="atlas">' in html and "96 units" in html
@@ -189,17 +194,7 @@ def test_the_atlas_is_listed_and_unit_pages_of_its_layers_link_to_their_atlas_pa
 
 
 def test_without_the_atlas_the_report_has_no_atlas_part(tmp_path):
-    manifest, card, store, sections = make_inputs(tmp_path)
-    summary = build_report(
-        manifests={"faces": manifest},
-        cards={"tiny": card},
-        stores=[store],
-        figures={},
-        sections=sections,
-        config={"seed": 0},
-        html_path=tmp_path / "report" / "index.html",
-        summary_path=tmp_path / "summary.json",
-    )
+    summary = tiny_report(tmp_path, tmp_path / "report")
     assert "atlas" not in summary
     assert 'id="atlas"' not in (tmp_path / "report" / "index.html").read_text()
     assert "atlas" not in (tmp_path / "report" / "units" / "tiny__layer3__2.html").read_text()
