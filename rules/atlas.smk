@@ -153,6 +153,7 @@ if config["atlas"]["enabled"]:
         params:
             settings=lambda wc: plan(ATLAS.gather_settings, wc.model, wc.layer).as_params(),
             evidence=lambda wc: ATLAS.evidence_kinds(wc.model, wc.layer),
+        localrule: True  # reads the shards' small tables: seconds, not worth a cluster job
         log:
             "logs/atlas/{model}/{layer}/gather.log",
         benchmark:
@@ -197,6 +198,7 @@ if config["atlas"]["enabled"]:
             pages=[f"{target.folder}/index.html" for target in ATLAS.targets.values()],
         output:
             "results/atlas/index.json",
+        localrule: True
         log:
             "logs/atlas/index.log",
         benchmark:

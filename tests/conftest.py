@@ -49,7 +49,9 @@ def default_config() -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_local_run(tmp_path_factory):
-    """The workflow run locally to `report` on the tiny config, in a temporary copy of the repository.
+    """The workflow run locally to `report` on the tiny config, in a temporary copy of the repository, with the
+    studies off and a one-shard atlas of ResNet-20 layer3 (its evidence jobs are what the SLURM test compares byte
+    for byte).
 
     Returns (workdir, config). Shared by the workflow, failure and SLURM tests (which compare against it).
     """
@@ -57,6 +59,13 @@ def tiny_local_run(tmp_path_factory):
 
     workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
     config = disable_studies(tiny_config(DATA_DIR))
+    config["atlas"] = {
+        "enabled": True,
+        "targets": [{"model": "resnet20_cifar", "layer": "layer3", "datasets": ["objects"]}],
+        "n_bootstrap": 200,
+        "top_n": 10,
+        "exemplars_shown": 4,
+    }
     # faces come from a writable copy, so re-run tests can change a file in a dataset folder
     config["datasets"]["faces"]["source"]["root"] = str(copy_face_images(workdir / "data" / "faces", DATA_DIR))
     write_config(workdir, config)

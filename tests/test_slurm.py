@@ -84,11 +84,12 @@ def test_tiny_workflow_under_slurm_matches_local_run(tmp_path, tiny_local_run):
     logs = sorted((workdir / ".snakemake" / "slurm_logs").rglob("*.log"))
     job_ids = {match.group(1) for log in logs if (match := re.fullmatch(r"(\d+)\.log", log.name))}
     rules = {log.relative_to(workdir / ".snakemake" / "slurm_logs").parts[0] for log in logs}
-    assert {"rule_manifest", "rule_extract", "rule_model_card"} <= rules
+    assert {"rule_manifest", "rule_extract", "rule_model_card", "rule_atlas_lesion", "rule_atlas_exemplars"} <= rules
     # the figures and the report are local rules: they run in the submitting process, not as SLURM jobs
-    assert not rules & {"rule_report", "rule_figure_datasets", "rule_figure_activations"}, rules
+    assert not rules & {"rule_report", "rule_figure_datasets", "rule_figure_activations", "rule_atlas_gather"}, rules
     assert (workdir / "results" / "report" / "index.html").is_file()
-    assert len(job_ids) >= 8, f"expected one SLURM job per non-local job (3 manifests, 2 cards, 3 passes): {logs}"
+    expected = "3 manifests, 2 cards, 3 passes, 5 atlas jobs"
+    assert len(job_ids) >= 13, f"expected a SLURM job per non-local job ({expected}): {logs}"
     assert all(states.get(job) == "COMPLETED" for job in job_ids), f"job states: {states}"
 
     for manifest in sorted((local / "results" / "data").glob("*/manifest.parquet")):
@@ -100,6 +101,14 @@ def test_tiny_workflow_under_slurm_matches_local_run(tmp_path, tiny_local_run):
         ours, theirs = (zarr.open_group(str(p), mode="r") for p in (workdir / store.relative_to(local), store))
         np.testing.assert_allclose(ours["means"][:], theirs["means"][:], rtol=1e-5, atol=1e-6)
         assert list(ours["image_id"][:]) == list(theirs["image_id"][:])
+    # the atlas shard's evidence, computed in SLURM jobs, has the same bytes as the local run's
+    shard_files = sorted((local / "results" / "atlas").glob("*/*/shards/*/*.*")) + sorted(
+        (local / "results" / "atlas").glob("*/*/top_n.*")
+    )
+    kinds = {"categories.parquet", "lesion.parquet", "exemplars.npz", "top_n.json"}
+    assert {path.name for path in shard_files} >= kinds
+    for path in shard_files:
+        assert (workdir / path.relative_to(local)).read_bytes() == path.read_bytes(), f"{path.name} differs under SLURM"
     summaries = [json.loads((root / "results" / "summary.json").read_text()) for root in (workdir, local)]
     for summary in summaries:
         summary.pop("generated")

@@ -58,7 +58,7 @@ def test_every_job_has_a_benchmark_and_the_report_shows_the_cost(finished_run):
     html = (workdir / "results" / "report" / "index.html").read_text()
     cost = html[html.index('<h3 id="cost">') : html.index('<h3 id="config">')]
     stages = re.findall(r"<tr><td>(\w+)</td><td class=\"num\">(\d+)</td>", cost)
-    assert {stage for stage, _ in stages} == {"data", "models", "extract", "report"}
+    assert {stage for stage, _ in stages} == {"data", "models", "extract", "atlas", "report"}
     assert dict(stages)["extract"] == str(3 + 3)  # a pass per (model, dataset) and a published store per layer
 
 
@@ -117,7 +117,17 @@ def test_rerun_plans_exactly_what_changed(finished_run):
     source = module.read_text()
     module.write_text(source + "\n# an edit\n")  # content, not just mtime: Snakemake compares checksums
     plan = planned_jobs(workdir)
-    assert {rule for rule, _ in plan} == {"extract", "extract_store", "figure_activations", "report"}
+    assert {rule for rule, _ in plan} == {
+        "extract",
+        "extract_store",
+        "figure_activations",
+        "atlas_categories",  # the atlas shard's evidence read from the new stores, and what it feeds
+        "atlas_lesion",
+        "atlas_gather",
+        "atlas_pages",
+        "atlas",
+        "report",
+    }
     assert len([job for job in plan if job[0] == "extract"]) == 3  # one pass per (model, dataset)
     module.write_text(source)
     assert planned_jobs(workdir) == set()
