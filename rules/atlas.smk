@@ -173,9 +173,7 @@ if config["atlas"]["enabled"]:
             table="results/atlas/{model}/{layer}/units.parquet",
             exemplars=lambda wc: ATLAS.exemplar_images(wc.model, wc.layer),
             actmax=lambda wc: ATLAS.actmax_images(wc.model, wc.layer),
-            tallies=lambda wc: [
-                path.removesuffix("units.parquet") + "tallies.npz" for path in ATLAS.dissection_table(wc.model, wc.layer)
-            ],
+            tallies=lambda wc: ATLAS.dissection_tallies(wc.model, wc.layer),
             sections=study_sections(),
         output:
             index="results/atlas/{model}/{layer}/index.html",

@@ -61,10 +61,10 @@ def make_inputs(tmp_path):
     return tmp_path / "manifest.parquet", tmp_path / "card.json", tmp_path / "s.zarr", sections
 
 
-def test_report_joins_studies_into_unit_pages_and_summary(tmp_path):
+def tiny_report(tmp_path, report, **extra) -> dict:
+    """build_report on make_inputs' files, the page in `report`; `extra`: more keyword arguments."""
     manifest, card, store, sections = make_inputs(tmp_path)
-    report = tmp_path / "report"
-    summary = build_report(
+    return build_report(
         manifests={"faces": manifest},
         cards={"tiny": card},
         stores=[store],
@@ -73,7 +73,13 @@ def test_report_joins_studies_into_unit_pages_and_summary(tmp_path):
         config={"seed": 0},
         html_path=report / "index.html",
         summary_path=tmp_path / "summary.json",
+        **extra,
     )
+
+
+def test_report_joins_studies_into_unit_pages_and_summary(tmp_path):
+    report = tmp_path / "report"
+    summary = tiny_report(tmp_path, report)
     assert summary["faces"] == {"headline": 0.5} and summary["nefesi"] == {"headline": 0.5}
     assert summary["datasets"]["faces"] == {"category": "face", "drawn": 3, "included": 2, "excluded": 1}
     assert summary["extraction"]["tiny/faces/layer3"]["dead_channels"] == 1
@@ -158,22 +164,6 @@ def test_a_finding_is_one_sentence_with_one_to_three_numbers_and_a_described_fig
         finding(question="Q?", answer="One.", numbers=[number] * 4, figure=None, null=False)
     with pytest.raises(ValueError, match="alt"):
         finding(question="Q?", answer="One.", numbers=[number], figure={"src": "a.png", "caption": "c"}, null=True)
-
-
-def tiny_report(tmp_path, report, **extra) -> dict:
-    """build_report on make_inputs' files, the page in `report`; `extra`: more keyword arguments."""
-    manifest, card, store, sections = make_inputs(tmp_path)
-    return build_report(
-        manifests={"faces": manifest},
-        cards={"tiny": card},
-        stores=[store],
-        figures={},
-        sections=sections,
-        config={"seed": 0},
-        html_path=report / "index.html",
-        summary_path=tmp_path / "summary.json",
-        **extra,
-    )
 
 
 def test_the_atlas_is_listed_and_unit_pages_of_its_layers_link_to_their_atlas_pages(tmp_path):

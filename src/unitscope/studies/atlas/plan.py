@@ -415,6 +415,11 @@ class AtlasPlan:
         """The dissection's unit table of the model as a rule input (none when it does not dissect the layer)."""
         return [f"results/dissection/{model}/units.parquet"] if (model, layer) in self.dissection else []
 
+    def dissection_tallies(self, model: str, layer: str) -> list[str]:
+        """The dissection's tallies of the model (every unit's IoU with every concept), for the unit pages' IoU
+        profiles (none when it does not dissect the layer)."""
+        return [f"results/dissection/{model}/tallies.npz"] if (model, layer) in self.dissection else []
+
     def tables(self) -> list[str]:
         """Every layer's table, in the order of atlas.targets."""
         return [f"{target.folder}/units.parquet" for target in self.targets.values()]
