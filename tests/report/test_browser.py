@@ -115,7 +115,7 @@ def test_the_atlas_opens_from_the_report_and_its_unit_pages_link_back(browser, t
     links = check_page(browser, atlas_unit.as_uri())
     assert len(browser.find_elements(By.TAG_NAME, "img")) >= 3  # the NF, at least one crop, the actmax image
     assert "activation maximisation 1 of resnet20_cifar/layer1/" in atlas_unit.read_text()
-    assert 'id="profile"' in atlas_unit.read_text()  # the dissection dissects layer1: its IoU profile is there
+    assert '<h2 id="dissection">' in atlas_unit.read_text()  # the dissection dissects layer1: its tallies are read
     table = pd.read_parquet(workdir / "results/atlas/resnet20_cifar/layer1/units.parquet")
     assert table["actmax.activation"].notna().all() and len(table) == 16
     report_page = (report / "units" / f"resnet20_cifar__layer1__{mentioned[0]}.html").as_uri()
