@@ -10,7 +10,8 @@
 # a job runs, and a dry run lists every shard job.
 #
 # Exemplars: the expensive part, a forward pass over every image, runs once per layer (atlas_top_n: every unit's top-N
-# exemplars); each shard's job (atlas_exemplars) then cuts its units' crops and Neuron Features from that table.
+# exemplars); each shard's job (atlas_exemplars) then cuts its units' crops and Neuron Features from that table, and
+# (atlas_indexes) computes nefesi's indexes from it where the nefesi study does not analyse the layer.
 #
 # Pages: one browsable page per layer (results/atlas/{model}/{layer}/index.html) and one per unit
 # (results/atlas/{model}/{layer}/units/<channel>.html), from the layer's table and the evidence files named below.
@@ -117,6 +118,31 @@ if config["atlas"]["enabled"]:
             ENV
         script:
             "../workflow/scripts/atlas_exemplars.py"
+
+    rule atlas_indexes:
+        input:
+            code=code("studies.atlas.stages:run_indexes"),
+            table="results/atlas/{model}/{layer}/top_n.parquet",
+            manifests=lambda wc: [manifest_path(d) for d in plan(ATLAS.target, wc.model, wc.layer).datasets],
+            checkpoint=model_checkpoint,
+        output:
+            "results/atlas/{model}/{layer}/shards/{shard}/indexes.parquet",
+        params:
+            settings=lambda wc: plan(ATLAS.indexes_settings, wc.model, wc.layer, wc.shard).as_params(),
+            model=lambda wc: model_ref(wc.model),
+        wildcard_constraints:
+            shard=r"\d+-\d+",
+        threads: 2
+        resources:
+            mem_mb=4000,
+        log:
+            "logs/atlas/{model}/{layer}/{shard}/indexes.log",
+        benchmark:
+            "benchmarks/atlas/{model}/{layer}/{shard}/indexes.tsv"
+        conda:
+            ENV
+        script:
+            "../workflow/scripts/atlas_indexes.py"
 
     rule atlas_actmax:
         input:

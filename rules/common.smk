@@ -175,6 +175,11 @@ def dataset_odd_names(wildcards):
     return stat_fingerprint(odd) if odd else ""
 
 
+def manifest_spec(wildcards):
+    """The dataset's settings that decide its manifest (label names only name classes later: they re-run no draw)."""
+    return {key: value for key, value in config["datasets"][wildcards.dataset].items() if key != "label_names"}
+
+
 def manifest_path(dataset):
     return f"results/data/{dataset}/manifest.parquet"
 

@@ -8,7 +8,7 @@ rule manifest:
     output:
         "results/data/{dataset}/manifest.parquet",
     params:
-        dataset=lambda wc: config["datasets"][wc.dataset],
+        dataset=manifest_spec,
         odd_names=dataset_odd_names,
         seed=config["seed"],
         data_dir=data_dir(),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import jsonschema
@@ -44,11 +45,18 @@ def _key(path) -> str:
     return ".".join(parts).replace(".[", "[") or "<top level>"
 
 
+# keys that moved: (where, key) -> where they live now
+MOVED = {("nefesi", "label_names"): "datasets.<dataset>.label_names (a list per dataset)"}
+
+
 def _unknown_keys(error: jsonschema.ValidationError) -> str:
     """'unknown key source.lable_column; did you mean label_column?' (allowed keys listed when no close match)."""
     allowed = sorted(error.schema.get("properties", {}))
     extra = sorted(set(error.instance) - set(allowed))
     where = _key(error.absolute_path)
+    moved = [key for key in extra if (where, key) in MOVED]
+    if moved:
+        return f"config key {where}.{moved[0]}: moved to {MOVED[(where, moved[0])]}"
     names = ", ".join(repr(key) for key in extra)
     close = difflib.get_close_matches(str(extra[0]), allowed, n=1) if extra else []
     hint = f"; did you mean {close[0]!r}?" if close else f" (allowed: {', '.join(allowed)})"
@@ -78,6 +86,13 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "pattern" and "description" in error.schema:
         return f"config key {key}: {error.instance!r} is not valid ({error.schema['description']})"
     return f"config key {key}: {error.message}"
+
+
+def dataset_label_names(config: Mapping, datasets) -> dict[str, list[str]]:
+    """{dataset: the names of its integer labels} for those of `datasets` whose config lists them
+    (datasets.<d>.label_names)."""
+    named = {d: config["datasets"][d].get("label_names") for d in datasets}
+    return {dataset: list(names) for dataset, names in named.items() if names}
 
 
 def load_schema(path: str | os.PathLike = SCHEMA_PATH) -> dict:

@@ -15,6 +15,7 @@ from wfutil import copy_workflow, planned_jobs, snakemake, study_config, write_c
 pytestmark = pytest.mark.integration
 
 SHARDS = ("0-31", "32-63")
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def atlas_run(data_dir, tmp_path_factory):
 
 def test_one_job_per_shard_and_evidence_then_one_gather(atlas_run):
     _, jobs = atlas_run
-    for rule in ("atlas_categories", "atlas_lesion", "atlas_exemplars"):
+    for rule in ("atlas_categories", "atlas_lesion", "atlas_exemplars", "atlas_indexes"):
         planned = sorted(wildcards for name, wildcards in jobs if name == rule)
         assert planned == [f"model=resnet20_cifar, layer=layer3, shard={shard}" for shard in SHARDS]
     assert [wildcards for name, wildcards in jobs if name == "atlas_top_n"] == ["model=resnet20_cifar, layer=layer3"]
@@ -57,6 +58,12 @@ def test_the_layer_table_has_every_unit_and_its_evidence(atlas_run):
     for shard in SHARDS:
         with np.load(workdir / f"results/atlas/resnet20_cifar/layer3/shards/{shard}/exemplars.npz") as arrays:
             assert arrays["nf"].shape == (32, 60, 60, 3) and arrays["crops"].shape == (32, 8, 60, 60, 3)
+    # nefesi's four indexes, computed by the atlas's own shards (the nefesi study is off): defined for live units
+    indexes = ["nefesi.color_index", "nefesi.orientation_index", "nefesi.symmetry_index", "nefesi.class_index"]
+    alive = ~table["nefesi.dead"].astype(bool)
+    assert alive.sum() > 32 and np.isfinite(table.loc[alive, indexes].to_numpy()).all()
+    assert table.loc[alive, indexes].stack().between(0, 1).all()
+    assert set(table.loc[alive, "nefesi.top_class"]) <= set(CIFAR_CLASSES)  # datasets.objects.label_names
     index = json.loads((workdir / "results/atlas/index.json").read_text())
     assert index["units"] == 64 and index["layers"][0]["layer"] == "layer3"
     for shard in SHARDS:

@@ -261,7 +261,7 @@ def test_dead_channels_get_no_index_and_image_table_checks_labels(cifar, tmp_pat
     assert len(frame) == 12 and set(frame["class"]) <= set(names)
     pooled = image_table({"objects": manifest_path, "again": manifest_path}, max_images=3)
     assert list(pooled["class"])[:1][0].startswith("objects:") and pooled["image"].tolist() == list(range(6))
-    with pytest.raises(NefesiError, match="label_names.objects") as info:
+    with pytest.raises(NefesiError, match="datasets.objects.label_names") as info:
         image_table({"objects": manifest_path}, label_names={"objects": ["a", "b"]})
     assert "\n" not in str(info.value)
     assert isinstance(pd.read_parquet(manifest_path), pd.DataFrame)
@@ -362,7 +362,7 @@ def test_each_setting_reaches_only_the_rules_whose_results_it_changes(data_dir):
         (lambda n, t, c: t.update(top_n=4), {"top_n"}),
         (lambda n, t, c: t.update(max_images=5), {"top_n"}),
         (lambda n, t, c: t.update(class_by="dataset"), {"top_n"}),
-        (lambda n, t, c: n["label_names"].update(objects=list("abcdefghij")), {"top_n"}),
+        (lambda n, t, c: c["datasets"]["objects"].update(label_names=list("abcdefghij")), {"top_n"}),
         (lambda n, t, c: n.update(rotation_step=30), {"layer", "section"}),
         (lambda n, t, c: n.update(class_coverage=0.5), {"layer", "section"}),
         (lambda n, t, c: n.update(population_threshold=0.2), {"layer", "section"}),

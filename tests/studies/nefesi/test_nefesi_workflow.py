@@ -33,7 +33,7 @@ def test_section_tables_figures_and_logs(finished_run):
     assert 0 <= layer1["color_selective_share"] <= 1 and layer1["classes"] == drawn["class"].nunique()
     table = pd.read_parquet(results / "nefesi" / "resnet20_cifar" / "layer2" / "indexes.parquet")
     assert len(table) == 32 and {"color_index", "orientation_index", "symmetry_index", "class_index"} <= set(table)
-    assert set(table["top_class"]) <= set(config["nefesi"]["label_names"]["objects"])
+    assert set(table["top_class"]) <= set(config["datasets"]["objects"]["label_names"])
     info = json.loads((results / "nefesi" / "resnet20_cifar" / "layer2" / "layer.json").read_text())
     assert info["identity_max_abs_error"] < 1e-3 and info["shallower"] == "layer1"
     hierarchy = pd.read_parquet(results / "nefesi" / "resnet20_cifar" / "layer2" / "hierarchy.parquet")

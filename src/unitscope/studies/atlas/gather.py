@@ -1,6 +1,7 @@
 """The layer table: one row per unit (`unit` = <model>/<layer>/<channel>), the shards' evidence joined on the
 channel, and, where the nefesi study or the dissection analyses the same layer, their columns beside it
-(`nefesi.<index>`, `dissection.<column>`). The exemplar shards' columns get the prefix `exemplars.`
+(`nefesi.<index>`, `dissection.<column>`; the atlas's own index shards, for a layer nefesi does not analyse, give
+the same `nefesi.<index>` columns). The exemplar shards' columns get the prefix `exemplars.`
 (`exemplars.top_activation`, `exemplars.n`, `exemplars.share.<dataset>`); their images stay in the shards'
 exemplars.npz. No torch."""
 
@@ -75,8 +76,15 @@ def actmax_part(table: pd.DataFrame) -> pd.DataFrame:
     return table.rename(columns=lambda c: c if c == "channel" else "actmax." + c.removeprefix("actmax_"))
 
 
+def nefesi_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """nefesi's index columns (NEFESI_COLUMNS, those present) as the layer table names them: `nefesi.<index>`. The
+    atlas's own index shards and the nefesi study's table give the same columns."""
+    keep = [column for column in NEFESI_COLUMNS if column in table]
+    return table[["channel", *keep]].rename(columns={c: f"nefesi.{c}" for c in keep}).reset_index(drop=True)
+
+
 # evidence kinds whose shard columns are renamed in the layer table (the others keep their own names)
-RENAMED = {"exemplars": exemplars_part, "actmax": actmax_part}
+RENAMED = {"exemplars": exemplars_part, "actmax": actmax_part, "indexes": nefesi_columns}
 
 
 def _joined(base: pd.DataFrame, part: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -88,8 +96,7 @@ def _joined(base: pd.DataFrame, part: pd.DataFrame, source: str) -> pd.DataFrame
 def nefesi_part(path: str | os.PathLike, layer: str) -> pd.DataFrame:
     table = pd.read_parquet(path)
     table = table[table["layer"] == layer].sort_values("channel") if "layer" in table else table
-    keep = [column for column in NEFESI_COLUMNS if column in table]
-    return table[["channel", *keep]].rename(columns={c: f"nefesi.{c}" for c in keep}).reset_index(drop=True)
+    return nefesi_columns(table)
 
 
 def dissection_part(path: str | os.PathLike, layer: str) -> pd.DataFrame:

@@ -42,7 +42,7 @@ THUMBNAIL_KINDS = ("nf", "actmax")  # image columns of the index: first, and not
 @dataclasses.dataclass(frozen=True)
 class PageSettings(Settings):
     """atlas_pages, per layer: which layer the page shows and `label_names` {dataset: class names by integer label}
-    (config nefesi.label_names), which name integer labels (CIFAR-10's 6 is 'frog')."""
+    (config datasets.<d>.label_names), which name integer labels (CIFAR-10's 6 is 'frog')."""
 
     model: str
     layer: str

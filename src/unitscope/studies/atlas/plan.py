@@ -8,10 +8,20 @@ import dataclasses
 import difflib
 from collections.abc import Callable, Mapping
 
+from unitscope.config import dataset_label_names
 from unitscope.errors import UnitscopeError
 from unitscope.settings import Settings
 
 ROOT = "results/atlas"
+# the nefesi study's settings that define its indexes: the atlas computes them the same way
+INDEX_DEFINITIONS = (
+    "rotation_step",
+    "color_grey",
+    "class_index_scale",
+    "class_coverage",
+    "population_threshold",
+    "color_name_share",
+)
 
 
 class AtlasConfigError(UnitscopeError, ValueError):
@@ -46,6 +56,7 @@ class AtlasTarget:
     shards: tuple[tuple[int, int], ...]
     actmax: bool = False  # activation-maximisation images for its units (the target's switch, else evidence.actmax)
     actmax_layer: str | None = None  # the module optimised in the layer's place (same channels); None: the layer
+    indexes: tuple[str, ...] = ()  # nefesi's indexes computed for its units (atlas.indexes or the target's own)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -116,6 +127,14 @@ def _actmax_layer(facts: Mapping, target: Mapping, channels: int, where: str) ->
     return name
 
 
+def _index_kinds(atlas: Mapping, target: Mapping) -> tuple[str, ...]:
+    """The nefesi indexes of one target: its own list, else atlas.indexes; none when evidence.indexes is off."""
+    if not atlas["evidence"]["indexes"]:
+        return ()
+    kinds = atlas["indexes"] if target.get("indexes") is None else target["indexes"]
+    return tuple(dict.fromkeys(kinds))
+
+
 def _labelled(config: Mapping, target: Mapping) -> tuple[str, ...]:
     if target.get("labelled") is not None:
         return tuple(target["labelled"])
@@ -151,6 +170,7 @@ def check_targets(config: Mapping, facts: Callable[[Mapping, str], Mapping]) -> 
                 shards=tuple(unit_shards(channels, atlas["units_per_shard"])),
                 actmax=bool(atlas["evidence"]["actmax"] if target.get("actmax") is None else target["actmax"]),
                 actmax_layer=_actmax_layer(model_facts, target, channels, where),
+                indexes=_index_kinds(atlas, target),
             )
         )
     return tuple(targets)
@@ -209,6 +229,23 @@ class ExemplarsSettings(Settings):
     stop: int
     shown: int
     pixels: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexesSettings(Settings):
+    """atlas_indexes, per shard: nefesi's indexes `kinds` of units [start, stop) of `layer` from the layer's top-N
+    table, with the nefesi study's `definitions` (rotation_step, color_grey, class_index_scale, class_coverage,
+    population_threshold, color_name_share); each image's class is its label (named by `label_names`, prefixed by
+    its dataset when the target pools several)."""
+
+    model: str
+    layer: str
+    datasets: tuple[str, ...]
+    start: int
+    stop: int
+    kinds: tuple[str, ...]
+    definitions: dict
+    label_names: dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,8 +308,9 @@ class AtlasPlan:
     seed: int
     nefesi: frozenset  # (model, layer) pairs the nefesi study analyses
     dissection: frozenset  # (model, layer) pairs the dissection dissects
-    label_names: dict = dataclasses.field(default_factory=dict)  # dataset -> class names (nefesi.label_names)
+    label_names: dict = dataclasses.field(default_factory=dict)  # dataset -> class names (datasets.<d>.label_names)
     actmax: dict = dataclasses.field(default_factory=dict)  # atlas.actmax: seeds, steps, lr, parameterization, l2, tv
+    index_definitions: dict = dataclasses.field(default_factory=dict)  # the nefesi study's (INDEX_DEFINITIONS)
 
     @classmethod
     def from_config(cls, config: Mapping, facts: Callable[[Mapping, str], Mapping] | None = None) -> AtlasPlan:
@@ -298,8 +336,9 @@ class AtlasPlan:
             seed=config["seed"],
             nefesi=frozenset(analysed(config, "nefesi")),
             dissection=frozenset(analysed(config, "dissection")),
-            label_names={d: list(n) for d, n in (config.get("nefesi", {}).get("label_names") or {}).items()},
+            label_names=dataset_label_names(config, config["datasets"]),
             actmax=dict(atlas["actmax"]),
+            index_definitions={key: config["nefesi"][key] for key in INDEX_DEFINITIONS},
         )
 
     def page_settings(self, model: str, layer: str) -> dict:
@@ -314,8 +353,21 @@ class AtlasPlan:
         return {kind: self.shard_files(model, layer, kind) for kind in self.evidence_kinds(model, layer)}
 
     def evidence_kinds(self, model: str, layer: str) -> tuple[str, ...]:
-        """The evidence kinds of one target layer: every target's (`evidence`), and actmax where the target has it."""
-        return self.evidence() + (("actmax",) if self.target(model, layer).actmax else ())
+        """The evidence kinds of one target layer: every target's (`evidence`), nefesi's indexes where the target asks
+        for some and the nefesi study does not analyse the layer (then its own table joins), actmax where asked."""
+        target = self.target(model, layer)
+        indexes = bool(target.indexes) and (model, layer) not in self.nefesi
+        return self.evidence() + (("indexes",) if indexes else ()) + (("actmax",) if target.actmax else ())
+
+    def indexes_settings(self, model: str, layer: str, shard: str) -> IndexesSettings:
+        target = self.target(model, layer)
+        start, stop = target.shard_range(shard)
+        if "indexes" not in self.evidence_kinds(model, layer):
+            raise AtlasConfigError(f"atlas target {model} {layer!r} computes no indexes (atlas.evidence.indexes)")
+        names = {dataset: self.label_names[dataset] for dataset in target.datasets if dataset in self.label_names}
+        return IndexesSettings(
+            model, layer, target.datasets, start, stop, target.indexes, dict(self.index_definitions), names
+        )
 
     def actmax_settings(self, model: str, layer: str, shard: str) -> ActmaxSettings:
         target = self.target(model, layer)

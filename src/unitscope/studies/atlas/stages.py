@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # annotations only: a stage's settings arrive as params, so p
         CategoriesSettings,
         ExemplarsSettings,
         GatherSettings,
+        IndexesSettings,
         LesionSettings,
         TopNSettings,
     )
@@ -199,6 +200,55 @@ def run_exemplars(
         flush=True,
     )
     return summary
+
+
+def run_indexes(
+    settings: IndexesSettings,
+    model: ModelRef,
+    *,
+    table: str | os.PathLike,
+    manifests: Sequence[str],
+    out_table: str | os.PathLike,
+    run: RunSettings | None = None,
+) -> pd.DataFrame:
+    """nefesi's indexes of the shard's units (see `atlas.indexes`), from the layer's top-N table; the network runs only
+    for the colour, orientation and symmetry probes."""
+    from unitscope.models.preprocessing import build_transform, input_size
+    from unitscope.runtime import RunSettings, pick_device
+    from unitscope.studies.atlas import exemplars as ex
+    from unitscope.studies.atlas.indexes import probe_transforms, shard_indexes
+    from unitscope.studies.nefesi.images import image_table
+    from unitscope.studies.nefesi.probes import manifest_batches
+
+    run, s, clock = run or RunSettings(), settings, time.perf_counter()
+    device, preprocessing = pick_device(run.device), model.spec["preprocessing"]
+    images = image_table(dict(zip(s.datasets, manifests, strict=True)), label_names=dict(s.label_names))
+    channels = np.arange(s.start, s.stop, dtype=np.int64)
+    rows = pd.read_parquet(table, filters=[("channel", ">=", s.start), ("channel", "<", s.stop)])
+    top = ex.shard_top_n(rows, images, channels, table)
+    probed = len(probe_transforms(s.kinds, s.definitions["rotation_step"], s.definitions["color_grey"])) > 1
+    network = _probe_network(model, device) if probed else None
+    batches = manifest_batches(images, build_transform(preprocessing), num_workers=run.num_workers) if probed else None
+    result = shard_indexes(
+        network, s.layer, top, channels, images, batches, kinds=s.kinds, settings=s.definitions,
+        image_size=input_size(preprocessing), mean=preprocessing["mean"], std=preprocessing["std"], device=device,
+    )  # fmt: skip
+    write_parquet(result, out_table)
+    seconds = time.perf_counter() - clock
+    print(
+        f"indexes ({', '.join(s.kinds)}): {len(channels)} units, top-{top.n}, in {seconds:.2f} s "
+        f"({len(channels) / seconds:.2f} units/s)",
+        flush=True,
+    )
+    return result
+
+
+def _probe_network(model: ModelRef, device):
+    """The network nefesi's probes run: BatchNorm folded, channels-last, as the top-N pass that found the exemplars."""
+    from unitscope.models.registry import load_model
+    from unitscope.studies.nefesi.topn import inference_copy
+
+    return inference_copy(load_model(model)).to(device)
 
 
 def run_gather(

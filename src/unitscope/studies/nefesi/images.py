@@ -56,7 +56,7 @@ def _label_names(labels: pd.Series, names: list[str] | None, dataset: str, path)
         return labels.map(lambda value, names=names: names[int(value)])
     except (ValueError, IndexError):
         raise NefesiError(
-            f"config key nefesi.label_names.{dataset}: labels of {path} are not indices into its {len(names)} names"
+            f"config key datasets.{dataset}.label_names: labels of {path} are not indices into its {len(names)} names"
         ) from None
 
 

@@ -195,6 +195,14 @@ def class_columns(
     }
 
 
+def _mean_ratio(ratio: np.ndarray, columns: list[int]) -> np.ndarray:
+    """The mean of `ratio` over `columns` per channel (NaN where a channel's ratios are NaN, or with no columns)."""
+    if not columns:
+        return np.full(ratio.shape[0], np.nan)
+    with np.errstate(invalid="ignore"):
+        return ratio[:, columns].mean(axis=1)
+
+
 def selectivity_table(
     top: TopN,
     probes: LayerProbes,
@@ -207,29 +215,30 @@ def selectivity_table(
     population_threshold: float = 0.1,
     color_name_share: float = 0.2,
     class_index_scale: str = "classes",
+    channels=None,
 ) -> pd.DataFrame:
     """One row per channel: the four indexes and what they rest on (see the module docstring); the colour index
     and gray ratio are NaN for a grayscale model (one value in `mean`). The colour index uses the gray the probes
-    used (luminance or principal component); `class_index_scale`: classes or top_n."""
+    used (luminance or principal component); `class_index_scale`: classes or top_n. An index whose transforms the
+    probes left out (an atlas target that asks for some indexes only) is NaN. `channels`: the channel of each row
+    of `top` (None: row c is channel c)."""
     present = top.image >= 0
     ratio, dead = transform_ratios(top, probes)
-    colour = len(list(mean)) > 1
     names = [t.name for t in probes.transforms]
-    gray = next(i for i, t in enumerate(probes.transforms) if t.kind in GREY_KINDS.values())
+    grays = [i for i, t in enumerate(probes.transforms) if t.kind in GREY_KINDS.values()]
     rotations = [i for i, t in enumerate(probes.transforms) if t.kind == "rotate"]
     mirrors = [i for i, t in enumerate(probes.transforms) if t.kind == "mirror"]
+    gray_ratio = ratio[:, grays[0]] if grays and len(list(mean)) > 1 else np.full(top.channels, np.nan)
     nf = nf_descriptors(nf_rgb(probes.nf, mean, std), color_name_share)
-    with np.errstate(invalid="ignore"):
-        rotation_mean = ratio[:, rotations].mean(axis=1)
-        mirror_mean = ratio[:, mirrors].mean(axis=1)
+    rotation_mean, mirror_mean = _mean_ratio(ratio, rotations), _mean_ratio(ratio, mirrors)
     table = {
-        "channel": np.arange(top.channels),
+        "channel": np.arange(top.channels) if channels is None else np.asarray(channels, dtype=np.int64),
         "exemplars": present.sum(dim=1).numpy(),
         "top_activation": top.values[:, 0].numpy(),
         "mean_exemplar_activation": torch.where(present, top.values, torch.nan).nanmean(dim=1).numpy(),
         "dead": dead.numpy(),
-        "color_index": np.clip(1 - ratio[:, gray], 0, 1) if colour else np.full(top.channels, np.nan),
-        "gray_ratio": ratio[:, gray] if colour else np.full(top.channels, np.nan),
+        "color_index": np.clip(1 - gray_ratio, 0, 1),
+        "gray_ratio": gray_ratio,
         "color_names": nf["color_names"],
         "dominant_color": nf["dominant_color"],
         "orientation_index": np.clip(1 - rotation_mean, 0, 1),

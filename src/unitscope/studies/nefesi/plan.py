@@ -10,6 +10,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 
+from unitscope.config import dataset_label_names
 from unitscope.errors import UnitscopeError
 from unitscope.settings import Settings
 
@@ -49,7 +50,7 @@ class TopNSettings(Settings):
             top_n=target.get("top_n") or nefesi["top_n"],
             max_images=target["max_images"],
             class_by=target["class_by"],
-            label_names={name: labels for name, labels in nefesi["label_names"].items() if name in target["datasets"]},
+            label_names=dataset_label_names(config, target["datasets"]),
         )
 
 

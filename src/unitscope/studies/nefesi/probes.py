@@ -364,6 +364,8 @@ def probe_layer(
     device: torch.device | str = "cpu",
     progress: bool = True,
     tolerance: float = 1e-3,
+    transform_list: list[Transform] | None = None,
+    channel_ids: Iterable[int] | None = None,
 ) -> LayerProbes:
     """Every exemplar crop of every channel under every transform, in large batches.
 
@@ -372,12 +374,19 @@ def probe_layer(
     transform of the colour index (luminance or principal_component, see the module docstring). With `shallower`
     (a layer computed before `layer`) the untransformed probes also give, per exemplar, the maximum of every
     shallower channel over the unit's cone (the shallower units it is computed from).
+
+    `transform_list`: a subset of `transforms(rotation_step, color_grey)` that starts with the identity (None: all
+    of them). `channel_ids`: the layer's channel that each row of `top` holds, when `top` holds some channels only
+    (an atlas shard); None: row c is channel c.
     """
     started = time.perf_counter()
     mean, std, device = list(mean), list(std), torch.device(device)
+    transform_list = transforms(rotation_step, color_grey) if transform_list is None else list(transform_list)
+    if not transform_list or transform_list[0].kind != "identity":
+        raise NefesiError("probe transforms must start with the identity (it reproduces the exemplar activations)")
     geometry = LayerGeometry.of(model, layer, image_size, top.map_size, channels=len(mean))
     geometry = local_geometry(model, layer, geometry, len(mean), device, tolerance)
-    prober = _LayerProber(layer, top, geometry, transforms(rotation_step, color_grey), mean, std, device)
+    prober = _LayerProber(layer, top, geometry, transform_list, mean, std, device, channel_ids)
     if shallower is not None:
         prober.follow(shallower, layer_receptive_field(model, shallower, tuple(image_size), channels=len(mean)))
     record = [layer] if shallower is None else [shallower, layer]
@@ -471,7 +480,7 @@ class _Chunk:
     read_ex: np.ndarray  # [R] exemplar slot of each readout
     read_local: np.ndarray  # [R] its probe in this chunk
     read_slot: np.ndarray  # [R] its image in the chunk's image batch
-    channel: torch.Tensor  # [R] its channel
+    channel: torch.Tensor  # [R] its row of the top-N (its channel unless channel_ids says otherwise)
     py: torch.Tensor  # [R] its unit's position in the window's map
     px: torch.Tensor
     cone: np.ndarray | None  # [R, 4] its cone in the shallower layer's window map (with a shallower layer)
@@ -480,8 +489,11 @@ class _Chunk:
 class _LayerProber:
     """The running state of `probe_layer`: responses, Neuron Features and cone maxima, filled chunk by chunk."""
 
-    def __init__(self, layer: str, top: TopN, geometry: LayerGeometry, transform_list, mean, std, device):
+    def __init__(self, layer: str, top: TopN, geometry: LayerGeometry, transform_list, mean, std, device, ids=None):
         self.layer, self.top, self.geometry, self.transforms = layer, top, geometry, transform_list
+        self.channel_ids = torch.arange(top.channels) if ids is None else torch.as_tensor(list(ids), dtype=torch.long)
+        if len(self.channel_ids) != top.channels:
+            raise NefesiError(f"{len(self.channel_ids)} channel ids for a top-N of {top.channels} channels")
         self.mean = torch.tensor(list(mean), dtype=torch.float32)
         self.std = torch.tensor(list(std), dtype=torch.float32)
         self.device = device
@@ -581,7 +593,8 @@ class _LayerProber:
         hit_r, hit_t = np.nonzero(item_of_read >= 0)
         if len(hit_r):
             item = torch.as_tensor(item_of_read[hit_r, hit_t])
-            values = recorder.maps[self.layer][item, chunk.channel[hit_r], chunk.py[hit_r], chunk.px[hit_r]]
+            channel = self.channel_ids[chunk.channel[hit_r]]  # the row's channel of the layer
+            values = recorder.maps[self.layer][item, channel, chunk.py[hit_r], chunk.px[hit_r]]
             self.responses[torch.as_tensor(chunk.read_ex[hit_r]), torch.as_tensor(hit_t)] = values.cpu()
 
     def _read_children(self, recorder, chunk: _Chunk, item_of_read: np.ndarray) -> None:
