@@ -7,11 +7,14 @@ Every stage is timed at its stage function, on activation stores extracted first
   ResNet-56 `layer3` (64 units), --cifar-images CIFAR-10 images (objects, labelled):
     categories  `stages.run_categories` on all 64 units
     lesion      `stages.run_lesion` on all 64 units (layer3 feeds the global pool: the tail acts on stored means)
-    top-N       `stages.run_top_n`: the layer's one pass over every image (all units; once per layer)
+    top-N       `stages.run_top_n`: every unit's top-N from the peaks the extraction stored (once per layer)
     exemplars   `stages.run_exemplars` on all 64 units (Neuron Features and crops from the top-N table)
+    indexes     `stages.run_indexes` on all 64 units: the class index alone (no network), then all four of nefesi's
+                (nefesi's default 15-degree rotations: 28 probes per exemplar crop)
     actmax      `atlas.actmax.shard_actmax`, 16 units x --seeds seeds x --measure-steps steps (32 px: pixels)
   MobileNetV2 `features.18` (1,280 units), --imagenet-images each of faces, scenes, objects: the same stages on one
-  shard of --shard units (top-N: the whole layer); actmax on 4 units (224 px: FFT with transforms).
+  shard of --shard units (top-N: the whole layer; indexes: the class index, then the colour index alone, since every
+  probe of this layer is a whole image); actmax on 4 units (224 px: FFT with transforms).
 Actmax is timed at --measure-steps steps and its per-unit time scaled linearly to --actmax-steps (the atlas setting;
 the fixed cost of the final forward pass is scaled too, so the projection errs slow).
 
@@ -132,8 +135,9 @@ def run_only(stage, run) -> dict:
     return {"run": run} if "run" in inspect.signature(stage).parameters else {}
 
 
-def evidence_stages(rows: list, prepared: dict, settings, out: Path, label: str) -> None:
-    """categories, lesion, top-N (whole layer) and exemplars (the shard) through their stage functions."""
+def evidence_stages(rows: list, prepared: dict, settings, out: Path, label: str, index_kinds=()) -> None:
+    """categories, lesion, top-N (whole layer), exemplars and nefesi's indexes `index_kinds` (the shard; the class
+    index alone as well) through their stage functions."""
     from unitscope.runtime import RunSettings
     from unitscope.studies.atlas import stages
 
@@ -151,7 +155,7 @@ def evidence_stages(rows: list, prepared: dict, settings, out: Path, label: str)
     n_units = prepared["channels"]
 
     def top_n():
-        stages.run_top_n(settings, model, manifests=files["manifests"], out_table=table, out_geometry=geometry, run=run)
+        stages.run_top_n(settings, model, **files, out_table=table, out_geometry=geometry)
 
     timed(rows, label, "top-N", n_units, top_n)
 
@@ -167,6 +171,28 @@ def evidence_stages(rows: list, prepared: dict, settings, out: Path, label: str)
         )
 
     timed(rows, label, "exemplars", units, exemplars)
+    for kinds in (("class",), tuple(index_kinds)) if index_kinds else (("class",),):
+        index_settings = index_shard_settings(settings, kinds)
+        timed(
+            rows,
+            label,
+            f"indexes: {' + '.join(kinds)}",
+            units,
+            lambda s=index_settings: stages.run_indexes(
+                s, model, table=table, manifests=files["manifests"], out_table=out / "i.pq", run=run
+            ),
+        )
+
+
+def index_shard_settings(settings, kinds) -> SimpleNamespace:
+    """The indexes stage's settings: the shard's, nefesi's definitions from the default config, CIFAR-10's names."""
+    from unitscope.config import dataset_label_names, load_config
+    from unitscope.studies.atlas.plan import INDEX_DEFINITIONS
+
+    config = load_config(REPO / "config" / "config.yaml")
+    definitions = {key: config["nefesi"][key] for key in INDEX_DEFINITIONS}
+    names = dataset_label_names(config, settings.datasets)
+    return SimpleNamespace(**vars(settings), kinds=tuple(kinds), definitions=definitions, label_names=names)
 
 
 def actmax_stage(rows: list, prepared: dict, layer: str, units: int, args, label: str) -> None:
@@ -345,13 +371,16 @@ def main() -> None:
         cifar = prepare_target(config, tmp, "resnet56_cifar", "layer3", {"objects": args.cifar_images})
         cifar["channels"] = 64
         settings = shard_settings(config, "resnet56_cifar", "layer3", ["objects"], 0, 64, labelled=["objects"])
-        evidence_stages(rows, cifar, settings, tmp / "resnet56", "resnet56_cifar layer3")
+        kinds = ("colour", "orientation", "symmetry", "class")
+        evidence_stages(rows, cifar, settings, tmp / "resnet56", "resnet56_cifar layer3", kinds)
         actmax_stage(rows, cifar, "layer3", 16, args, "resnet56_cifar layer3")
         sizes = dict.fromkeys(("faces", "scenes", "objects"), args.imagenet_images)
         imagenet = prepare_target(config, tmp, "mobilenet_v2_imagenet", "features.18", sizes)
         imagenet["channels"] = 1280
         settings = shard_settings(config, "mobilenet_v2_imagenet", "features.18", list(sizes), 0, args.shard)
-        evidence_stages(rows, imagenet, settings, tmp / "mobilenet", "mobilenet_v2 features.18")
+        # colour only: every probe of this layer is a whole image (a full forward pass), 2 per exemplar image here and
+        # 29 with all four indexes (rotations and mirrors scale the same way)
+        evidence_stages(rows, imagenet, settings, tmp / "mobilenet", "mobilenet_v2 features.18", ("colour",))
         actmax_stage(rows, imagenet, "features.18", 4, args, "mobilenet_v2 features.18")
         preprocessing = imagenet["model"].spec["preprocessing"]
         forward = forward_seconds(load_model(imagenet["model"]), "features.18", preprocessing)

@@ -9,8 +9,8 @@
 # shard size (atlas.units_per_shard) should be the same everywhere. Not a checkpoint either: nothing is unknown until
 # a job runs, and a dry run lists every shard job.
 #
-# Exemplars: the expensive part, a forward pass over every image, runs once per layer (atlas_top_n: every unit's top-N
-# exemplars); each shard's job (atlas_exemplars) then cuts its units' crops and Neuron Features from that table, and
+# Exemplars: every unit's top-N exemplars come from the peaks the extraction's one pass per (model, dataset) stores
+# (atlas_top_n, once per layer: no forward pass of its own); each shard's job (atlas_exemplars) then cuts its units' crops and Neuron Features from that table, and
 # (atlas_indexes) computes nefesi's indexes from it where the nefesi study does not analyse the layer.
 #
 # Pages: one browsable page per layer (results/atlas/{model}/{layer}/index.html) and one per unit
@@ -74,6 +74,7 @@ if config["atlas"]["enabled"]:
     rule atlas_top_n:
         input:
             code=code("studies.atlas.stages:run_top_n"),
+            stores=lambda wc: ATLAS_STORES[plan(ATLAS.target, wc.model, wc.layer).key],
             manifests=lambda wc: [manifest_path(d) for d in plan(ATLAS.target, wc.model, wc.layer).datasets],
             checkpoint=model_checkpoint,
         output:
@@ -82,9 +83,7 @@ if config["atlas"]["enabled"]:
         params:
             settings=lambda wc: plan(ATLAS.top_n_settings, wc.model, wc.layer).as_params(),
             model=lambda wc: model_ref(wc.model),
-        threads: 2
-        resources:
-            mem_mb=4000,
+        threads: 1  # a sort of the stored peaks; the model is built only for its receptive field
         log:
             "logs/atlas/{model}/{layer}/top_n.log",
         benchmark:

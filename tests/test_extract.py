@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader, Dataset
 from unitscope.data.manifest import build_manifest, folder_layout, write_manifest
 from unitscope.extract import ExtractionError, extract_layers, extract_to_zarr, open_store, run_extraction
 from unitscope.fsutil import publish_tree
+from unitscope.hooks import spatial_peak
 
 
 class Tensors(Dataset):
@@ -53,6 +54,19 @@ def test_store_layout_values_and_attributes(tmp_path):
     assert list(store["image_id"][:]) == ids
     assert store.attrs["model"] == "tiny" and store.attrs["n_channels"] == 4 and store.attrs["map_shape"] == [4, 5, 5]
     assert "torch" in store.attrs["package_versions"]
+    # each image's peak per channel and its first maximal location y * W + x (the atlas's top-N reads these)
+    flat = expected.flatten(2)
+    np.testing.assert_allclose(store["peak"][:], flat.amax(dim=2).numpy(), rtol=1e-6, atol=1e-6)
+    at = store["peak_at"][:]
+    assert store["peak_at"].dtype == np.int32 and store.attrs["map_size"] == [5, 5]
+    np.testing.assert_allclose(np.take_along_axis(flat.numpy(), at[..., None], 2)[..., 0], store["peak"][:], rtol=1e-6)
+    ties = torch.zeros(2, 4, 5, 5)  # a map with equal maxima: the first in row-major order
+    with torch.inference_mode():
+        assert (spatial_peak(ties)[1] == 0).all()
+        tied = torch.zeros(1, 1, 5, 5).index_put_(
+            (torch.tensor([0]), torch.tensor([0]), torch.tensor([3, 1]), torch.tensor([2, 4])), torch.tensor(7.0)
+        )
+        assert spatial_peak(tied)[1].item() == 1 * 5 + 4
 
 
 def test_crash_midway_leaves_no_store_and_keeps_the_previous_one(tmp_path):

@@ -3,6 +3,9 @@
 Store layout (a directory, written under a temporary name and renamed when complete):
   means     [N, C]        float32  per-channel spatial mean of the layer's output
   maps      [N, C, H, W]  float16  full maps, only when asked for, chunked by blocks of images
+  peak      [N, C]        float32  for [N, C, H, W] outputs: each image's maximum over the channel's map
+  peak_at   [N, C]        int32    where that maximum is, y * W + x (the first in row-major order; attrs map_size
+                                   [H, W]): a unit's top exemplars without another pass (the atlas's top-N)
   image_id  [N]           str      aligned with the included rows of the dataset's manifest
   attrs: model, dataset, layer, checkpoint sha256, preprocessing, package versions, params.
 The forward pass stops as soon as the deepest requested layer has fired (later layers are not computed). The
@@ -52,20 +55,23 @@ def package_versions() -> dict[str, str]:
 
 
 class _LayerWriter:
-    """One layer's store inside an open pass: buffers the means, streams the maps chunk by chunk."""
+    """One layer's store inside an open pass: buffers the means (and, for [N, C, H, W] maps, each image's peak per
+    channel and where it is), streams the maps chunk by chunk."""
 
     def __init__(self, path: Path, layer: str, n_images: int, save_maps: bool, maps_chunk_images: int):
         self.group = zarr.open_group(store=str(path), mode="w", zarr_format=3)
         self.layer, self.n_images, self.save_maps, self.chunk = layer, n_images, save_maps, maps_chunk_images
-        self.means = self.maps = None
-        self.map_shape = None
+        self.means = self.maps = self.peak = self.peak_at = None
+        self.map_shape = self.map_size = None
         self.nonfinite = 0
 
-    def add(self, start: int, stop: int, means: np.ndarray, maps: np.ndarray | None) -> None:
+    def add(self, start: int, stop: int, means: np.ndarray, maps: np.ndarray | None, peaks=None) -> None:
         self.nonfinite += int((~np.isfinite(means)).any(axis=1).sum())
         if self.means is None:
             self.means = np.empty((self.n_images, means.shape[1]), dtype=np.float32)
         self.means[start:stop] = means
+        if peaks is not None:
+            self._add_peaks(start, stop, *peaks)
         if not self.save_maps:
             return
         if maps.ndim != 4:
@@ -80,16 +86,28 @@ class _LayerWriter:
             )
         self.maps[start:stop] = maps
 
+    def _add_peaks(self, start: int, stop: int, peak: torch.Tensor, where: torch.Tensor, map_size) -> None:
+        if self.peak is None:
+            self.peak = np.empty((self.n_images, peak.shape[1]), dtype=np.float32)
+            self.peak_at = np.empty((self.n_images, peak.shape[1]), dtype=np.int32)
+            self.map_size = [int(side) for side in map_size]
+        self.peak[start:stop] = peak.numpy()
+        self.peak_at[start:stop] = where.numpy()
+
+    def _write(self, name: str, values: np.ndarray) -> None:
+        chunks = (min(self.n_images, 4096), values.shape[1])
+        self.group.create_array(name, shape=values.shape, chunks=chunks, dtype=values.dtype)[:] = values
+
     def finish(self, image_ids: list[str], attrs: dict) -> None:
         if self.nonfinite:
             raise ExtractionError(
                 f"layer {self.layer!r}: {self.nonfinite} of {self.n_images} images gave NaN or infinite activations;"
                 " store not written"
             )
-        means = self.group.create_array(
-            "means", shape=self.means.shape, chunks=(min(self.n_images, 4096), self.means.shape[1]), dtype="float32"
-        )
-        means[:] = self.means
+        self._write("means", self.means)
+        if self.peak is not None:  # each image's maximum per channel and its flat location y * W + x
+            self._write("peak", self.peak)
+            self._write("peak_at", self.peak_at)
         ids = self.group.create_array("image_id", shape=(self.n_images,), dtype=str, chunks=(self.n_images,))
         ids[:] = np.asarray(image_ids, dtype=object).astype(str)
         self.group.attrs.update(
@@ -99,6 +117,7 @@ class _LayerWriter:
                 "n_images": self.n_images,
                 "n_channels": int(self.means.shape[1]),
                 "map_shape": self.map_shape,
+                "map_size": self.map_size,
                 "package_versions": package_versions(),
             }
         )
@@ -124,7 +143,7 @@ def extract_layers(
     maps_layers = [layer for layer, keep in layers.items() if keep]
     with (
         atomic_path(out_dir) as temp,
-        ActivationRecorder(model, list(layers), keep_maps=maps_layers, stop_early=True) as rec,
+        ActivationRecorder(model, list(layers), keep_maps=maps_layers, stop_early=True, keep_peaks=True) as rec,
     ):
         temp.mkdir()
         writers = {
@@ -144,7 +163,7 @@ def extract_layers(
                 start, stop = int(indices[0]), int(indices[-1]) + 1
                 for layer, writer in writers.items():
                     maps = rec.maps[layer].numpy() if layer in rec.maps else None
-                    writer.add(start, stop, means[layer].numpy(), maps)
+                    writer.add(start, stop, means[layer].numpy(), maps, rec.peaks.get(layer))
                 bar.update(stop - start)
         bar.close()
         for writer in writers.values():

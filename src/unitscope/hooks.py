@@ -60,13 +60,22 @@ def spatial_mean(output: torch.Tensor) -> torch.Tensor:
     return output.flatten(2).mean(dim=2) if output.dim() > 2 else output
 
 
+def spatial_peak(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, C, H, W] -> ([N, C] maximum over the map, [N, C] its flat index y·W + x): the first maximal location in
+    row-major order, as nefesi's streaming top-N (`studies.nefesi.topn`) takes it."""
+    return maps.float().flatten(2).max(dim=2)
+
+
 class ActivationRecorder:
     """Record per-channel spatial means (and optionally full maps) of named layers.
 
     Use as `with ActivationRecorder(model, layers) as rec: model(x)`, then read `rec.means[layer]`
     and `rec.maps[layer]` (CPU tensors of the last forward). `keep_maps` is True (every layer), False, or the
-    layers whose full maps are kept. With `stop_early=True` the forward pass ends as soon as every requested
-    layer has fired, skipping the rest of the network.
+    layers whose full maps are kept. With `keep_peaks`, every layer with [N, C, H, W] maps also records
+    `rec.peaks[layer]` = (maximum over the map, its flat index, the map's (H, W)), from the float32 output
+    (`spatial_peak`). With
+    `stop_early=True` the forward pass ends as soon as every requested layer has fired, skipping the rest of the
+    network.
     """
 
     def __init__(
@@ -77,14 +86,17 @@ class ActivationRecorder:
         keep_maps: bool | Collection[str] = False,
         maps_dtype: torch.dtype = torch.float16,
         stop_early: bool = False,
+        keep_peaks: bool = False,
     ):
         self.model = model
         self.layers = list(layers)
         self.keep_maps = set(self.layers) if keep_maps is True else set(keep_maps or ())
         self.maps_dtype = maps_dtype
         self.stop_early = stop_early
+        self.keep_peaks = keep_peaks
         self.means: dict[str, torch.Tensor] = {}
         self.maps: dict[str, torch.Tensor] = {}
+        self.peaks: dict[str, tuple[torch.Tensor, torch.Tensor, tuple[int, int]]] = {}
         self._stack = contextlib.ExitStack()
         for layer in self.layers:
             get_module(model, layer)  # fail before anything is registered
@@ -92,6 +104,7 @@ class ActivationRecorder:
     def _reset(self, *_):
         self.means.clear()
         self.maps.clear()
+        self.peaks.clear()
 
     def _make_hook(self, layer: str) -> HookFn:
         def hook(_module, _inputs, output):
@@ -108,6 +121,9 @@ class ActivationRecorder:
             self.means[layer] = spatial_mean(detached.float()).cpu()
             if layer in self.keep_maps:
                 self.maps[layer] = detached.to(self.maps_dtype).cpu().clone()
+            if self.keep_peaks and detached.dim() == 4:
+                peak, where = spatial_peak(detached)
+                self.peaks[layer] = (peak.cpu(), where.cpu(), tuple(detached.shape[-2:]))
             if self.stop_early and len(self.means) == len(self.layers):
                 raise StopForward
 

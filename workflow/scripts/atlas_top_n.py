@@ -1,4 +1,4 @@
-"""Atlas: one layer's top-N exemplars of every unit, in one pass over the target's images (nefesi's top-N)."""
+"""Atlas: one layer's top-N exemplars of every unit, from the peaks its extraction stores hold (nefesi's top-N)."""
 
 import sys
 from pathlib import Path
@@ -8,15 +8,15 @@ from unitscope.logs import log_to
 from unitscope.runtime import use_threads
 from unitscope.settings import ModelRef
 from unitscope.studies.atlas.plan import TopNSettings
-from unitscope.studies.atlas.stages import run_settings, run_top_n
+from unitscope.studies.atlas.stages import run_top_n
 
 with log_to(snakemake.log[0]):
     use_threads(snakemake.threads)
     run_top_n(
         TopNSettings.from_params(snakemake.params.settings),
         ModelRef.from_params(snakemake.params.model),
+        stores=list(snakemake.input.stores),
         manifests=list(snakemake.input.manifests),
         out_table=snakemake.output.table,
         out_geometry=snakemake.output.geometry,
-        run=run_settings(snakemake.config),  # run-only (device, batch size): deliberately not params
     )

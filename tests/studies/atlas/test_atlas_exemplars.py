@@ -17,6 +17,7 @@ from wfutil import tiny_config
 
 from unitscope.config import validate_config
 from unitscope.data.manifest import run_manifest
+from unitscope.extract import run_extraction
 from unitscope.models.facts import compute_facts
 from unitscope.models.registry import build_model, load_model
 from unitscope.runtime import RunSettings
@@ -71,6 +72,17 @@ def in_process_facts(config, name):
     return compute_facts(name, config["models"][name])
 
 
+def layer_stores(model: ModelRef, manifests: list[str], layer: str, out) -> list[str]:
+    """Each dataset's store of `layer` from the extraction pass, as the workflow makes them (one pass per dataset)."""
+    stores = []
+    for dataset, manifest in zip(DATASETS, manifests, strict=True):
+        made = run_extraction(
+            model, dataset_name=dataset, manifest_path=manifest, layers={layer: False}, out_dir=out / dataset, run=RUN
+        )
+        stores.append(str(made[layer]))
+    return stores
+
+
 def shard_outputs(atlas: AtlasPlan, shard: str, files: dict, out, **changes):
     settings = dataclasses.replace(atlas.exemplars_settings("planted", "layer3", shard), **changes)
     paths = {"out_images": out / f"{shard}/exemplars.npz", "out_table": out / f"{shard}/exemplars.parquet"}
@@ -104,10 +116,10 @@ def built(data_dir, tmp_path_factory, small_blocks):
     stages.run_top_n(
         atlas.top_n_settings("planted", "layer3"),
         model,
+        stores=layer_stores(model, manifests, "layer3", tmp / "stores"),
         manifests=manifests,
         out_table=table,
         out_geometry=geometry,
-        run=RUN,
     )
     files = {"table": table, "geometry": geometry, "manifests": manifests}
     two = [shard_outputs(atlas, shard, files, tmp / "two") for shard in SHARDS]
@@ -174,7 +186,9 @@ def test_each_exemplar_is_its_image_maximum_and_no_image_is_missed(built):
 
 def test_neuron_features_equal_what_nefesi_computes(built):
     """nefesi's own pipeline on the same images (its top-N pass on the folded model, then its probes, whose Neuron
-    Features are the activation-weighted crops): the same exemplars, and the same NF up to float summation order."""
+    Features are the activation-weighted crops): the same exemplars (the atlas's come from the extraction pass's
+    stored peaks, on the unfolded model: the same images and locations, activations equal to float rounding), and
+    the same NF up to float summation order."""
     _, inputs, _ = model_view(built)
     network = inference_copy(load_model(built["model"]))
     batches = [(inputs[i : i + 64], torch.arange(i, min(i + 64, len(inputs)))) for i in range(0, len(inputs), 64)]
@@ -188,7 +202,9 @@ def test_neuron_features_equal_what_nefesi_computes(built):
     table = pd.read_parquet(built["files"]["table"])
     assert np.array_equal(table["y"].to_numpy(), top.y.reshape(-1).numpy())
     assert np.array_equal(table["x"].to_numpy(), top.x.reshape(-1).numpy())
-    assert np.array_equal(table["activation"].to_numpy(), top.values.reshape(-1).numpy())
+    images = image_table(dict(zip(DATASETS, built["files"]["manifests"], strict=True)))
+    assert table["image_id"].tolist() == images["image_id"].iloc[top.image.reshape(-1).numpy()].tolist()
+    np.testing.assert_allclose(table["activation"], top.values.reshape(-1).numpy(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(float_features(built, 0, 64), probes.nf, rtol=0, atol=1e-5)
     arrays = built["one"][0]
     expected = np.rint(nf_rgb(probes.nf, mean, std) * 255)

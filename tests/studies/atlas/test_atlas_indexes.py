@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_atlas_exemplars import DATASETS, DEAD, RUN, TOP_N, exemplar_config, in_process_facts
+from test_atlas_exemplars import DATASETS, DEAD, RUN, TOP_N, exemplar_config, in_process_facts, layer_stores
 
 from unitscope.config import validate_config
 from unitscope.data.manifest import run_manifest
@@ -67,7 +67,7 @@ def built(data_dir, tmp_path_factory):
     table = tmp / "top_n.parquet"
     stages.run_top_n(
         atlas.top_n_settings("planted", "layer3"), model, manifests=manifests, out_table=table,
-        out_geometry=tmp / "top_n.json", run=RUN,
+        stores=layer_stores(model, manifests, "layer3", tmp / "stores"), out_geometry=tmp / "top_n.json",
     )  # fmt: skip
     files = {"model": model, "table": table, "manifests": manifests}
     shards = [shard_table(atlas, shard, files, tmp / "all") for shard in ("0-31", "32-63")]

@@ -102,6 +102,12 @@ def test_rerun_plans_exactly_what_changed(finished_run):
     rules = [rule for rule, _ in planned_jobs(workdir)]
     assert "nefesi_top_n" not in rules and rules.count("nefesi_layer") == 2 and rules.count("nefesi_decomposition") == 2
 
+    changed = json.loads(json.dumps(config))  # class names: nefesi's classes change, the image draw does not
+    changed["datasets"]["objects"]["label_names"] = list("abcdefghij")
+    write_config(workdir, changed)
+    rules = {rule for rule, _ in planned_jobs(workdir)}
+    assert "nefesi_top_n" in rules and not rules & {"manifest", "extract", "model_card"}
+
     changed = json.loads(json.dumps(config))
     changed["nefesi"]["targets"][0]["model"] = "resnet_missing"
     write_config(workdir, changed)

@@ -105,35 +105,34 @@ def run_top_n(
     settings: TopNSettings,
     model: ModelRef,
     *,
+    stores: Sequence[str],
     manifests: Sequence[str],
     out_table: str | os.PathLike,
     out_geometry: str | os.PathLike,
-    run: RunSettings | None = None,
 ) -> pd.DataFrame:
     """The layer's top-N table (results/atlas/<model>/<layer>/top_n.parquet: every unit's exemplars) and its
-    geometry (top_n.json), from one pass over every image of the target's datasets (see `atlas.exemplars`)."""
+    geometry (top_n.json), from the peaks the extraction pass stored for every image of the target's datasets (one
+    store per dataset; see `atlas.exemplars`). The model is built only for the units' receptive field."""
     from unitscope.models.preprocessing import input_channels, input_size
     from unitscope.models.receptive_field import layer_receptive_field
     from unitscope.models.registry import load_model, resolve_layer
-    from unitscope.runtime import RunSettings, pick_device
     from unitscope.studies.atlas import exemplars as ex
+    from unitscope.studies.atlas.inputs import read_layer_peaks
     from unitscope.studies.nefesi.images import image_table
-    from unitscope.studies.nefesi.topn import inference_copy
 
-    run, s, clock = run or RunSettings(), settings, time.perf_counter()
-    device = pick_device(run.device)
-    network = inference_copy(load_model(model)).to(device)  # as nefesi's top-N: BatchNorm folded, channels-last
+    s, clock = settings, time.perf_counter()
+    network = load_model(model)
     preprocessing = model.spec["preprocessing"]
     resolve_layer(network, s.layer, model.name)
-    # before the pass: a layer without a spatial map has no field, and fails now
+    # a layer without a spatial map has no field, and fails here
     field = layer_receptive_field(network, s.layer, input_size(preprocessing), channels=input_channels(preprocessing))
     images = image_table(dict(zip(s.datasets, manifests, strict=True)))
-    top = ex.find_top_n(network, s.layer, images, s.top_n, preprocessing, run=run, device=device)
+    top = ex.top_n_of_peaks(read_layer_peaks(images, s.datasets, stores, s.layer), s.top_n)
     table = ex.top_n_table(top, images)
     write_parquet(table, out_table)
     write_json(ex.geometry_record(field, top, preprocessing, images, model=model.name, layer=s.layer), out_geometry)
     seconds = time.perf_counter() - clock
-    print(f"top-{top.n}: {top.channels} units x {len(images)} images in {seconds:.2f} s", flush=True)
+    print(f"top-{top.n}: {top.channels} units x {len(images)} images (stored peaks) in {seconds:.2f} s", flush=True)
     return table
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from unitscope.hooks import ActivationRecorder
+from unitscope.hooks import ActivationRecorder, spatial_peak
 from unitscope.studies.nefesi.errors import NefesiError
 
 # ----------------------------------------------------------------------------------------------
@@ -118,7 +118,7 @@ class StreamingTopN:
             raise NefesiError(f"top-N needs [B, C, H, W] maps, got shape {list(maps.shape)}")
         batch, channels, height, width = maps.shape
         self.map_size = (height, width)
-        peak, where = maps.float().flatten(2).max(dim=2)  # [B, C], first maximal location
+        peak, where = spatial_peak(maps)  # [B, C], first maximal location
         new_values = peak.T  # [C, B]
         new_image = image_index.to(torch.int64).view(1, -1).expand(channels, -1)
         new_y, new_x = (where // width).T, (where % width).T
