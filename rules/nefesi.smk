@@ -1,28 +1,29 @@
 # Study 'nefesi': top-N exemplars, Neuron Features, four selectivity indexes per channel, image and hierarchical
-# decomposition (src/unitscope/studies/nefesi/). Per target model: one top-N pass over its images for all its layers;
-# per layer: probes (transformed exemplar crops), index table, NFs; then figures and the section. Every rule's code
+# decomposition (src/unitscope/studies/nefesi/). Per target model: the top-N of all its layers from the peaks the
+# extraction's one pass per (model, dataset) stores (each layer a store request, so no pass of nefesi's own); per layer: probes (transformed exemplar crops), index table, NFs; then figures and the section. Every rule's code
 # is its entry point in studies/nefesi/stages.py and what that uses.
 
 
 from unitscope.studies.nefesi.plan import NefesiPlan  # noqa: E402 (no torch: parse time only)
 
 NEFESI = plan(NefesiPlan, config)  # the targets, checked, and every rule's settings (frozen, built once here)
+# each target's stores, layer-major (every dataset's store of its first layer, then of its second, ...)
+NEFESI_STORES = {
+    model: [request_extraction(model, d, layer) for layer in target["layers"] for d in target["datasets"]]
+    for model, target in NEFESI.targets.items()
+}
 
 
 rule nefesi_top_n:
     input:
         code=code("studies.nefesi.stages:run_top_n"),
         manifests=lambda wc: [manifest_path(d) for d in NEFESI.target(wc.model)["datasets"]],
-        checkpoint=model_checkpoint,
+        stores=lambda wc: NEFESI_STORES[wc.model],
     output:
         exemplars="results/nefesi/{model}/exemplars.parquet",
         images="results/nefesi/{model}/images.parquet",
     params:
         settings=lambda wc: NEFESI.top_n_settings(wc.model).as_params(),
-        model=lambda wc: model_ref(wc.model),
-    threads: 2
-    resources:
-        mem_mb=4000,
     log:
         "logs/nefesi/{model}/top_n.log",
     benchmark:

@@ -27,7 +27,13 @@ from unitscope.studies.nefesi.probes import (
     probe_layer,
     tensor_batches,
 )
-from unitscope.studies.nefesi.topn import StreamingTopN, collect_top_n, full_sort_top_n, inference_copy
+from unitscope.studies.nefesi.topn import (
+    StreamingTopN,
+    collect_top_n,
+    full_sort_top_n,
+    inference_copy,
+    read_layer_peaks,
+)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CIFAR_SOURCE = {
@@ -99,6 +105,31 @@ def test_streaming_top_n_equals_a_full_sort():
     assert all(len(set(row.tolist())) == 7 for row in streamed.image)  # each image at most once per channel
     flat_peak = maps.flatten(2).amax(2)
     assert torch.equal(streamed.values[:, 0], flat_peak.amax(0))
+
+
+def test_top_n_from_the_extraction_stores_peaks_equals_the_streaming_pass(cifar, tmp_path):
+    """The workflow's top-N comes from the peaks its extraction pass stores (two datasets' stores, read back in the
+    image table's order): the same exemplars as nefesi's streaming pass over the same images."""
+    from unitscope.extract import extract_layers
+
+    images, manifest = cifar
+    model = cifar_resnet20().eval()  # seeded random weights: the same model in both passes
+    table = image_table({"objects": manifest, "again": manifest})  # 80 rows: the second set repeats the first
+    stores = []
+    for name in ("objects", "again"):
+        loader = [(images[i : i + 16], torch.arange(i, min(i + 16, len(images)))) for i in range(0, len(images), 16)]
+        made = extract_layers(model, loader, list(table["image_id"][:40]), {"layer2": False}, tmp_path / name)
+        stores.append(str(made["layer2"]))
+    peaks = read_layer_peaks(table, ("objects", "again"), stores, "layer2")
+    top = peaks.top_n(7)
+    batches = [(torch.cat([images, images]), torch.arange(80))]
+    streamed = collect_top_n(model, batches, ["layer2"], 7, progress=False)["layer2"]
+    torch.testing.assert_close(top.values, streamed.values, rtol=1e-5, atol=1e-5)
+    assert torch.equal(top.image, streamed.image) and torch.equal(top.y, streamed.y) and torch.equal(top.x, streamed.x)
+    assert top.map_size == streamed.map_size == (16, 16)
+    assert torch.equal(top.image[:, 1:6:2], top.image[:, 0:6:2] + 40)  # each image's twin right after it: ties in order
+    with pytest.raises(NefesiError, match="holds no peaks of layer 'layer3'"):
+        read_layer_peaks(table, ("objects", "again"), stores, "layer3")
 
 
 def test_neuron_feature_of_a_planted_channel_shows_its_pattern(cifar):

@@ -5,9 +5,9 @@ Two steps, so that the expensive one runs once per layer, not once per shard:
 
 * per layer (`atlas_top_n`): no forward pass of its own: the extraction's one pass per (model, dataset) stores each
   image's maximum per unit and where it is (`peak`, `peak_at`); every unit's top-N (image, location) pairs, each
-  image once at its maximum, are a stable sort of those (`top_n_of_peaks`, nefesi's definition). Written as the
-  layer's top-N table (`top_n_table`) and its geometry (`geometry_record`: the units' receptive field, the part of
-  it that can hold image pixels, the preprocessing).
+  image once at its maximum, are a stable sort of those (`nefesi.topn.top_n_of_peaks`, nefesi's definition).
+  Written as the layer's top-N table (`top_n_table`) and its geometry (`geometry_record`: the units' receptive
+  field, the part of it that can hold image pixels, the preprocessing).
 * per shard (`atlas_exemplars`): from that table, each unit's Neuron Feature, nefesi's definition,
   NF = Σₙ wₙ · cropₙ with wₙ = aₙ / Σₘ aₘ (activations clipped at 0), each crop the unit's field around the
   exemplar's location cut to the visible extent, the mean colour where the field leaves the image; and its best
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from unitscope.models.preprocessing import input_channels, input_size
 from unitscope.models.receptive_field import ReceptiveField
-from unitscope.studies.atlas.inputs import AtlasError, LayerPeaks
+from unitscope.studies.atlas.inputs import AtlasError
 from unitscope.studies.nefesi.images import field_crops, nf_rgb
 from unitscope.studies.nefesi.probes import LayerGeometry
 from unitscope.studies.nefesi.topn import TopN, exemplar_frame
@@ -43,17 +43,6 @@ CROPS_PER_BLOCK = 64  # shown crops cut at once (a 416 px field: 133 MB a block)
 
 # ----------------------------------------------------------------------------------------------
 # per layer: the top-N table and the geometry of its units
-
-
-def top_n_of_peaks(peaks: LayerPeaks, top_n: int) -> TopN:
-    """Every unit's top-N from each image's peak (the extraction pass's `peak`, `peak_at`; rows in image-table
-    order): the N images with the highest maximum, best first, ties to the earlier image (a stable sort), each at
-    its first maximal location. nefesi's streaming top-N gives the same on the same activations."""
-    values = torch.from_numpy(np.ascontiguousarray(peaks.peak.T))  # [C, N]
-    order = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :top_n]
-    at = torch.from_numpy(np.ascontiguousarray(peaks.at.T)).gather(1, order)
-    width = peaks.map_size[1]
-    return TopN(values.gather(1, order).contiguous(), order.contiguous(), at // width, at % width, peaks.map_size)
 
 
 def top_n_table(top: TopN, images: pd.DataFrame) -> pd.DataFrame:

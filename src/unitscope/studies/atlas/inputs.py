@@ -80,42 +80,6 @@ def read_layer_images(
     )
 
 
-@dataclass(frozen=True)
-class LayerPeaks:
-    """Each image's maximum per unit over the layer's map and where it is, as the extraction pass stored them."""
-
-    peak: np.ndarray  # [N, C] float32
-    at: np.ndarray  # [N, C] flat index y * W + x
-    map_size: tuple[int, int]
-
-
-def read_layer_peaks(
-    images: pd.DataFrame, datasets: Sequence[str], stores: Sequence[str | os.PathLike], layer: str
-) -> LayerPeaks:
-    """The stores' peaks (one store per dataset) in the order of `images` (an image table: columns dataset,
-    image_id); an image of the table missing from its store, or a store without peaks, is one line naming it."""
-    if list(images["dataset"]) != [d for d in datasets for _ in range(int((images["dataset"] == d).sum()))]:
-        raise AtlasError(f"the image table of layer {layer!r} is not grouped by dataset in the order {list(datasets)}")
-    parts, sizes = [], set()
-    for dataset, store in zip(datasets, stores, strict=True):
-        group = zarr.open_group(store=str(store), mode="r")
-        if group.attrs.get("layer", layer) != layer or "peak" not in group:
-            raise AtlasError(f"store {store} holds no peaks of layer {layer!r}; re-run its extraction")
-        stored = pd.Index(np.asarray(group["image_id"][:].tolist(), dtype=object).astype(str))
-        wanted = images.loc[images["dataset"] == dataset, "image_id"].astype(str)
-        rows = stored.get_indexer(wanted)
-        if (rows < 0).any():
-            raise AtlasError(f"store {store}: image {wanted.iloc[int(np.argmax(rows < 0))]!r} is missing; re-run it")
-        parts.append((np.asarray(group["peak"][:])[rows], np.asarray(group["peak_at"][:], dtype=np.int64)[rows]))
-        sizes.add(tuple(group.attrs["map_size"]))
-    if len(sizes) != 1:
-        raise AtlasError(f"layer {layer!r} has maps of sizes {sorted(sizes)} in its stores; one size expected")
-    peaks, at = np.concatenate([p for p, _ in parts]), np.concatenate([a for _, a in parts])
-    if not np.isfinite(peaks).all():
-        raise AtlasError(f"layer {layer!r}: its stores' peaks hold NaN or infinite values; re-run extraction")
-    return LayerPeaks(peaks, at, sizes.pop())
-
-
 def class_indexes(labels: np.ndarray, where: str) -> np.ndarray:
     """Labels as class indexes (integers >= 0, the model's logit order; a CSV may give them as text); anything else is
     a one-line error naming `where`."""

@@ -117,8 +117,8 @@ def run_top_n(
     from unitscope.models.receptive_field import layer_receptive_field
     from unitscope.models.registry import load_model, resolve_layer
     from unitscope.studies.atlas import exemplars as ex
-    from unitscope.studies.atlas.inputs import read_layer_peaks
     from unitscope.studies.nefesi.images import image_table
+    from unitscope.studies.nefesi.topn import read_layer_peaks
 
     s, clock = settings, time.perf_counter()
     network = load_model(model)
@@ -127,7 +127,7 @@ def run_top_n(
     # a layer without a spatial map has no field, and fails here
     field = layer_receptive_field(network, s.layer, input_size(preprocessing), channels=input_channels(preprocessing))
     images = image_table(dict(zip(s.datasets, manifests, strict=True)))
-    top = ex.top_n_of_peaks(read_layer_peaks(images, s.datasets, stores, s.layer), s.top_n)
+    top = read_layer_peaks(images, s.datasets, stores, s.layer).top_n(s.top_n)
     table = ex.top_n_table(top, images)
     write_parquet(table, out_table)
     write_json(ex.geometry_record(field, top, preprocessing, images, model=model.name, layer=s.layer), out_geometry)

@@ -39,46 +39,26 @@ if TYPE_CHECKING:  # annotations only: a stage's settings arrive as params, so p
 
 def run_top_n(
     settings: TopNSettings,
-    model: ModelRef,
     *,
     manifests: dict[str, str],
+    stores: dict[str, list[str]],
     out_exemplars,
     out_images,
-    run: RunSettings | None = None,
 ) -> None:
-    """One pass over the target's images: the top-N exemplars of every channel of every layer. manifests: {dataset:
-    its manifest path}, the datasets of `settings`. `run`: run-only settings, the defaults when None."""
-    # torch and torchvision: only the stages that run the network import them
-    from unitscope.data.manifest import ManifestDataset
-    from unitscope.models.preprocessing import build_transform, input_channels, input_size
-    from unitscope.models.receptive_field import layer_receptive_field
-    from unitscope.models.registry import load_model, resolve_layer
-    from unitscope.runtime import RunSettings, make_loader, pick_device
+    """The top-N exemplars of every channel of every layer of the target, from the peaks the extraction's one pass
+    per (model, dataset) stored (no forward pass of its own). manifests: {dataset: its manifest path}, the datasets
+    of `settings`; stores: {layer: its store per dataset, in that order}."""
     from unitscope.studies.nefesi.images import image_table
-    from unitscope.studies.nefesi.topn import collect_top_n, exemplar_frame, inference_copy
+    from unitscope.studies.nefesi.topn import exemplar_frame, read_layer_peaks
 
-    run = run or RunSettings()
-    layers, top_n, device = list(settings.layers), settings.top_n, pick_device(run.device)
-    network = inference_copy(load_model(model)).to(device)
-    preprocessing = model.spec["preprocessing"]
-    for layer in layers:
-        resolve_layer(network, layer, model.name)
-        # fail now, not after the pass, if the layer has no field (no spatial map)
-        layer_receptive_field(network, layer, input_size(preprocessing), channels=input_channels(preprocessing))
     images = image_table(
         manifests, max_images=settings.max_images, class_by=settings.class_by, label_names=settings.label_names
     )
-    loader = make_loader(
-        ManifestDataset(images, build_transform(preprocessing)),
-        batch_size=run.batch_size,
-        num_workers=run.num_workers,
-        device=device,
-    )
-    print(
-        f"top-{top_n}: {model.name}, {len(images)} images ({', '.join(manifests)}), layers {', '.join(layers)}",
-        flush=True,
-    )
-    tops = collect_top_n(network, loader, layers, top_n, device=device, total=len(images))
+    print(f"top-{settings.top_n}: {len(images)} images ({', '.join(manifests)}), layers {', '.join(settings.layers)}")
+    tops = {
+        layer: read_layer_peaks(images, settings.datasets, stores[layer], layer).top_n(settings.top_n)
+        for layer in settings.layers
+    }
     write_parquet(images, out_images)
     write_parquet(exemplar_frame(tops), out_exemplars)
 

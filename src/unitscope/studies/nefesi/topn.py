@@ -11,12 +11,14 @@ weights wₙ = aₙ / Σₘ aₘ (activations clipped at 0) make the Neuron Feat
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
+import zarr
 from torch import nn
 from tqdm import tqdm
 
@@ -141,14 +143,65 @@ class StreamingTopN:
         return TopN(self.values, self.image, self.y, self.x, self.map_size)
 
 
+def top_n_of_peaks(peak: torch.Tensor, where: torch.Tensor, map_size: tuple[int, int], n: int) -> TopN:
+    """Every channel's top-N from each image's peak [I, C] and its flat location y·W + x [I, C] (`hooks.spatial_peak`;
+    rows: images in order): the N images with the highest maximum, best first, ties to the earlier image (a stable
+    sort), each at its first maximal location. What the streaming pass keeps, from activations stored by the
+    extraction pass (`LayerPeaks`) or computed from maps (`full_sort_top_n`)."""
+    order = torch.sort(peak.T, dim=1, descending=True, stable=True).indices[:, :n]  # [C, n]
+    values = peak.T.gather(1, order).contiguous()
+    locations = where.T.to(torch.int64).gather(1, order)
+    width = int(map_size[1])
+    return TopN(values, order.contiguous(), locations // width, locations % width, tuple(int(s) for s in map_size))
+
+
 def full_sort_top_n(maps: torch.Tensor, n: int) -> TopN:
     """Reference: top-N from all maps [N_images, C, H, W] at once (what the streaming version must equal)."""
-    images, channels, height, width = maps.shape
-    peak, where = maps.float().flatten(2).max(dim=2)  # [I, C]
-    order = torch.sort(peak.T, dim=1, descending=True, stable=True).indices[:, :n]  # [C, n]
-    values = peak.T.gather(1, order)
-    locations = where.T.gather(1, order)
-    return TopN(values, order, locations // width, locations % width, (height, width))
+    peak, where = spatial_peak(maps)  # [I, C]
+    return top_n_of_peaks(peak, where, tuple(maps.shape[-2:]), n)
+
+
+@dataclass(frozen=True)
+class LayerPeaks:
+    """Each image's maximum per unit over the layer's map and where it is, as the extraction pass stored them."""
+
+    peak: np.ndarray  # [N, C] float32
+    at: np.ndarray  # [N, C] flat index y * W + x
+    map_size: tuple[int, int]
+
+    def top_n(self, n: int) -> TopN:
+        """Every unit's top-N exemplars (`top_n_of_peaks`)."""
+        return top_n_of_peaks(torch.from_numpy(self.peak), torch.from_numpy(self.at), self.map_size, n)
+
+
+def read_layer_peaks(
+    images: pd.DataFrame, datasets: Sequence[str], stores: Sequence[str | os.PathLike], layer: str
+) -> LayerPeaks:
+    """The stores' peaks (one store per dataset) in the order of `images` (an image table: columns dataset,
+    image_id); an image of the table missing from its store, or a store without peaks, is one line naming it."""
+    if list(images["dataset"]) != [d for d in datasets for _ in range(int((images["dataset"] == d).sum()))]:
+        raise NefesiError(f"the image table of layer {layer!r} is not grouped by dataset in the order {list(datasets)}")
+    parts, sizes = [], set()
+    for dataset, store in zip(datasets, stores, strict=True):
+        group = zarr.open_group(store=str(store), mode="r")
+        if group.attrs.get("layer", layer) != layer or "peak" not in group:
+            raise NefesiError(
+                f"store {store} holds no peaks of layer {layer!r} (a layer without [C, H, W] maps has no exemplar "
+                "locations), or predates them: re-run its extraction"
+            )
+        stored = pd.Index(np.asarray(group["image_id"][:].tolist(), dtype=object).astype(str))
+        wanted = images.loc[images["dataset"] == dataset, "image_id"].astype(str)
+        rows = stored.get_indexer(wanted)
+        if (rows < 0).any():
+            raise NefesiError(f"store {store}: image {wanted.iloc[int(np.argmax(rows < 0))]!r} is missing; re-run it")
+        parts.append((np.asarray(group["peak"][:])[rows], np.asarray(group["peak_at"][:], dtype=np.int64)[rows]))
+        sizes.add(tuple(group.attrs["map_size"]))
+    if len(sizes) != 1:
+        raise NefesiError(f"layer {layer!r} has maps of sizes {sorted(sizes)} in its stores; one size expected")
+    peaks, at = np.concatenate([p for p, _ in parts]), np.concatenate([a for _, a in parts])
+    if not np.isfinite(peaks).all():
+        raise NefesiError(f"layer {layer!r}: its stores' peaks hold NaN or infinite values; re-run extraction")
+    return LayerPeaks(peaks, at, sizes.pop())
 
 
 def collect_top_n(
