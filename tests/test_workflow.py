@@ -123,6 +123,9 @@ def test_rerun_plans_exactly_what_changed(finished_run):
         "figure_activations",
         "atlas_categories",  # the atlas shard's evidence read from the new stores, and what it feeds
         "atlas_lesion",
+        "atlas_top_n",  # the layer's top-N: the stores' peaks
+        "atlas_exemplars",
+        "atlas_indexes",
         "atlas_gather",
         "atlas_pages",
         "atlas",

@@ -34,7 +34,7 @@ from unitscope.fsutil import atomic_path, publish_tree
 from unitscope.hooks import ActivationRecorder
 from unitscope.models.preprocessing import build_transform
 from unitscope.models.registry import load_model, resolve_layer
-from unitscope.runtime import RunSettings, make_loader, pick_device
+from unitscope.runtime import RunSettings, channels_last, make_loader, pick_device
 from unitscope.settings import ModelRef
 
 VERSIONED_PACKAGES = ("torch", "torchvision", "numpy", "zarr", "pillow", "unitscope")
@@ -138,7 +138,7 @@ def extract_layers(
     """One pass of `model` over `loader`, writing `out_dir/<layer>.zarr` for each of `layers` ({layer: keep full
     maps}); `out_dir` appears whole or not at all. Returns {layer: store path}."""
     device = torch.device(device)
-    model = model.to(device).eval()
+    model = channels_last(model.to(device).eval())
     out_dir = Path(out_dir)
     maps_layers = [layer for layer, keep in layers.items() if keep]
     with (
@@ -159,7 +159,7 @@ def extract_layers(
         )
         with torch.inference_mode():
             for batch, indices in loader:
-                means = rec(batch.to(device, non_blocking=True))
+                means = rec(channels_last(batch.to(device, non_blocking=True)))
                 start, stop = int(indices[0]), int(indices[-1]) + 1
                 for layer, writer in writers.items():
                     maps = rec.maps[layer].numpy() if layer in rec.maps else None
