@@ -421,6 +421,11 @@ def test_every_unit_has_a_page_with_its_rows_numbers(layer):
         nefesi = dict(parts.tables["nefesi"])
         assert nefesi["color index"] == f"{record['nefesi.color_index']:.3f}"
         assert nefesi["top class"] == record["nefesi.top_class"]
+        names = {"color_index": "colour", "orientation_index": "orientation", "symmetry_index": "symmetry"}
+        missing = [name for key, name in (*names.items(), ("class_index", "class")) if f"nefesi.{key}" not in record]
+        assert (
+            missing and f"Not computed for this layer: the {', '.join(missing)} index" in html
+        )  # the table lacks them
         assert dict(parts.tables["other-columns"])["exemplar_share.objects"] == "1"
 
 

@@ -77,6 +77,15 @@ def _value(record: Mapping, key: str):
     return value.item() if isinstance(value, np.generic) else value
 
 
+def missing_indexes(record: Mapping) -> list[str]:
+    """nefesi's indexes the unit has no value for ("colour", "orientation", ...), when it has some index columns and
+    is not dead (a dead unit has none by definition): those the atlas target did not compute (`indexes`)."""
+    if not any(key.startswith("nefesi.") for key in record) or _value(record, "nefesi.dead"):
+        return []
+    names = {"color_index": "colour"}
+    return [names.get(key, key.removesuffix("_index")) for key in NEFESI if _value(record, f"nefesi.{key}") is None]
+
+
 def _interval(record: Mapping, group: str) -> dict:
     return {part: _value(record, f"act.{group}.{part}") for part in ("mean", "low", "high")}
 
@@ -266,6 +275,7 @@ class LayerPages:
             "report_index": posixpath.join(posixpath.dirname(self.report), "index.html"),
             "other": {k: _value(record, k) for k in self.layout.other},
             "nefesi_indexes": NEFESI,
+            "nefesi_missing": missing_indexes(record),
         }
 
 
