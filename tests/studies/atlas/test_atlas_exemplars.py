@@ -72,6 +72,17 @@ def in_process_facts(config, name):
     return compute_facts(name, config["models"][name])
 
 
+def draw_manifests(config, data_dir, tmp) -> list[str]:
+    """The manifest of each of DATASETS, drawn as the workflow draws them."""
+    manifests = []
+    for dataset in DATASETS:
+        manifests.append(str(tmp / f"manifests/{dataset}.parquet"))
+        run_manifest(
+            dataset, config["datasets"][dataset], seed=0, data_dir=data_dir, resources_dir=tmp, out_path=manifests[-1]
+        )
+    return manifests
+
+
 def layer_stores(model: ModelRef, manifests: list[str], layer: str, out) -> list[str]:
     """Each dataset's store of `layer` from the extraction pass, as the workflow makes them (one pass per dataset)."""
     stores = []
@@ -105,12 +116,7 @@ def built(data_dir, tmp_path_factory, small_blocks):
     tmp = tmp_path_factory.mktemp("exemplars")
     config = exemplar_config(data_dir, tmp, 32)
     model = ModelRef.from_config(config, "planted")
-    manifests = []
-    for dataset in DATASETS:
-        manifests.append(str(tmp / f"manifests/{dataset}.parquet"))
-        run_manifest(
-            dataset, config["datasets"][dataset], seed=0, data_dir=data_dir, resources_dir=tmp, out_path=manifests[-1]
-        )
+    manifests = draw_manifests(config, data_dir, tmp)
     atlas = AtlasPlan.from_config(config, facts=in_process_facts)
     table, geometry = tmp / "top_n.parquet", tmp / "top_n.json"
     stages.run_top_n(

@@ -10,10 +10,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_atlas_exemplars import DATASETS, DEAD, RUN, TOP_N, exemplar_config, in_process_facts, layer_stores
+from test_atlas_exemplars import (
+    DATASETS,
+    DEAD,
+    RUN,
+    TOP_N,
+    draw_manifests,
+    exemplar_config,
+    in_process_facts,
+    layer_stores,
+)
 
 from unitscope.config import validate_config
-from unitscope.data.manifest import run_manifest
 from unitscope.models.registry import load_model
 from unitscope.settings import ModelRef
 from unitscope.studies.atlas import exemplars, stages
@@ -56,12 +64,7 @@ def shard_table(atlas: AtlasPlan, shard: str, files: dict, out) -> pd.DataFrame:
 def built(data_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("indexes")
     config = index_config(data_dir, tmp)
-    manifests = []
-    for dataset in DATASETS:
-        manifests.append(str(tmp / f"manifests/{dataset}.parquet"))
-        run_manifest(
-            dataset, config["datasets"][dataset], seed=0, data_dir=data_dir, resources_dir=tmp, out_path=manifests[-1]
-        )
+    manifests = draw_manifests(config, data_dir, tmp)
     atlas = AtlasPlan.from_config(config, facts=in_process_facts)
     model = ModelRef.from_config(config, "planted")
     table = tmp / "top_n.parquet"
