@@ -1,7 +1,8 @@
 # Study 'nefesi': top-N exemplars, Neuron Features, four selectivity indexes per channel, image and hierarchical
-# decomposition (src/unitscope/studies/nefesi/). Per target model: the top-N of all its layers from the peaks the
-# extraction's one pass per (model, dataset) stores (each layer a store request, so no pass of nefesi's own); per layer: probes (transformed exemplar crops), index table, NFs; then figures and the section. Every rule's code
-# is its entry point in studies/nefesi/stages.py and what that uses.
+# decomposition (src/unitscope/studies/nefesi/). Per target model: the top-N of all its layers, sorted from the peaks
+# the extraction's one pass per (model, dataset) stores (each layer is a store request: no pass of nefesi's own); per
+# layer: probes (transformed exemplar crops), index table, NFs; then figures and the section. Every rule's code is its
+# entry point in studies/nefesi/stages.py and what that uses.
 
 
 from unitscope.studies.nefesi.plan import NefesiPlan  # noqa: E402 (no torch: parse time only)

@@ -1,5 +1,5 @@
 """The atlas's exemplar evidence: each unit's top-N exemplar images, its Neuron Feature and its best crops, built on
-nefesi's code (`studies.nefesi.topn`: the streaming top-N; `studies.nefesi.images`: the crops of a unit's field).
+nefesi's code (`studies.nefesi.topn`: the top-N; `studies.nefesi.images`: the crops of a unit's field).
 
 Two steps, so that the expensive one runs once per layer, not once per shard:
 

@@ -207,8 +207,8 @@ class LesionSettings(Settings):
 
 @dataclasses.dataclass(frozen=True)
 class TopNSettings(Settings):
-    """atlas_top_n, per layer: one pass over every image of `datasets`, the `top_n` exemplars of every unit of
-    `layer` (nefesi's streaming top-N)."""
+    """atlas_top_n, per layer: the `top_n` exemplars of every unit of `layer` over every image of `datasets`, sorted
+    from the peaks their extraction stores hold (nefesi's top-N)."""
 
     model: str
     layer: str
@@ -451,7 +451,7 @@ class AtlasPlan:
 
     def evidence(self) -> tuple[str, ...]:
         """The evidence kinds computed per shard (each one rule writing <kind>.parquet per shard, which the gather
-        joins; exemplars also write exemplars.npz, from the layer's one top-N pass)."""
+        joins; exemplars also write exemplars.npz, from the layer's top-N table)."""
         kinds = (("categories", self.categories), ("lesion", self.lesion), ("exemplars", self.exemplars))
         return tuple(kind for kind, on in kinds if on)
 

@@ -1,7 +1,8 @@
 """The atlas's stages: the entry point of every rule of rules/atlas.smk, and nothing else.
 
-The lesion and top-N stages run the network and the exemplar stage cuts crops with torch (imported inside them); the
-category, gather and index stages read tables and arrays, so their jobs start without torch.
+The lesion, index (nefesi's probes) and actmax stages run the network, the top-N stage builds it for the receptive
+field and the exemplar stage cuts crops with torch (all imported inside them); the category, gather and index-page
+stages read tables and arrays, so their jobs start without torch.
 """
 
 from __future__ import annotations
@@ -243,7 +244,8 @@ def run_indexes(
 
 
 def _probe_network(model: ModelRef, device):
-    """The network nefesi's probes run: BatchNorm folded, channels-last, as the top-N pass that found the exemplars."""
+    """The network nefesi's probes run: BatchNorm folded, channels-last (their identity check compares its activations
+    with the stored peaks the exemplars were sorted by, to float rounding)."""
     from unitscope.models.registry import load_model
     from unitscope.studies.nefesi.topn import inference_copy
 

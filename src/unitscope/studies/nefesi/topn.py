@@ -1,9 +1,11 @@
-"""Top-N exemplars of every channel of a layer, found in one streaming pass.
+"""Top-N exemplars of every channel of a layer: sorted from each image's stored peak, or found in one streaming pass.
 
 Following nefesi (Rafegas, Vanrell et al., CVC), every channel ("neuron") of a layer is described first by its
 **top-N exemplars**: the N (image, location) pairs with the highest activation over the image set, each image
-counted once, at its maximum location. One streaming pass over the images keeps a running [C, N] list per layer
-(values, image, location) merged batch by batch; no activation map is kept beyond its batch. The exemplars'
+counted once, at its maximum location. The workflow sorts them from the peaks its extraction pass stores for every
+image (`read_layer_peaks`, `top_n_of_peaks`: no pass of nefesi's own); `collect_top_n` finds the same in one streaming
+pass over images in memory, keeping a running [C, N] list per layer (values, image, location) merged batch by batch,
+no activation map kept beyond its batch. The exemplars'
 weights wₙ = aₙ / Σₘ aₘ (activations clipped at 0) make the Neuron Feature and the class index (see
 `probes` and `indexes`).
 """
