@@ -127,7 +127,8 @@ def field_crops(images, slots, field, ys, xs, extent) -> torch.Tensor:
     height, width = images.shape[-2:]
     crops = torch.zeros(len(slots), images.shape[1], row1 - row0, col1 - col0)
     # every crop of one map position holds its image at the same place: one slice copy per position (the same
-    # values as gather_crops, which indexes every pixel and is several times slower for a deep layer's large field)
+    # values as gather_crops, which indexes every pixel: 2.8x slower for 512 crops of a 224-px field, but 16x faster
+    # than slices for 2,000 probe windows of 8 px with 840 distinct corners, so probe windows keep it)
     corners = boxes[:, :2] + np.array([row0, col0])
     for top, left in np.unique(corners, axis=0).tolist():
         members = torch.as_tensor(np.flatnonzero((corners[:, 0] == top) & (corners[:, 1] == left)))

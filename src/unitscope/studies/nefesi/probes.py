@@ -48,7 +48,7 @@ from unitscope.hooks import ActivationRecorder
 from unitscope.models.receptive_field import ReceptiveField, layer_receptive_field, probe_window, window_origin
 from unitscope.runtime import loader_workers
 from unitscope.studies.nefesi.errors import NefesiError
-from unitscope.studies.nefesi.images import gather_crops
+from unitscope.studies.nefesi.images import field_crops, gather_crops
 from unitscope.studies.nefesi.topn import TopN, channels_last
 
 SYMMETRY_AXES = (0, 45, 90, 135)
@@ -557,12 +557,7 @@ class _LayerProber:
     def _add_to_nf(self, chunk: _Chunk, images: torch.Tensor) -> None:
         """Neuron Features: the weighted crops of the field (visible extent), padded with 0 = mean colour."""
         ys, xs = self.probes.y[chunk.read_ex], self.probes.x[chunk.read_ex]
-        boxes = np.array([self.geometry.field.box(int(y), int(x)) for y, x in zip(ys, xs, strict=True)])
-        boxes = boxes.reshape(-1, 4)
-        (row0, row1), (col0, col1) = self.extent
-        crops = gather_crops(
-            images, chunk.read_slot, boxes[:, 0], boxes[:, 1], np.arange(row0, row1), np.arange(col0, col1)
-        )
+        crops = field_crops(images, chunk.read_slot, self.geometry.field, ys, xs, self.extent)
         self.nf.index_add_(0, chunk.channel, crops * self.weights[chunk.read_ex].view(-1, 1, 1, 1))
 
     def _forward(self, recorder, chunk: _Chunk, b_probe: np.ndarray, b_transform: np.ndarray) -> None:
