@@ -11,12 +11,10 @@ from unitscope.studies.nefesi.stages import run_top_n
 
 with log_to(snakemake.log[0]):
     settings = TopNSettings.from_params(snakemake.params.settings)
-    stores = list(snakemake.input.stores)  # layer-major: each layer's store of every dataset
-    per_layer = len(settings.datasets)
     run_top_n(
         settings,
         manifests=dict(zip(settings.datasets, snakemake.input.manifests, strict=True)),
-        stores={layer: stores[i * per_layer : (i + 1) * per_layer] for i, layer in enumerate(settings.layers)},
+        stores=list(snakemake.input.stores),
         out_exemplars=snakemake.output.exemplars,
         out_images=snakemake.output.images,
     )

@@ -7,6 +7,7 @@ modules inside the function: torch and torchvision take seconds to import, and t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -41,13 +42,15 @@ def run_top_n(
     settings: TopNSettings,
     *,
     manifests: dict[str, str],
-    stores: dict[str, list[str]],
+    stores: Sequence[str],
     out_exemplars,
     out_images,
 ) -> None:
     """The top-N exemplars of every channel of every layer of the target, from the peaks the extraction's one pass
     per (model, dataset) stored (no forward pass of its own). manifests: {dataset: its manifest path}, the datasets
-    of `settings`; stores: {layer: its store per dataset, in that order}."""
+    of `settings`; stores: layer-major, every dataset's store of the first layer of `settings.layers`, then of the
+    second, ... (rules/nefesi.smk's NEFESI_STORES)."""
+    from unitscope.studies.nefesi.errors import NefesiError
     from unitscope.studies.nefesi.images import image_table
     from unitscope.studies.nefesi.topn import exemplar_frame, read_layer_peaks
 
@@ -55,10 +58,13 @@ def run_top_n(
         manifests, max_images=settings.max_images, class_by=settings.class_by, label_names=settings.label_names
     )
     print(f"top-{settings.top_n}: {len(images)} images ({', '.join(manifests)}), layers {', '.join(settings.layers)}")
-    tops = {
-        layer: read_layer_peaks(images, settings.datasets, stores[layer], layer).top_n(settings.top_n)
-        for layer in settings.layers
-    }
+    per_layer = len(settings.datasets)
+    if len(stores) != per_layer * len(settings.layers):
+        raise NefesiError(f"top-N: {len(stores)} stores for {len(settings.layers)} layers x {per_layer} datasets")
+    tops = {}
+    for i, layer in enumerate(settings.layers):
+        peaks = read_layer_peaks(images, settings.datasets, stores[i * per_layer : (i + 1) * per_layer], layer)
+        tops[layer] = peaks.top_n(settings.top_n)
     write_parquet(images, out_images)
     write_parquet(exemplar_frame(tops), out_exemplars)
 
