@@ -175,6 +175,11 @@ if LESIONS["enabled"]:
             # the actmax study's registry runs whose units nefesi or the dissection also label (the colour score)
             actmax_arrays=[f"results/actmax/registry/{m}/{layer}.npz" for m, layer in LESIONS_AGREEMENT.actmax_targets()],
             actmax_runs=[f"results/actmax/registry/{m}/{layer}.parquet" for m, layer in LESIONS_AGREEMENT.actmax_targets()],
+            # atlas layers whose units it optimises where no registry target does (ATLAS: rules/atlas.smk, read when
+            # the job list is built, after every rules file is included)
+            atlas_actmax=lambda wc: [
+                path for m, layer in LESIONS_AGREEMENT.atlas_actmax_layers() for path in ATLAS.shard_files(m, layer, "actmax")
+            ],
             **LESIONS_FACES,
         output:
             table="results/lesions/agreement.parquet",

@@ -39,18 +39,16 @@ ATLAS_PAGES = {("atlas_pages", "model=resnet20_cifar, layer=layer1"), ("atlas", 
 
 def all_studies_config(data_dir: Path) -> dict:
     """The tiny config with every study on, each study's section as tests/configs/<study>.yaml sets it (a study
-    file's other keys, such as actmax's narrower datasets and models, are left out: the tiny ones hold them), and one
-    more actmax registry target whose units nefesi and the dissection also label."""
+    file's other keys, such as actmax's narrower datasets and models, are left out: the tiny ones hold them), and an
+    atlas of a layer that nefesi and the dissection also label."""
     config = tiny_config(data_dir)
     for study in STUDIES:
         config[study] = yaml.safe_load((CONFIGS / f"{study}.yaml").read_text())[study]
-    # ResNet-20 layer1, which nefesi and the dissection both analyse: the actmax colour score's agreement rows
-    # (lesions) get enough shared units for a rho; its layer3 target, which only the dissection shares, gets N only
-    config["actmax"]["registry_targets"].append(
-        {"model": "resnet20_cifar", "layer": "layer1", "channels": list(range(8)), "seeds": 1, "steps": 6}
-    )
-    # the atlas of that layer too (16 units, one shard): its unit pages join nefesi's indexes, the dissection's IoU
-    # profile and the studies' mentions, and the report lists it and links its unit pages there
+    # the atlas of ResNet-20 layer1, which nefesi and the dissection both analyse (16 units, one shard): its unit
+    # pages join nefesi's indexes, the dissection's IoU profile and the studies' mentions, the report lists it and
+    # links its unit pages there, and its actmax images (every unit; no registry target optimises the layer) give
+    # the actmax colour score's agreement rows (lesions) enough shared units for a rho; the layer3 registry target,
+    # which only the dissection shares, gets N only
     config["atlas"] = {
         "enabled": True,
         "targets": [{"model": "resnet20_cifar", "layer": "layer1", "datasets": ["objects"], "actmax": True}],

@@ -2,7 +2,8 @@
 ones within each family; the actmax colour score is the CIELAB chroma of real CIFAR-10 images (0 once they are made
 grey, the known chroma of pure sRGB red), averaged over a unit's runs; its agreement with nefesi's or the
 dissection's colour label is +-1 on constructed (anti-)aligned units, over the shared units only, and gives only N
-below five shared units; the plan finds the registry targets whose units nefesi or the dissection also label."""
+below five shared units; the plan finds the registry targets and atlas layers whose units nefesi or the dissection
+also label, and reads a layer's atlas shards where no registry target optimises it."""
 
 from __future__ import annotations
 
@@ -99,22 +100,51 @@ def test_the_actmax_colour_row_is_plus_minus_one_on_aligned_units_over_shared_un
     assert few["n_units"] == MIN_SHARED - 1 and np.isnan([few["rho"], few["low"], few["high"]]).all()
 
 
-def test_the_plan_pairs_registry_targets_with_the_studies_that_label_their_units():
+def test_the_plan_pairs_actmax_images_with_the_studies_that_label_their_units():
     from conftest import REPO
 
     default_config = load_config(REPO / "config" / "config.yaml")  # validated: the targets' defaults filled in
     comparisons = actmax_comparisons(default_config)
-    assert ("resnet56_cifar", "layer3", "layer3", "nefesi") in comparisons
-    assert ("resnet56_cifar", "layer3", "layer3", "dissection") in comparisons
+    # ResNet-56 layer3 is optimised by the atlas (no registry target there): its shards' images are scored
+    assert ("resnet56_cifar", "layer3", "layer3", "nefesi", "atlas") in comparisons
+    assert ("resnet56_cifar", "layer3", "layer3", "dissection", "atlas") in comparisons
     # a from_faces target optimises features.18.1 for the channels of features.18, which the dissection dissects
-    assert ("mobilenet_v2_imagenet", "features.18.1", "features.18", "dissection") in comparisons
+    assert ("mobilenet_v2_imagenet", "features.18.1", "features.18", "dissection", "registry") in comparisons
     settings = AgreementSettings.from_config(default_config)
     assert AgreementSettings.from_params(settings.as_params()) == settings
     assert ("resnet56_cifar", "layer3") in settings.nefesi_layers()
     assert settings.dissected_models() == ["mobilenet_v2_imagenet", "resnet56_cifar"]
-    assert settings.actmax_targets()[:2] == [("mobilenet_v2_imagenet", "features.18.1"), ("resnet56_cifar", "layer3")]
+    assert settings.actmax_targets() == [("mobilenet_v2_imagenet", "features.18.1")]
+    assert settings.atlas_actmax_layers() == [("resnet56_cifar", "layer3")]
+    # a registry target on the same layer is used instead: the layer is not scored twice
     config = copy.deepcopy(default_config)
+    registry = config["actmax"]["registry_targets"]
+    registry.append({**registry[0], "model": "resnet56_cifar", "layer": "layer3", "from_faces": 0, "channels": [0, 1]})
+    both = AgreementSettings.from_config(config)
+    assert ("resnet56_cifar", "layer3") in both.actmax_targets() and both.atlas_actmax_layers() == []
+    config = copy.deepcopy(default_config)
+    config["atlas"]["targets"][0]["actmax"] = False
+    assert AgreementSettings.from_config(config).atlas_actmax_layers() == []
     config["nefesi"]["enabled"] = config["dissection"]["enabled"] = False
     assert actmax_comparisons(config) == ()
     config["actmax"]["enabled"] = False
     assert AgreementSettings.from_config(config).actmax == ()
+
+
+def test_atlas_units_are_scored_from_their_shard_tables(tmp_path):
+    """The atlas's shard tables give the same kind of rows as a registry run: one per unit of the layer, its colour
+    score the shard's (already averaged over seeds); the agreement row then uses the shared units only."""
+    from unitscope.studies.lesions.stages import _actmax_scores
+
+    rng = np.random.default_rng(1)
+    paths = []
+    for start in (0, 8):
+        shard = pd.DataFrame({"channel": np.arange(start, start + 8), "actmax_colour_score": rng.uniform(0, 50, 8)})
+        paths.append(tmp_path / f"{start}.parquet")
+        shard.to_parquet(paths[-1])
+    scores = _actmax_scores("atlas", [str(p) for p in paths], "m", "layer3")
+    assert scores["channel"].tolist() == list(range(16)) and (scores["layer"] == "layer3").all()
+    colour = scores["colour_score"].to_numpy()
+    nefesi = pd.DataFrame({"layer": "layer3", "channel": np.arange(4, 16), "color_index": colour[4:] / 100})
+    row = actmax_colour_agreement(scores, "nefesi", nefesi, model="m", layer="layer3", n_bootstrap=200, seed=0)
+    assert row["n_units"] == 12 and row["rho"] == pytest.approx(1.0)

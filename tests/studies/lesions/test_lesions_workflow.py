@@ -74,14 +74,15 @@ def test_colour_and_concept_units(finished_run):
 
 
 def test_the_actmax_colour_score_meets_nefesi_and_dissection_on_shared_units(finished_run):
-    """ResNet-20 layer1 (8 channels optimised; nefesi and the dissection label all 16): a rho over 8 units against
-    each; layer3 (channels 0 and 5; the dissection alone): N = 2, no rho."""
+    """ResNet-20 layer1 (the atlas optimises all 16 units; nefesi and the dissection label them too): a rho over 16
+    units against each, the colour scores the atlas shard's; layer3 (a registry target, channels 0 and 5; the
+    dissection alone): N = 2, no rho."""
     workdir, _ = finished_run
     methods = pd.read_parquet(workdir / "results/lesions/agreement.parquet")
     actmax = methods[methods["label"].str.startswith("actmax colour score")].set_index(["layer", "evidence"])
     layer1 = actmax.loc["layer1"]
     assert set(layer1.index) == {"nefesi colour index", "dissection IoU of the unit's best colour concept"}
-    assert (layer1["n_units"] == 8).all() and layer1["rho"].between(-1, 1).all()
+    assert (layer1["n_units"] == 16).all() and layer1["rho"].between(-1, 1).all()
     assert (layer1["low"] <= layer1["rho"] + 1e-12).all() and (layer1["rho"] <= layer1["high"] + 1e-12).all()
     [layer3] = actmax.loc["layer3"].to_dict("records")
     assert layer3["n_units"] == 2 and np.isnan(layer3["rho"])

@@ -192,28 +192,44 @@ def _analysed(config: Mapping, study: str) -> set[tuple[str, str]]:
     return {(t["model"], layer) for t in section["targets"] for layer in t["layers"]}
 
 
-def actmax_comparisons(config: Mapping) -> tuple[tuple[str, str, str, str], ...]:
-    """(model, target layer, unit layer, partner) for each actmax registry target whose units ("unit layer": the
-    target's layer, or the faces layer whose channels a from_faces target optimises) nefesi or the dissection also
-    labels (partner "nefesi" / "dissection"): their colour labels can be set against its colour score."""
+def _atlas_actmax_layers(config: Mapping) -> list[tuple[str, str]]:
+    """(model, layer) of each atlas target that optimises its units (the target's `actmax`, else atlas.evidence)."""
+    atlas = config.get("atlas", {})
+    if not atlas.get("enabled", False):
+        return []
+    switch = atlas.get("evidence", {}).get("actmax", False)
+    return [(t["model"], t["layer"]) for t in atlas["targets"] if (switch if t.get("actmax") is None else t["actmax"])]
+
+
+def actmax_comparisons(config: Mapping) -> tuple[tuple[str, str, str, str, str], ...]:
+    """(model, target layer, unit layer, partner, source) for each set of actmax images whose units nefesi or the
+    dissection also labels (partner "nefesi" / "dissection"): their colour labels can be set against its colour
+    score. Source "registry": an actmax registry target (unit layer: the target's layer, or the faces layer whose
+    channels a from_faces target optimises); "atlas": an atlas target with actmax evidence (every unit of its
+    layer), used where no registry target already optimises that layer's units, so no layer is optimised twice
+    for this table."""
     partners = {"nefesi": _analysed(config, "nefesi"), "dissection": _analysed(config, "dissection")}
+    registry = registry_targets(config)
+    sources = [(model, layer, target.unit_layer or layer, "registry") for (model, layer), target in registry.items()]
+    covered = {(model, unit) for model, _, unit, _ in sources}
+    sources += [(m, layer, layer, "atlas") for m, layer in _atlas_actmax_layers(config) if (m, layer) not in covered]
     return tuple(
-        (model, layer, target.unit_layer or layer, partner)
-        for (model, layer), target in registry_targets(config).items()
+        (model, layer, unit, partner, source)
+        for model, layer, unit, source in sources
         for partner, analysed in partners.items()
-        if (model, target.unit_layer or layer) in analysed
+        if (model, unit) in analysed
     )
 
 
 @dataclasses.dataclass(frozen=True)
 class AgreementSettings(Settings):
     """lesions_agreement: nefesi's colour index against the dissection's colour IoU on `colour_layers`, the actmax
-    colour score of registry-target units against nefesi's or the dissection's colour label on `actmax`
+    colour score of registry-target or atlas units against nefesi's or the dissection's colour label on `actmax`
     (`actmax_comparisons`), and the faces selectivity against its channels' own lesions when `faces`;
     `n_bootstrap` resamples of units."""
 
     colour_layers: tuple[tuple[str, str], ...]
-    actmax: tuple[tuple[str, str, str, str], ...]
+    actmax: tuple[tuple[str, str, str, str, str], ...]
     faces: bool
     n_bootstrap: int
     seed: int
@@ -230,17 +246,21 @@ class AgreementSettings(Settings):
 
     def nefesi_layers(self) -> list[tuple[str, str]]:
         """(model, layer) of every nefesi indexes table the rows read, in a fixed order."""
-        wanted = [*self.colour_layers, *((m, unit) for m, _, unit, partner in self.actmax if partner == "nefesi")]
+        wanted = [*self.colour_layers, *((m, unit) for m, _, unit, partner, _ in self.actmax if partner == "nefesi")]
         return list(dict.fromkeys(wanted))
 
     def dissected_models(self) -> list[str]:
         """Models whose dissection unit table the rows read, sorted."""
-        wanted = [m for m, _ in self.colour_layers] + [m for m, _, _, p in self.actmax if p == "dissection"]
+        wanted = [m for m, _ in self.colour_layers] + [m for m, _, _, p, _ in self.actmax if p == "dissection"]
         return sorted(set(wanted))
 
     def actmax_targets(self) -> list[tuple[str, str]]:
         """(model, target layer) of every actmax registry run the rows read, in a fixed order."""
-        return list(dict.fromkeys((m, layer) for m, layer, _, _ in self.actmax))
+        return list(dict.fromkeys((m, layer) for m, layer, _, _, source in self.actmax if source == "registry"))
+
+    def atlas_actmax_layers(self) -> list[tuple[str, str]]:
+        """(model, layer) of every atlas layer whose shards' actmax tables the rows read, in a fixed order."""
+        return list(dict.fromkeys((m, layer) for m, layer, _, _, source in self.actmax if source == "atlas"))
 
 
 @dataclasses.dataclass(frozen=True)

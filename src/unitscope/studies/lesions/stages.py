@@ -222,6 +222,7 @@ def run_agreement(
     nefesi: dict[str, str],
     dissection: dict[str, str],
     actmax: dict[str, tuple[str, str]] | None = None,
+    atlas_actmax: dict[str, list[str]] | None = None,
     faces_selection: str | None = None,
     faces_conditions: str | None = None,
     out_table: str | os.PathLike,
@@ -229,8 +230,9 @@ def run_agreement(
     """Do the methods agree? One row per label set against other evidence on the same units: the class units' own
     rows, nefesi's colour index against the dissection colour IoU on every layer both analyse (`nefesi`: {"model/
     layer": indexes.parquet}, `dissection`: {model: units.parquet}), the actmax colour score of registry-target
-    units against either (`actmax`: {"model/target layer": (runs .npz, runs .parquet)}), and the faces selectivity
-    against each selected channel's own lesion."""
+    units (`actmax`: {"model/target layer": (runs .npz, runs .parquet)}) or atlas units (`atlas_actmax`: {"model/
+    layer": its shards' actmax.parquet}) against either, and the faces selectivity against each selected channel's
+    own lesion."""
     from unitscope.studies.lesions.agreement import colour_agreement, face_agreement
 
     rows = pd.read_parquet(class_agreement).query("kind == 'agreement'")
@@ -239,7 +241,7 @@ def run_agreement(
     for model, layer in settings.colour_layers:
         indexes, units = pd.read_parquet(nefesi[f"{model}/{layer}"]), pd.read_parquet(dissection[model])
         rows.append(colour_agreement(indexes, units, model=model, layer=layer, **draws))
-    rows += _actmax_rows(settings, nefesi, dissection, actmax or {})
+    rows += _actmax_rows(settings, nefesi, dissection, actmax or {}, atlas_actmax or {})
     if faces_selection and faces_conditions:
         rows.append(face_agreement(pd.read_parquet(faces_selection), pd.read_parquet(faces_conditions), **draws))
     table = pd.DataFrame(rows)
@@ -247,19 +249,17 @@ def run_agreement(
     return table
 
 
-def _actmax_rows(settings: AgreementSettings, nefesi: dict, dissection: dict, actmax: dict) -> list[dict]:
-    """The actmax colour score of each registry target's units against nefesi's colour index or the dissection's
-    colour IoU of the same units (`settings.actmax`)."""
-    from unitscope.studies.actmax.image_metrics import unit_colour_scores
-    from unitscope.studies.actmax.runs import load_run
+def _actmax_rows(settings: AgreementSettings, nefesi: dict, dissection: dict, actmax: dict, atlas: dict) -> list[dict]:
+    """The actmax colour score of each registry target's or atlas layer's units against nefesi's colour index or the
+    dissection's colour IoU of the same units (`settings.actmax`)."""
     from unitscope.studies.lesions.agreement import actmax_colour_agreement
 
     scores, rows = {}, []
-    for model, layer, unit_layer, partner in settings.actmax:
+    for model, layer, unit_layer, partner, source in settings.actmax:
         if (model, layer) not in scores:
-            arrays, runs = load_run(*actmax[f"{model}/{layer}"])
-            scores[model, layer] = unit_colour_scores(arrays["images"], runs)
-            print(f"actmax colour score of {model} {layer}: {len(scores[model, layer])} units", flush=True)
+            paths = atlas[f"{model}/{layer}"] if source == "atlas" else actmax[f"{model}/{layer}"]
+            scores[model, layer] = _actmax_scores(source, paths, model, layer)
+            print(f"actmax colour score of {model} {layer} ({source}): {len(scores[model, layer])} units", flush=True)
         path = nefesi[f"{model}/{unit_layer}"] if partner == "nefesi" else dissection[model]
         row = actmax_colour_agreement(
             scores[model, layer].query("layer == @unit_layer"),
@@ -272,6 +272,22 @@ def _actmax_rows(settings: AgreementSettings, nefesi: dict, dissection: dict, ac
         )
         rows.append(row)
     return rows
+
+
+def _actmax_scores(source: str, paths, model: str, layer: str) -> pd.DataFrame:
+    """One row per unit (model, layer: the unit layer, channel, colour_score) from a registry run (its .npz and
+    .parquet) or from an atlas layer's shard tables (each unit's colour score already averaged over its seeds, as
+    `unit_colour_scores` averages a registry unit's runs)."""
+    from unitscope.studies.actmax.image_metrics import unit_colour_scores
+    from unitscope.studies.actmax.runs import load_run
+
+    if source == "registry":
+        arrays, runs = load_run(*paths)
+        return unit_colour_scores(arrays["images"], runs)
+    table = pd.concat([pd.read_parquet(path) for path in paths], ignore_index=True)
+    return pd.DataFrame(
+        {"model": model, "layer": layer, "channel": table["channel"], "colour_score": table["actmax_colour_score"]}
+    )
 
 
 def run_class_figure(*, pooled: str, units: str, agreement: str, out_figure: str | os.PathLike) -> None:
