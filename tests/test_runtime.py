@@ -44,3 +44,31 @@ def test_loader_workers_come_out_of_the_jobs_threads():
         assert loader_workers(1) == 1 and torch.get_num_threads() == 7
     finally:
         torch.set_num_threads(before)
+
+
+def test_every_study_stage_that_runs_a_network_refuses_an_absent_gpu_before_reading_anything(tmp_path):
+    """The actmax and dissection stages take extraction.device as nefesi, the faces study and the atlas do: an absent
+    GPU is the one-line error naming the key, raised before any input is read (the inputs here do not exist)."""
+    from unitscope.studies.actmax.stages import run_optimize_layer, run_registry_target
+    from unitscope.studies.dissection.stages import run_dissection, run_rotation
+
+    absent = f"cuda:{torch.cuda.device_count()}"
+    missing = str(tmp_path / "missing")
+    calls = {
+        "actmax optimise": lambda: run_optimize_layer(
+            None, layer="conv1", checkpoint_path=missing, info_path=missing, units_path=missing, npz_path=missing,
+            table_path=missing, images_dir=missing, device=absent,
+        ),
+        "actmax registry": lambda: run_registry_target(
+            None, None, npz_path=missing, table_path=missing, images_dir=missing, device=absent
+        ),
+        "dissection": lambda: run_dissection(
+            None, None, units_path=missing, layers_path=missing, tallies_path=missing, device=absent
+        ),
+        "rotation": lambda: run_rotation(None, None, out_path=missing, device=absent),
+    }  # fmt: skip
+    for stage, call in calls.items():
+        with pytest.raises(DeviceError, match=rf"^config key extraction.device: '{absent}' was asked for") as error:
+            call()
+        assert "\n" not in str(error.value), stage
+    assert not list(tmp_path.iterdir())

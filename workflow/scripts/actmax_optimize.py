@@ -19,4 +19,5 @@ with log_to(snakemake.log[0]):
         table_path=snakemake.output.table,
         images_dir=snakemake.output.images,
         threads=snakemake.threads,
+        device=snakemake.config["extraction"]["device"],  # run-only: deliberately not params
     )

@@ -18,4 +18,5 @@ with log_to(snakemake.log[0]):
         images_dir=snakemake.output.images,
         faces_selection=snakemake.input.faces_selection or None,
         threads=snakemake.threads,
+        device=snakemake.config["extraction"]["device"],  # run-only: deliberately not params
     )

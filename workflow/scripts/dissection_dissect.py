@@ -20,4 +20,5 @@ with log_to(snakemake.log[0]):
         layers_path=snakemake.output.layers,
         tallies_path=snakemake.output.tallies,
         batch_size=snakemake.config["dissection"]["batch_size"],  # run-only setting
+        device=snakemake.config["extraction"]["device"],  # run-only too
     )

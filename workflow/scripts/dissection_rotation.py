@@ -18,4 +18,5 @@ with log_to(snakemake.log[0]):
         ModelRef.from_params(snakemake.params.model),
         out_path=snakemake.output[0],
         batch_size=snakemake.config["dissection"]["batch_size"],  # run-only setting
+        device=snakemake.config["extraction"]["device"],  # run-only too
     )

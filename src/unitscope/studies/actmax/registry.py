@@ -53,12 +53,14 @@ def target_channels(target: RegistryTarget, faces_selection=None) -> list[int]:
     return list(dict.fromkeys(channels))
 
 
-def optimize_registry_target(model, model_name: str, spec: Mapping, target: RegistryTarget, channels: Sequence[int]):
-    """Optimise the target's channels (objectives x seeds, grey start) on the built `model`, any CNN: images of
-    its input shape (`input_size`, `input_channels` of its preprocessing), normalised by its mean and std; FFT
-    with transforms when both sides are 64 px or more, unless the target sets its parameterisation. The target
-    layer may be any module path; the forward pass stops there. Returns the result and the table's extra
-    columns (model, parameterization, unit_layer)."""
+def optimize_registry_target(
+    model, model_name: str, spec: Mapping, target: RegistryTarget, channels: Sequence[int], *, device="cpu"
+):
+    """Optimise the target's channels (objectives x seeds, grey start) on the built `model`, already on `device`,
+    any CNN: images of its input shape (`input_size`, `input_channels` of its preprocessing), normalised by its mean
+    and std; FFT with transforms when both sides are 64 px or more, unless the target sets its parameterisation.
+    The target layer may be any module path; the forward pass stops there. Returns the result and the table's
+    extra columns (model, parameterization, unit_layer)."""
     preprocessing = spec["preprocessing"]
     unit_layer = target.unit_layer or target.layer
     check_layers(model, model_name, target.layer, unit_layer, input_shape(preprocessing))
@@ -71,6 +73,7 @@ def optimize_registry_target(model, model_name: str, spec: Mapping, target: Regi
         steps=target.steps,
         lr=target.lr,
         parameterization=target.parameterization,
+        device=device,
     )
     return result, {"model": model_name, "parameterization": parameterization, "unit_layer": unit_layer}
 

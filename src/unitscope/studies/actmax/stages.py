@@ -168,16 +168,19 @@ def run_optimize_layer(
     images_dir,
     max_batch: int | None = None,
     threads: int = 1,
+    device: str = "auto",
 ) -> pd.DataFrame:
-    """Stage: every unit-run of one layer of the Colored-MNIST CNN, optimised together."""
+    """Stage: every unit-run of one layer of the Colored-MNIST CNN, optimised together on `device` (extraction.device:
+    auto, cpu, cuda or cuda:N; run-only, never a param)."""
     # torch: only the stages that build, train or run the networks import it
-    from unitscope.runtime import use_threads
+    from unitscope.runtime import pick_device, use_threads
     from unitscope.studies.actmax.colored_mnist import IMAGE_SHAPE, load_trained_model
     from unitscope.studies.actmax.render import optimize_inputs
     from unitscope.studies.actmax.specs import UnitSpecs
 
     use_threads(threads)
-    model = load_trained_model(checkpoint_path, info_path)
+    on = pick_device(device)  # an unusable device is the first error, before anything is read
+    model = load_trained_model(checkpoint_path, info_path).to(on)
     selection = read_selection(units_path, layer=layer)
     specs = UnitSpecs.from_rows(unit_rows(selection[layer], settings))
     print(f"{layer}: {len(specs)} runs in one batch, {settings.steps} steps", flush=True)
@@ -192,12 +195,13 @@ def run_optimize_layer(
         l2_center=float(settings.l2_center),
         snapshot_every=int(settings.snapshot_every),
         max_batch=max_batch,
+        device=on,
     )
     table = save_run(result, npz_path, table_path)
     with atomic_path(images_dir) as temp:
         temp.mkdir()
         grids = save_unit_grids(table, result.snapshots, result.snapshot_steps, temp)
-    print(f"{layer}: {len(specs)} runs in {result.seconds:.1f} s; {grids} PNG grids", flush=True)
+    print(f"{layer}: {len(specs)} runs in {result.seconds:.1f} s on {on}; {grids} PNG grids", flush=True)
     return table
 
 
@@ -210,8 +214,10 @@ def run_registry_target(
     images_dir,
     faces_selection=None,
     threads: int = 1,
+    device: str = "auto",
 ) -> pd.DataFrame:
-    """Stage: channel-level actmax on a registry model (unitscope.models.registry.load_model).
+    """Stage: channel-level actmax on a registry model (unitscope.models.registry.load_model), on `device`
+    (extraction.device; run-only).
 
     `settings.unit_layer` (default: its layer) is the layer whose channels these are, when the optimised module
     sits inside it (the faces layer features.18 for features.18.1); its channel count must match. The table
@@ -219,14 +225,16 @@ def run_registry_target(
     """
     # torch and torchvision: seconds to import, only the stages that run the networks import them
     from unitscope.models.registry import load_model
-    from unitscope.runtime import use_threads
+    from unitscope.runtime import pick_device, use_threads
     from unitscope.studies.actmax.registry import optimize_registry_target, target_channels
 
     use_threads(threads)
+    on = pick_device(device)  # an unusable device is the first error, before anything is read
     channels = target_channels(settings, faces_selection)
     if not channels:
         raise ValueError(f"actmax registry target {model.name} {settings.layer}: no channels to visualise")
-    result, extra = optimize_registry_target(load_model(model), model.name, model.spec, settings, channels)
+    network = load_model(model).to(on)
+    result, extra = optimize_registry_target(network, model.name, model.spec, settings, channels, device=on)
     table = save_run(result, npz_path, table_path, extra=extra)
     with atomic_path(images_dir) as temp:
         temp.mkdir()

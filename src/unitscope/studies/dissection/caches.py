@@ -86,13 +86,14 @@ def cache_activations(
     batch_size: int = 16,
     progress: bool = True,
 ) -> dict[str, np.memmap]:
-    """One forward pass over the concept images for all `layers` (any module paths of any graph); maps go to
-    float32 memmaps [N, C, h, w] under `folder`. A layer whose output is not one [N, C, h, w] tensor, or a
-    forward pass that fails (an input too small for the network, the wrong channels), is a one-line
+    """One forward pass over the concept images for all `layers` (any module paths of any graph), on the model's
+    device; maps go to float32 memmaps [N, C, h, w] under `folder`. A layer whose output is not one [N, C, h, w]
+    tensor, or a forward pass that fails (an input too small for the network, the wrong channels), is a one-line
     DissectionError naming `model_name` (and the layer)."""
     caches: dict[str, np.memmap] = {}
     n = len(concepts)
     model = channels_last(model)  # faster CPU convolutions, the same maps to float rounding
+    device = next(model.parameters(), torch.empty(0)).device  # the images go where the model is
     bar = tqdm(total=n, desc="activations", unit="img", disable=not progress, mininterval=2)
     with (
         ActivationRecorder(model, layers, keep_maps=True, maps_dtype=torch.float32, stop_early=True) as rec,
@@ -101,7 +102,7 @@ def cache_activations(
         for start, stop in batches(n, batch_size):
             images = _image_batch(concepts, transform, start, stop)
             try:
-                rec(channels_last(images))
+                rec(channels_last(images.to(device)))
             except HookError as error:
                 raise DissectionError(f"model {model_name}: {error}") from error
             except RuntimeError as error:  # e.g. the input too small for the network, or its channels wrong
@@ -154,7 +155,7 @@ def _store_maps(
         raise DissectionError(f"{where}: map shape changed between images")
     if not torch.isfinite(maps).all():
         raise DissectionError(f"{where}: NaN or infinite activations on images {start}..{stop - 1}")
-    caches[layer][start:stop] = maps.numpy()
+    caches[layer][start:stop] = maps.cpu().numpy()
 
 
 # ------------------------------------------------------------------------------------------------

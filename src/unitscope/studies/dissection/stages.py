@@ -40,18 +40,23 @@ def run_dissection(
     layers_path,
     tallies_path,
     batch_size: int = 16,
+    device: str = "auto",
 ) -> pd.DataFrame:
-    """The dissection stage for one model: every configured layer against the concept dataset.
+    """The dissection stage for one model: every configured layer against the concept dataset; the forward pass on
+    `device` (extraction.device; run-only), the tallies on the CPU.
 
     Writes the unit table and the layer table (parquet) and an npz holding, per layer, the summed
     counts, the thresholds, and each unit's top-`top_images` images with their activation maps (figures).
     """
     # torch and torchvision: only the stages that run the network import them
+    from unitscope.runtime import pick_device
     from unitscope.studies.dissection.caches import open_inputs
     from unitscope.studies.dissection.layer_dissection import concept_arrays, dissect_network
 
+    on = pick_device(device)  # an unusable device is the first error, before anything is read
     layers = list(settings.layers)
     concepts, network = open_inputs(model, layers, settings.concepts, settings.seed)
+    network = network.to(on)
     shape = mask_shape(concepts.label_size, settings.mask_size)
     print(f"dissecting {model.name} {layers} on {concepts.describe()}; masks {shape[0]}x{shape[1]}", flush=True)
     units_path = Path(units_path)
@@ -79,14 +84,20 @@ def run_dissection(
     return units
 
 
-def run_rotation(settings: RotationSettings, model: ModelRef, *, out_path, batch_size: int = 16) -> pd.DataFrame:
-    """The rotation experiment: dissect the units Q^alpha A of one layer, per alpha and seed (see `rotation`)."""
+def run_rotation(
+    settings: RotationSettings, model: ModelRef, *, out_path, batch_size: int = 16, device: str = "auto"
+) -> pd.DataFrame:
+    """The rotation experiment: dissect the units Q^alpha A of one layer, per alpha and seed (see `rotation`); the
+    forward pass on `device` (extraction.device; run-only), the rotations and tallies on the CPU."""
     # torch, torchvision and scipy: only the stages that run the network import them
+    from unitscope.runtime import pick_device
     from unitscope.studies.dissection.caches import open_inputs
     from unitscope.studies.dissection.rotation import rotate_network
 
+    on = pick_device(device)  # an unusable device is the first error, before anything is read
     layer, alphas = settings.layer, list(settings.alphas)
     concepts, network = open_inputs(model, [layer], settings.concepts, settings.seed)
+    network = network.to(on)
     shape = mask_shape(concepts.label_size, settings.mask_size)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
