@@ -7,12 +7,17 @@ and changing them re-runs nothing.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import torch
 from torch.utils.data import DataLoader
 
 from unitscope.errors import UnitscopeError
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +43,23 @@ class DeviceError(UnitscopeError, RuntimeError):
 def use_threads(threads: int) -> None:
     """Give torch the job's threads (Snakemake's `threads`), at least one: no stage takes more than it was given."""
     torch.set_num_threads(max(1, int(threads)))
+
+
+def parallel_map(function: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
+    """`function` over `items`, in order, on up to `workers` Python threads at once, for independent pieces of work
+    made of torch and numpy operations (which release the GIL): each piece runs with torch at one intra-op thread,
+    so `workers` pieces use `workers` cores and the job never takes more threads than it was given. The previous
+    thread count is restored after. One worker (or one item): a plain loop, torch's threads untouched."""
+    workers = max(1, min(int(workers), len(items)))
+    if workers == 1:
+        return [function(item) for item in items]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(function, items))
+    finally:
+        torch.set_num_threads(previous)
 
 
 def channels_last(value):

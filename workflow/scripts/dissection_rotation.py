@@ -19,4 +19,5 @@ with log_to(snakemake.log[0]):
         out_path=snakemake.output[0],
         batch_size=snakemake.config["dissection"]["batch_size"],  # run-only setting
         device=snakemake.config["extraction"]["device"],  # run-only too
+        threads=snakemake.threads,  # dissections at a time
     )

@@ -9,6 +9,8 @@ the masks coarse (30 x 40) so the whole module stays fast.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -132,3 +134,9 @@ def test_rotation_experiment_on_a_dense_layer(frames, tmp_path, one_torch_thread
     for key in ("detectors", "unique_best", "mean_best_iou"):
         assert rows[0][key] == rows[2][key] == plain.row[key], key
     assert rows[1]["mean_best_iou"] != rows[0]["mean_best_iou"]  # a different basis, different units
+    twice = rotate_network(  # the dissections two at a time (the stage's threads): the same rows
+        network, frames, layer, RGB, model_name="densenet121", alphas=[0, 1], seeds=2, folder=tmp_path, workers=2,
+        **SETTINGS,
+    )  # fmt: skip
+    assert json.dumps(twice, sort_keys=True, default=float) == json.dumps(rows, sort_keys=True, default=float)
+    assert not list(tmp_path.glob("rotated-*.npy"))  # each rotated copy is removed once dissected

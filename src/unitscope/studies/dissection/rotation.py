@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from unitscope.data.concepts import ConceptDataset
+from unitscope.runtime import parallel_map
 from unitscope.studies.dissection.caches import (
     LabelCache,
     batches,
@@ -124,26 +125,41 @@ def rotation_rows(
     seed: int,
     folder: Path,
     batch_size: int = 16,
+    workers: int = 1,
 ) -> list[dict]:
-    """One summary per (seed, alpha), in that order, with "alpha" and "seed"; rotated maps go to `folder`."""
+    """One summary per (seed, alpha), in that order, with "alpha" and "seed"; rotated maps go to `folder`.
+
+    The dissections are independent (each its own rotated units and thresholds), so they run `workers` at a time
+    (`runtime.parallel_map`: one core each); alpha = 0 is dissected once for all seeds. The rows do not depend on
+    `workers`."""
     lookup = concept_lookup(concepts)
     settings = {"quantile": quantile, "iou_threshold": iou_threshold, "batch_size": batch_size}
-    rows, unrotated = [], None
-    bar = tqdm(total=len(alphas) * seeds, desc="rotations", unit="dissection", mininterval=2)
-    for s in range(seeds):
-        rotation = FractionalRotation.of(random_rotation(maps.shape[1], np.random.default_rng([seed, s])))
-        for alpha in alphas:
-            if alpha == 0 and unrotated is not None:
-                summary = unrotated
-            else:
-                rotated = maps if alpha == 0 else rotated_cache(maps, rotation.power(alpha), folder / "rot.npy")
-                summary = rotated_summary(rotated, labels, concepts, lookup, **settings)
-                unrotated = summary if alpha == 0 else unrotated
-                del rotated
-            rows.append({"alpha": float(alpha), "seed": s, **summary})
-            bar.update(1)
+    n_units = maps.shape[1]
+
+    def rotation_of(s: int) -> FractionalRotation:
+        return FractionalRotation.of(random_rotation(n_units, np.random.default_rng([seed, s])))
+
+    rotations = parallel_map(rotation_of, list(range(seeds)), workers)
+    jobs = [(s, float(alpha)) for s in range(seeds) for alpha in alphas if alpha != 0 or s == 0]
+    bar = tqdm(total=len(jobs), desc="rotations", unit="dissection", mininterval=2)
+
+    def dissect(job: tuple[int, float]) -> dict:
+        s, alpha = job
+        path = folder / f"rotated-{s}-{alpha:g}.npy"
+        rotated = maps if alpha == 0 else rotated_cache(maps, rotations[s].power(alpha), path)
+        summary = rotated_summary(rotated, labels, concepts, lookup, **settings)
+        del rotated
+        path.unlink(missing_ok=True)
+        bar.update(1)
+        return summary
+
+    summaries = dict(zip(jobs, parallel_map(dissect, jobs, workers), strict=True))
     bar.close()
-    return rows
+    return [
+        {"alpha": float(alpha), "seed": s, **summaries[(s if alpha != 0 else 0, float(alpha))]}
+        for s in range(seeds)
+        for alpha in alphas
+    ]
 
 
 def rotate_network(
@@ -161,9 +177,11 @@ def rotate_network(
     seed: int,
     folder: Path,
     batch_size: int = 16,
+    workers: int = 1,
 ) -> list[dict]:
     """The rotation experiment on `layer` (a module path of `network`): its maps cached once (images read as
-    `preprocessing` says), then `rotation_rows` with masks of `shape`; memmaps go under `folder`."""
+    `preprocessing` says), then `rotation_rows` with masks of `shape`, `workers` dissections at a time; memmaps go
+    under `folder`."""
     transform = dissection_transform(preprocessing, model_name)
     maps = cache_activations(
         network, concepts, [layer], transform, Path(folder), model_name=model_name, batch_size=batch_size
@@ -185,4 +203,5 @@ def rotate_network(
         seed=seed,
         folder=Path(folder),
         batch_size=batch_size,
+        workers=workers,
     )

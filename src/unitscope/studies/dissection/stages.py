@@ -85,10 +85,17 @@ def run_dissection(
 
 
 def run_rotation(
-    settings: RotationSettings, model: ModelRef, *, out_path, batch_size: int = 16, device: str = "auto"
+    settings: RotationSettings,
+    model: ModelRef,
+    *,
+    out_path,
+    batch_size: int = 16,
+    device: str = "auto",
+    threads: int = 1,
 ) -> pd.DataFrame:
     """The rotation experiment: dissect the units Q^alpha A of one layer, per alpha and seed (see `rotation`); the
-    forward pass on `device` (extraction.device; run-only), the rotations and tallies on the CPU."""
+    forward pass on `device` (extraction.device; run-only), the rotations and tallies on the CPU, `threads`
+    dissections at a time (the job's threads)."""
     # torch, torchvision and scipy: only the stages that run the network import them
     from unitscope.runtime import pick_device
     from unitscope.studies.dissection.caches import open_inputs
@@ -116,6 +123,7 @@ def run_rotation(
             seed=settings.seed,
             folder=Path(tmp),
             batch_size=batch_size,
+            workers=threads,
         )
     table = pd.DataFrame([{"model": model.name, "layer": layer, **row} for row in rows])
     write_parquet(table, out_path)
