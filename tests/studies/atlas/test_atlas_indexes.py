@@ -42,6 +42,7 @@ INDEXES = ("color_index", "orientation_index", "symmetry_index", "class_index")
 
 def index_config(data_dir, tmp, kinds=None) -> dict:
     config = exemplar_config(data_dir, tmp, 32)
+    config["atlas"]["index_units_per_shard"] = 32  # two index jobs (the default: one per layer)
     config["atlas"]["evidence"] = {"categories": False, "lesion": False, "exemplars": False, "indexes": True}
     config["nefesi"]["rotation_step"] = ROTATION_STEP
     for dataset, names in LABEL_NAMES.items():
@@ -105,7 +106,9 @@ def test_shards_equal_nefesis_whole_layer_run(built):
     shards = pd.concat(built["shards"], ignore_index=True)
     reference = nefesi_reference(built)
     assert shards["channel"].tolist() == list(range(64))
-    for column in NEFESI_COLUMNS:
+    # the Neuron Feature's columns: the atlas's index jobs cut no NF (its exemplar stage does), so none
+    assert shards["dominant_color"].isna().all() and shards["preferred_angle"].isna().all()
+    for column in set(NEFESI_COLUMNS) - {"dominant_color", "preferred_angle"}:
         left, right = shards[column].to_numpy(), reference[column].to_numpy()
         if left.dtype.kind == "f":
             np.testing.assert_allclose(left, right, rtol=1e-5, atol=1e-6, equal_nan=True, err_msg=column)
@@ -116,6 +119,33 @@ def test_shards_equal_nefesis_whole_layer_run(built):
     assert shards.loc[alive, list(INDEXES)].notna().all().all()
     assert shards.loc[~alive, ["color_index", "orientation_index", "symmetry_index"]].isna().all().all()
     assert shards.loc[alive, "color_index"].std() > 0.01  # the indexes differ between units
+
+
+def test_one_index_job_per_layer_by_default_equals_the_shards_and_probes_each_shared_crop_once(built, monkeypatch):
+    """atlas.index_units_per_shard null (the default): one job for the layer's 64 units gives the two shards' rows,
+    with fewer probes than the shards together (an exemplar crop two units share is probed once, not once per
+    shard)."""
+    from unitscope.studies.nefesi import probes as probes_module
+
+    config = copy.deepcopy(built["config"])
+    config["atlas"]["index_units_per_shard"] = None
+    whole = AtlasPlan.from_config(config, facts=in_process_facts)
+    assert whole.shard_files("planted", "layer3", "indexes")[0].endswith("/shards/0-63/indexes.parquet")
+    counted = []
+    original = probes_module.ProbeSet.of.__func__
+
+    def counting(cls, top, geometry):
+        probe_set = original(cls, top, geometry)
+        counted.append(len(probe_set.keys))
+        return probe_set
+
+    monkeypatch.setattr(probes_module.ProbeSet, "of", classmethod(counting))
+    layer = shard_table(whole, "0-63", built["files"], built["tmp"] / "whole")
+    pd.testing.assert_frame_equal(layer, pd.concat(built["shards"], ignore_index=True), check_exact=False, rtol=1e-6)
+    for shard in ("0-31", "32-63"):  # the shards again, counted
+        shard_table(built["atlas"], shard, built["files"], built["tmp"] / "counted")
+    [together, first, second] = counted
+    assert 0 < together < first + second  # layer3's units see the whole 32-px image: shards share exemplar images
 
 
 def test_the_class_index_alone_runs_no_network_and_equals_the_probed_one(built, monkeypatch):

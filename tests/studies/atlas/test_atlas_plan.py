@@ -69,6 +69,16 @@ def test_channel_counts_and_shards_come_from_the_model_facts(base):
     assert atlas.shard_files("resnet20_cifar", "layer3", "lesion") == [
         f"results/atlas/resnet20_cifar/layer3/shards/{s}/lesion.parquet" for s in ("0-31", "32-63")
     ]
+    # the index jobs: one per layer by default (a crop that several units share is probed once), or their own shards
+    assert target.shard_names("indexes") == ["0-63"] and target.shard_range("0-63", "indexes") == (0, 64)
+    assert atlas.indexes_settings("resnet20_cifar", "layer3", "0-63").stop == 64
+    assert atlas.shard_files("resnet20_cifar", "layer3", "indexes") == [
+        "results/atlas/resnet20_cifar/layer3/shards/0-63/indexes.parquet"
+    ]
+    with pytest.raises(AtlasConfigError, match="has no shard '0-31' \\(its shards: 0-63\\)"):
+        atlas.indexes_settings("resnet20_cifar", "layer3", "0-31")
+    split = AtlasPlan.from_config({**base, "atlas": {**base["atlas"], "index_units_per_shard": 48}})
+    assert split.target("resnet20_cifar", "layer3").shard_names("indexes") == ["0-47", "48-63"]
     mobilenet = with_target(base, model="mobilenet_v2_imagenet", layer="features.18", datasets=["faces"])
     in_process = lambda config, name: compute_facts(name, config["models"][name])  # noqa: E731 - what the survey runs
     wide = AtlasPlan.from_config(mobilenet, facts=in_process).target("mobilenet_v2_imagenet", "features.18")

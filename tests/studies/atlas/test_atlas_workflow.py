@@ -29,9 +29,11 @@ def atlas_run(data_dir, tmp_path_factory):
 
 def test_one_job_per_shard_and_evidence_then_one_gather(atlas_run):
     _, jobs = atlas_run
-    for rule in ("atlas_categories", "atlas_lesion", "atlas_exemplars", "atlas_indexes"):
+    for rule in ("atlas_categories", "atlas_lesion", "atlas_exemplars"):
         planned = sorted(wildcards for name, wildcards in jobs if name == rule)
         assert planned == [f"model=resnet20_cifar, layer=layer3, shard={shard}" for shard in SHARDS]
+    # the index probes: one job for the layer (atlas.index_units_per_shard null), so shared crops are probed once
+    assert [w for name, w in jobs if name == "atlas_indexes"] == ["model=resnet20_cifar, layer=layer3, shard=0-63"]
     assert [wildcards for name, wildcards in jobs if name == "atlas_top_n"] == ["model=resnet20_cifar, layer=layer3"]
     assert [name for name, _ in jobs].count("atlas_gather") == 1 and ("atlas", "") in jobs
     assert not any(name.startswith(("faces", "nefesi", "dissection", "lesions", "actmax")) for name, _ in jobs)

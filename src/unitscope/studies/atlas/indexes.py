@@ -8,9 +8,13 @@ What each index costs differs by orders of magnitude, so a target names the ones
 * class: the activation-weighted class frequencies of the unit's exemplars; no network, only the top-N table and the
   images' classes;
 * colour, symmetry, orientation: the exemplar crops re-run through the network under 1 grey, 4 mirror and
-  360/step − 1 rotation transforms (nefesi's probes, batched over the shard's units and sharing probes between units
+  360/step − 1 rotation transforms (nefesi's probes, batched over the job's units and sharing probes between units
   whose crops coincide). A layer whose units see the whole image (MobileNetV2 `features.18`) probes whole images:
-  one full forward pass per exemplar image and transform.
+  one full forward pass per exemplar image and transform, whichever units share the image, so by default one job
+  covers the layer (`atlas.index_units_per_shard`: the default run's 1,280 units of `features.18`, class and colour,
+  in 51 s; five 256-unit shards probed most images five times). The probes cut no Neuron Features (the exemplar
+  stage shows each unit's), so the NF's colour names and preferred angle are left out (None / NaN) of this table;
+  nefesi's own table has them where it analyses the layer.
 
 The indexes run over the atlas's `top_n` exemplars (nefesi's own layers: `nefesi.top_n`); the other definitions
 (grey, rotation step, class-index scale, coverage, population threshold) are the nefesi study's settings, so a unit's
@@ -90,15 +94,13 @@ def shard_indexes(
     probes = probe_layer(
         network, layer, top, batches, image_size=image_size, mean=mean, std=std,
         rotation_step=settings["rotation_step"], color_grey=settings["color_grey"], device=device,
-        transform_list=probed, channel_ids=channels,
+        transform_list=probed, channel_ids=channels, neuron_features=False,
     )  # fmt: skip
     table = selectivity_table(
         top, probes, codes, names, mean=mean, std=std, class_coverage=settings["class_coverage"],
         population_threshold=settings["population_threshold"], color_name_share=settings["color_name_share"],
         class_index_scale=settings["class_index_scale"], channels=channels,
     )  # fmt: skip
-    if "colour" not in kinds:  # the NF's colour names stand beside the colour index
-        table["dominant_color"] = None
     if "class" not in kinds:
         table[list(CLASS_COLUMNS)] = np.nan
     return table

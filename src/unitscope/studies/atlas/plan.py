@@ -57,6 +57,7 @@ class AtlasTarget:
     actmax: bool = False  # activation-maximisation images for its units (the target's switch, else evidence.actmax)
     actmax_layer: str | None = None  # the module optimised in the layer's place (same channels); None: the layer
     indexes: tuple[str, ...] = ()  # nefesi's indexes computed for its units (atlas.indexes or the target's own)
+    index_shards: tuple[tuple[int, int], ...] = ()  # the index jobs' units (atlas.index_units_per_shard); (): shards
 
     @property
     def key(self) -> tuple[str, str]:
@@ -66,15 +67,19 @@ class AtlasTarget:
     def folder(self) -> str:
         return f"{ROOT}/{self.model}/{self.layer}"
 
-    def shard_names(self) -> list[str]:
-        return [shard_name(start, stop) for start, stop in self.shards]
+    def shard_names(self, kind: str | None = None) -> list[str]:
+        """The shards of evidence `kind` (the index jobs have their own, `index_shards`; every other kind `shards`)."""
+        return [shard_name(start, stop) for start, stop in self._shards(kind)]
 
-    def shard_range(self, name: str) -> tuple[int, int]:
-        for start, stop in self.shards:
+    def shard_range(self, name: str, kind: str | None = None) -> tuple[int, int]:
+        for start, stop in self._shards(kind):
             if shard_name(start, stop) == name:
                 return start, stop
-        shards = ", ".join(self.shard_names())
+        shards = ", ".join(self.shard_names(kind))
         raise AtlasConfigError(f"atlas target {self.model} {self.layer!r} has no shard {name!r} (its shards: {shards})")
+
+    def _shards(self, kind: str | None) -> tuple[tuple[int, int], ...]:
+        return self.index_shards if kind == "indexes" and self.index_shards else self.shards
 
 
 def _check_model(config: Mapping, where: str, model: str) -> None:
@@ -171,6 +176,7 @@ def check_targets(config: Mapping, facts: Callable[[Mapping, str], Mapping]) -> 
                 actmax=bool(atlas["evidence"]["actmax"] if target.get("actmax") is None else target["actmax"]),
                 actmax_layer=_actmax_layer(model_facts, target, channels, where),
                 indexes=_index_kinds(atlas, target),
+                index_shards=tuple(unit_shards(channels, atlas.get("index_units_per_shard") or channels)),
             )
         )
     return tuple(targets)
@@ -233,7 +239,8 @@ class ExemplarsSettings(Settings):
 
 @dataclasses.dataclass(frozen=True)
 class IndexesSettings(Settings):
-    """atlas_indexes, per shard: nefesi's indexes `kinds` of units [start, stop) of `layer` from the layer's top-N
+    """atlas_indexes, per index shard (atlas.index_units_per_shard; by default the whole layer, so a crop that several
+    units share is probed once): nefesi's indexes `kinds` of units [start, stop) of `layer` from the layer's top-N
     table, with the nefesi study's `definitions` (rotation_step, color_grey, class_index_scale, class_coverage,
     population_threshold, color_name_share); each image's class is its label (named by `label_names`, prefixed by
     its dataset when the target pools several)."""
@@ -361,7 +368,7 @@ class AtlasPlan:
 
     def indexes_settings(self, model: str, layer: str, shard: str) -> IndexesSettings:
         target = self.target(model, layer)
-        start, stop = target.shard_range(shard)
+        start, stop = target.shard_range(shard, "indexes")
         if "indexes" not in self.evidence_kinds(model, layer):
             raise AtlasConfigError(f"atlas target {model} {layer!r} computes no indexes (atlas.evidence.indexes)")
         names = {dataset: self.label_names[dataset] for dataset in target.datasets if dataset in self.label_names}
@@ -457,7 +464,7 @@ class AtlasPlan:
 
     def shard_files(self, model: str, layer: str, kind: str) -> list[str]:
         target = self.target(model, layer)
-        return [f"{target.folder}/shards/{name}/{kind}.parquet" for name in target.shard_names()]
+        return [f"{target.folder}/shards/{name}/{kind}.parquet" for name in target.shard_names(kind)]
 
     def nefesi_table(self, model: str, layer: str) -> list[str]:
         """nefesi's indexes of the layer as a rule input (none when nefesi does not analyse it)."""

@@ -165,6 +165,29 @@ def nf_descriptors(rgb: np.ndarray, color_name_share: float) -> dict[str, list |
     }
 
 
+def layer_nf_descriptors(nf: torch.Tensor, mean, std, color_name_share: float, chunk: int = 64) -> dict:
+    """`nf_descriptors` of a layer's Neuron Features [C, K, h, w] (normalised), `chunk` channels at a time: the
+    colour naming works on float64 copies of every pixel, 10 GB and more at once for 1,280 NFs of 416 px. NFs without
+    pixels (probes run without them) have no colour names (None) and no preferred angle (NaN)."""
+    if nf.shape[-1] * nf.shape[-2] == 0:
+        return {
+            "color_names": [None] * len(nf),
+            "dominant_color": [None] * len(nf),
+            "preferred_angle": np.full(len(nf), np.nan),
+            "angle_coherence": np.full(len(nf), np.nan),
+        }
+    parts = [
+        nf_descriptors(nf_rgb(nf[start : start + chunk], mean, std), color_name_share)
+        for start in range(0, max(len(nf), 1), chunk)
+    ]
+    return {
+        key: [value for part in parts for value in part[key]]
+        if isinstance(parts[0][key], list)
+        else np.concatenate([part[key] for part in parts])
+        for key in parts[0]
+    }
+
+
 def class_columns(
     top: TopN,
     class_codes: np.ndarray,
@@ -229,7 +252,7 @@ def selectivity_table(
     rotations = [i for i, t in enumerate(probes.transforms) if t.kind == "rotate"]
     mirrors = [i for i, t in enumerate(probes.transforms) if t.kind == "mirror"]
     gray_ratio = ratio[:, grays[0]] if grays and len(list(mean)) > 1 else np.full(top.channels, np.nan)
-    nf = nf_descriptors(nf_rgb(probes.nf, mean, std), color_name_share)
+    nf = layer_nf_descriptors(probes.nf, mean, std, color_name_share)
     rotation_mean, mirror_mean = _mean_ratio(ratio, rotations), _mean_ratio(ratio, mirrors)
     table = {
         "channel": np.arange(top.channels) if channels is None else np.asarray(channels, dtype=np.int64),

@@ -52,6 +52,7 @@ from unitscope.studies.nefesi.images import field_crops, gather_crops
 from unitscope.studies.nefesi.topn import TopN, channels_last
 
 SYMMETRY_AXES = (0, 45, 90, 135)
+NF_CROP_BYTES = 256 * 2**20  # crops cut at once for the Neuron Features (float32), at most
 LUMA = (0.299, 0.587, 0.114)
 # nefesi's opponent colour space (nefesi.util.image.rgb2opp) on pixels in [0, 1]; its constant −1.5/1.5 offset of
 # the first coordinate drops out when the pixels are centred
@@ -366,6 +367,7 @@ def probe_layer(
     tolerance: float = 1e-3,
     transform_list: list[Transform] | None = None,
     channel_ids: Iterable[int] | None = None,
+    neuron_features: bool = True,
 ) -> LayerProbes:
     """Every exemplar crop of every channel under every transform, in large batches.
 
@@ -377,7 +379,9 @@ def probe_layer(
 
     `transform_list`: a subset of `transforms(rotation_step, color_grey)` that starts with the identity (None: all
     of them). `channel_ids`: the layer's channel that each row of `top` holds, when `top` holds some channels only
-    (an atlas shard); None: row c is channel c.
+    (an atlas shard); None: row c is channel c. `neuron_features` False: no Neuron Features (the result's `nf`
+    has no pixels; the atlas cuts its own in its exemplar stage), which for a layer of whole-image units is most of
+    the work: every exemplar's crop at the full field.
     """
     started = time.perf_counter()
     mean, std, device = list(mean), list(std), torch.device(device)
@@ -386,7 +390,7 @@ def probe_layer(
         raise NefesiError("probe transforms must start with the identity (it reproduces the exemplar activations)")
     geometry = LayerGeometry.of(model, layer, image_size, top.map_size, channels=len(mean))
     geometry = local_geometry(model, layer, geometry, len(mean), device, tolerance)
-    prober = _LayerProber(layer, top, geometry, transform_list, mean, std, device, channel_ids)
+    prober = _LayerProber(layer, top, geometry, transform_list, mean, std, device, channel_ids, neuron_features)
     if shallower is not None:
         prober.follow(shallower, layer_receptive_field(model, shallower, tuple(image_size), channels=len(mean)))
     record = [layer] if shallower is None else [shallower, layer]
@@ -489,7 +493,9 @@ class _Chunk:
 class _LayerProber:
     """The running state of `probe_layer`: responses, Neuron Features and cone maxima, filled chunk by chunk."""
 
-    def __init__(self, layer: str, top: TopN, geometry: LayerGeometry, transform_list, mean, std, device, ids=None):
+    def __init__(
+        self, layer: str, top: TopN, geometry: LayerGeometry, transform_list, mean, std, device, ids=None, nf=True
+    ):
         self.layer, self.top, self.geometry, self.transforms = layer, top, geometry, transform_list
         self.channel_ids = torch.arange(top.channels) if ids is None else torch.as_tensor(list(ids), dtype=torch.long)
         if len(self.channel_ids) != top.channels:
@@ -504,7 +510,8 @@ class _LayerProber:
         self.children: torch.Tensor | None = None
         self.extent = geometry.visible_extent()
         (row0, row1), (col0, col1) = self.extent
-        self.nf = torch.zeros(top.channels, len(self.mean), row1 - row0, col1 - col0)
+        self.with_nf = nf
+        self.nf = torch.zeros(top.channels, len(self.mean), *((row1 - row0, col1 - col0) if nf else (0, 0)))
         self.weights = top.weights().reshape(-1)
         self.forwards = 0
 
@@ -515,7 +522,8 @@ class _LayerProber:
     def run_chunk(self, recorder, chunk_images: np.ndarray, images: torch.Tensor, batch_size: int, bar) -> None:
         """Every probe of the images `chunk_images` (normalised `images`) under every transform."""
         chunk = self._chunk(chunk_images, images)
-        self._add_to_nf(chunk, images)
+        if self.with_nf:
+            self._add_to_nf(chunk, images)
         count, n_transforms = len(chunk.windows), len(self.transforms)
         item_probe = np.tile(np.arange(count), n_transforms)
         item_transform = np.repeat(np.arange(n_transforms), count)
@@ -555,10 +563,17 @@ class _LayerProber:
         )
 
     def _add_to_nf(self, chunk: _Chunk, images: torch.Tensor) -> None:
-        """Neuron Features: the weighted crops of the field (visible extent), padded with 0 = mean colour."""
+        """Neuron Features: the weighted crops of the field (visible extent), padded with 0 = mean colour; cut a few
+        readouts at a time, so memory stays bounded when many units share a chunk's images (a whole layer of
+        whole-image units: 2,000 readouts of 416-px crops would be 4 GB at once)."""
         ys, xs = self.probes.y[chunk.read_ex], self.probes.x[chunk.read_ex]
-        crops = field_crops(images, chunk.read_slot, self.geometry.field, ys, xs, self.extent)
-        self.nf.index_add_(0, chunk.channel, crops * self.weights[chunk.read_ex].view(-1, 1, 1, 1))
+        crop_bytes = 4 * self.nf[0].numel()
+        step = max(1, NF_CROP_BYTES // max(crop_bytes, 1))
+        for start in range(0, len(chunk.read_ex), step):
+            part = slice(start, start + step)
+            crops = field_crops(images, chunk.read_slot[part], self.geometry.field, ys[part], xs[part], self.extent)
+            weights = self.weights[chunk.read_ex[part]].view(-1, 1, 1, 1)
+            self.nf.index_add_(0, chunk.channel[part], crops * weights)
 
     def _forward(self, recorder, chunk: _Chunk, b_probe: np.ndarray, b_transform: np.ndarray) -> None:
         """One batch of (probe, transform) items through the model; read out the exemplars they answer for."""
