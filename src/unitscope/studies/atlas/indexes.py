@@ -11,8 +11,8 @@ What each index costs differs by orders of magnitude, so a target names the ones
   360/step − 1 rotation transforms (nefesi's probes, batched over the job's units and sharing probes between units
   whose crops coincide). A layer whose units see the whole image (MobileNetV2 `features.18`) probes whole images:
   one full forward pass per exemplar image and transform, whichever units share the image, so by default one job
-  covers the layer (`atlas.index_units_per_shard`: the default run's 1,280 units of `features.18`, class and colour,
-  in 51 s; five 256-unit shards probed most images five times). The probes cut no Neuron Features (the exemplar
+  covers the layer (`atlas.index_units_per_shard`: the 1,280 units of `features.18`, class and colour, in 51 s; five
+  256-unit shards would probe most images five times). The probes cut no Neuron Features (the exemplar
   stage shows each unit's), so the NF's colour names and preferred angle are left out (None / NaN) of this table;
   nefesi's own table has them where it analyses the layer.
 
