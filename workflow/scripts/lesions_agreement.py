@@ -9,7 +9,6 @@ from unitscope.studies.lesions.plan import AgreementSettings
 from unitscope.studies.lesions.stages import run_agreement
 
 settings = AgreementSettings.from_params(snakemake.params.settings)
-atlas_actmax = list(snakemake.input.atlas_actmax)
 with log_to(snakemake.log[0]):
     run_agreement(
         settings,
@@ -25,10 +24,7 @@ with log_to(snakemake.log[0]):
                 settings.actmax_targets(), snakemake.input.actmax_arrays, snakemake.input.actmax_runs, strict=True
             )
         },
-        atlas_actmax={
-            f"{m}/{layer}": [path for path in atlas_actmax if path.startswith(f"results/atlas/{m}/{layer}/shards/")]
-            for m, layer in settings.atlas_actmax_layers()
-        },
+        atlas_actmax=list(snakemake.input.atlas_actmax),
         faces_selection=snakemake.input.get("faces_selection"),
         faces_conditions=snakemake.input.get("faces_conditions"),
         out_table=snakemake.output.table,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -222,7 +223,7 @@ def run_agreement(
     nefesi: dict[str, str],
     dissection: dict[str, str],
     actmax: dict[str, tuple[str, str]] | None = None,
-    atlas_actmax: dict[str, list[str]] | None = None,
+    atlas_actmax: Sequence[str] = (),
     faces_selection: str | None = None,
     faces_conditions: str | None = None,
     out_table: str | os.PathLike,
@@ -230,9 +231,9 @@ def run_agreement(
     """Do the methods agree? One row per label set against other evidence on the same units: the class units' own
     rows, nefesi's colour index against the dissection colour IoU on every layer both analyse (`nefesi`: {"model/
     layer": indexes.parquet}, `dissection`: {model: units.parquet}), the actmax colour score of registry-target
-    units (`actmax`: {"model/target layer": (runs .npz, runs .parquet)}) or atlas units (`atlas_actmax`: {"model/
-    layer": its shards' actmax.parquet}) against either, and the faces selectivity against each selected channel's
-    own lesion."""
+    units (`actmax`: {"model/target layer": (runs .npz, runs .parquet)}) or atlas units (`atlas_actmax`: the shards'
+    actmax.parquet of every layer in `settings.atlas_actmax_layers()`) against either, and the faces selectivity
+    against each selected channel's own lesion."""
     from unitscope.studies.lesions.agreement import colour_agreement, face_agreement
 
     rows = pd.read_parquet(class_agreement).query("kind == 'agreement'")
@@ -241,7 +242,11 @@ def run_agreement(
     for model, layer in settings.colour_layers:
         indexes, units = pd.read_parquet(nefesi[f"{model}/{layer}"]), pd.read_parquet(dissection[model])
         rows.append(colour_agreement(indexes, units, model=model, layer=layer, **draws))
-    rows += _actmax_rows(settings, nefesi, dissection, actmax or {}, atlas_actmax or {})
+    atlas = {
+        f"{m}/{layer}": [str(p) for p in atlas_actmax if f"/atlas/{m}/{layer}/shards/" in Path(p).as_posix()]
+        for m, layer in settings.atlas_actmax_layers()
+    }
+    rows += _actmax_rows(settings, nefesi, dissection, actmax or {}, atlas)
     if faces_selection and faces_conditions:
         rows.append(face_agreement(pd.read_parquet(faces_selection), pd.read_parquet(faces_conditions), **draws))
     table = pd.DataFrame(rows)
