@@ -72,3 +72,20 @@ def test_every_study_stage_that_runs_a_network_refuses_an_absent_gpu_before_read
             call()
         assert "\n" not in str(error.value), stage
     assert not list(tmp_path.iterdir())
+
+
+def test_parallel_map_keeps_order_gives_each_piece_one_thread_and_restores_torchs_threads():
+    from unitscope.runtime import parallel_map
+
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        seen = parallel_map(lambda item: (item, torch.get_num_threads()), list(range(6)), workers=2)
+        assert seen == [(item, 1) for item in range(6)]  # in order, one intra-op thread per piece
+        assert torch.get_num_threads() == 2  # restored
+        assert parallel_map(lambda item: torch.get_num_threads(), [0, 1], workers=1) == [2, 2]  # a plain loop
+        with pytest.raises(ZeroDivisionError):
+            parallel_map(lambda item: 1 / item, [1, 0], workers=2)
+        assert torch.get_num_threads() == 2  # restored after an error too
+    finally:
+        torch.set_num_threads(previous)
