@@ -147,6 +147,11 @@ def _labelled(config: Mapping, target: Mapping) -> tuple[str, ...]:
     return (evaluation["dataset"],) if evaluation.get("dataset") in target["datasets"] else ()
 
 
+def target_actmax(atlas: Mapping, target: Mapping) -> bool:
+    """Whether an atlas target optimises its units: its own `actmax` switch, else atlas.evidence.actmax."""
+    return bool(atlas["evidence"]["actmax"] if target.get("actmax") is None else target["actmax"])
+
+
 def check_targets(config: Mapping, facts: Callable[[Mapping, str], Mapping]) -> tuple[AtlasTarget, ...]:
     """atlas.targets checked in order (the first problem is the error) and resolved: `facts(config, model)` gives the
     model's layers (`unitscope.models.facts.model_facts`)."""
@@ -173,7 +178,7 @@ def check_targets(config: Mapping, facts: Callable[[Mapping, str], Mapping]) -> 
                 categories=tuple(config["datasets"][d]["category"] for d in target["datasets"]),
                 channels=channels,
                 shards=tuple(unit_shards(channels, atlas["units_per_shard"])),
-                actmax=bool(atlas["evidence"]["actmax"] if target.get("actmax") is None else target["actmax"]),
+                actmax=target_actmax(atlas, target),
                 actmax_layer=_actmax_layer(model_facts, target, channels, where),
                 indexes=_index_kinds(atlas, target),
                 index_shards=tuple(unit_shards(channels, atlas.get("index_units_per_shard") or channels)),

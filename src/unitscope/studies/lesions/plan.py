@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from unitscope.errors import UnitscopeError
 from unitscope.settings import Settings
 from unitscope.studies.actmax.plan import registry_targets
+from unitscope.studies.atlas.plan import target_actmax
 from unitscope.studies.dissection.plan import ConceptSource
 
 
@@ -193,12 +194,11 @@ def _analysed(config: Mapping, study: str) -> set[tuple[str, str]]:
 
 
 def _atlas_actmax_layers(config: Mapping) -> list[tuple[str, str]]:
-    """(model, layer) of each atlas target that optimises its units (the target's `actmax`, else atlas.evidence)."""
+    """(model, layer) of each atlas target that optimises its units (`atlas.plan.target_actmax`)."""
     atlas = config.get("atlas", {})
     if not atlas.get("enabled", False):
         return []
-    switch = atlas.get("evidence", {}).get("actmax", False)
-    return [(t["model"], t["layer"]) for t in atlas["targets"] if (switch if t.get("actmax") is None else t["actmax"])]
+    return [(t["model"], t["layer"]) for t in atlas["targets"] if target_actmax(atlas, t)]
 
 
 def actmax_comparisons(config: Mapping) -> tuple[tuple[str, str, str, str, str], ...]:
