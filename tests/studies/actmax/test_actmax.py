@@ -403,6 +403,94 @@ def test_registry_model_channels_with_the_fft_parameterisation(data_dir, default
     assert all(p.grad is None and not p.requires_grad for p in model.parameters())
 
 
+def _face_images(data_dir, n: int = 3) -> torch.Tensor:
+    """The first `n` UTKFace chips, 224 px, in [0, 1]."""
+    from PIL import Image
+
+    paths = sorted((data_dir / "faces_utkface" / "images").iterdir())[:n]
+    arrays = [np.asarray(Image.open(path).convert("RGB").resize((224, 224)), dtype=np.float32) / 255 for path in paths]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def test_folded_batchnorm_computes_the_same_function_on_a_copy(data_dir, default_config, tmp_path):
+    """MobileNetV2 (ImageNet weights) on real faces: every Conv2d -> BatchNorm2d pair of a plain Sequential is fused
+    in a copy, a hooked BatchNorm gives the same output through its Identity, a kept convolution stays before
+    normalisation, and the model itself is untouched."""
+    from unitscope.hooks import ActivationRecorder
+    from unitscope.models.registry import build_model
+    from unitscope.studies.actmax.activations import folded_batchnorm
+
+    spec = {**default_config["models"]["mobilenet_v2_imagenet"], "enabled": True}
+    model = build_model("mobilenet_v2_imagenet", spec, data_dir=data_dir, torch_home=tmp_path / "torch")
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    folded = folded_batchnorm(model, keep={"features.17.conv.2"})
+    norms = [name for name, module in model.named_modules() if isinstance(module, nn.BatchNorm2d)]
+    left = [name for name, module in folded.named_modules() if isinstance(module, nn.BatchNorm2d)]
+    assert len(norms) == 52 and left == ["features.17.conv.3"]  # the kept convolution's BatchNorm only
+    assert isinstance(folded.features[18][1], nn.Identity) and isinstance(model.features[18][1], nn.BatchNorm2d)
+    assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
+
+    images = _face_images(data_dir)
+    layers = ["features.17.conv.2", "features.18.1"]
+    outputs = []
+    for network in (model, folded):
+        recorder = ActivationRecorder(network, layers, keep_maps=True, maps_dtype=torch.float32)
+        with recorder, torch.no_grad():
+            logits = network(images)
+        outputs.append({**recorder.maps, "logits": logits})
+    for name, value in outputs[0].items():
+        scale = float(value.abs().max())
+        assert scale > 0.1 and torch.allclose(outputs[1][name], value, atol=1e-5 * scale, rtol=0), name
+
+
+def test_folded_batchnorm_leaves_what_it_cannot_prove_alone(data_dir):
+    """Pairs wired in a forward (a CIFAR ResNet's conv1/bn1), in a Sequential subclass with its own forward, or with
+    a BatchNorm that has no running statistics, are not fused; with nothing to fuse the model itself comes back."""
+    from unitscope.models.cifar_resnet import cifar_resnet20
+    from unitscope.studies.actmax.activations import folded_batchnorm
+
+    resnet = cifar_resnet20().eval()
+    assert folded_batchnorm(resnet) is resnet
+
+    class Rewired(nn.Sequential):
+        def forward(self, x):
+            return self[1](x) + self[0](x)
+
+    torch.manual_seed(0)
+    rewired = nn.Sequential(Rewired(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)), nn.Conv2d(3, 4, 1))
+    batch_stats = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4, track_running_stats=False))
+    for model in (rewired.eval(), batch_stats.eval()):
+        assert folded_batchnorm(model) is model
+    fused = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1), nn.BatchNorm2d(2)).eval()
+    assert [type(m).__name__ for m in folded_batchnorm(fused, keep={"2"})] == [
+        "Conv2d", "Identity", "Conv2d", "BatchNorm2d"
+    ]  # fmt: skip
+
+
+def test_optimisation_climbs_on_the_folded_copy_and_reports_the_model_itself(data_dir, default_config, tmp_path):
+    """The first step's objective (before any update, the same transform) is the same with and without folding,
+    and the final activations are the unmodified model's on the final images."""
+    from unitscope.models.registry import build_model
+    from unitscope.studies.actmax.render import unit_activation
+
+    spec = {**default_config["models"]["mobilenet_v2_imagenet"], "enabled": True}
+    model = build_model("mobilenet_v2_imagenet", spec, data_dir=data_dir, torch_home=tmp_path / "torch")
+    specs = UnitSpecs.from_rows([{"channel": c, "objective": "channel", "seed": 0} for c in (5, 925)])
+    pre = spec["preprocessing"]
+    settings = {
+        "image_shape": (3, 224, 224), "steps": 2, "parameterization": "fft", "transforms": True,
+        "input_mean": pre["mean"], "input_std": pre["std"], "progress": False,
+    }  # fmt: skip
+    folded = optimize_inputs(model, "features.18.1", specs, **settings)
+    plain = optimize_inputs(model, "features.18.1", specs, fold_batchnorm=False, **settings)
+    assert np.allclose(folded.objective_curve[0], plain.objective_curve[0], rtol=1e-4, atol=1e-5)
+    again = unit_activation(
+        model, "features.18.1", specs, folded.images, input_mean=pre["mean"], input_std=pre["std"]
+    )  # fmt: skip
+    assert np.allclose(folded.final_unit, again, rtol=1e-6, atol=1e-6)
+    assert all(p.grad is None and not p.requires_grad for p in model.parameters())
+
+
 def test_registry_targets_are_checked_against_the_model_registry():
     from unitscope.studies.actmax.plan import registry_targets
 

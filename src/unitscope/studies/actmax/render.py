@@ -28,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from unitscope.hooks import HookError, StopForward, get_module, hooked
-from unitscope.studies.actmax.activations import frozen
+from unitscope.studies.actmax.activations import folded_batchnorm, frozen
 from unitscope.studies.actmax.objectives import LOGITS, Objective, build_objective, l2_penalty, logit, tv_penalty
 from unitscope.studies.actmax.param import PARAMETERIZATIONS, ImageParam, image_param, initial_images
 from unitscope.studies.actmax.specs import OBJECTIVES, ActmaxError, UnitSpecs
@@ -55,6 +55,7 @@ class RenderSettings:
     snapshot_every: int = 50
     device: torch.device = torch.device("cpu")
     progress: bool = True
+    fold_batchnorm: bool = True
 
 
 @dataclass
@@ -151,11 +152,15 @@ def optimize_inputs(
     max_batch: int | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    fold_batchnorm: bool = True,
 ) -> ActmaxResult:
     """Optimise one image per element of `specs` to maximise its objective on `layer` of the frozen `model`.
 
     `objective` defaults to `build_objective(layer, specs, topk=topk)`; any Objective over (layer, LOGITS)
     works. `max_batch` splits very large batches into chunks that run one after another (same results).
+    `fold_batchnorm`: the steps run on a copy of the model with its Conv2d -> BatchNorm2d pairs fused
+    (`activations.folded_batchnorm`: the same function to float rounding, about twice as fast a step on
+    MobileNetV2); the final values always come from `model` itself.
     """
     settings = RenderSettings(
         image_shape=tuple(image_shape),
@@ -171,6 +176,7 @@ def optimize_inputs(
         snapshot_every=snapshot_every,
         device=torch.device(device),
         progress=progress,
+        fold_batchnorm=fold_batchnorm,
     )
     _check_request(model, layer, specs, settings, custom_objective=objective is not None, max_batch=max_batch)
     chunk = int(max_batch) if max_batch else len(specs)
@@ -288,11 +294,16 @@ def _optimize_chunk(
     param = image_param(start, settings.parameterization)
     model_input = _model_input(settings)
     capture = _Capture(layer, stop=LOGITS not in objective.needs)
-    with frozen(model), hooked(model, {layer: capture}), torch.enable_grad():
-        trace = _climb(model, capture, objective, param, specs, settings, model_input, first_snapshot=_to_uint8(start))
+    with frozen(model):
+        climber = folded_batchnorm(model, keep={layer}) if settings.fold_batchnorm else model
+        with hooked(climber, {layer: capture}), torch.enable_grad():
+            trace = _climb(
+                climber, capture, objective, param, specs, settings, model_input, first_snapshot=_to_uint8(start)
+            )
         with torch.no_grad():
             final_images = param.image().detach()
-        finals = _final_values(model, capture, objective, specs, model_input(final_images), settings.topk)
+        with hooked(model, {layer: capture}):
+            finals = _final_values(model, capture, objective, specs, model_input(final_images), settings.topk)
     if trace.snapshot_steps[-1] != settings.steps:
         trace.snapshots.append(_to_uint8(final_images))
         trace.snapshot_steps.append(settings.steps)
