@@ -42,9 +42,13 @@ def assert_same(a, b):
 
 
 def both_ways(maps, thresholds, labels, n_codes):
+    """The fast tally equals the direct way. The fast one runs with torch's default device set to "meta": the tallies
+    run on the stage's device (CUDA when there is one), so a tensor made without naming its device would land on the
+    default and fail at its first use beside the CPU inputs."""
     maps, thresholds = torch.as_tensor(maps, dtype=torch.float32), torch.as_tensor(thresholds, dtype=torch.float32)
-    grid = BilinearGrid.build(maps.shape[2:], labels.shape)
-    fast = tally_batch(maps, thresholds, labels, n_codes, grid)
+    with torch.device("meta"):
+        grid = BilinearGrid.build(maps.shape[2:], labels.shape)
+        fast = tally_batch(maps, thresholds, labels, n_codes, grid)
     assert_same(fast, tally_direct(maps, thresholds, labels, n_codes))
     return fast
 
@@ -198,6 +202,28 @@ def test_fast_tally_equals_direct_on_real_frames_and_activations(camvid_frames, 
         rotated.numpy(), unit_thresholds(rotated.numpy(), 0.005), cache, camvid_frames.n_codes, batch_size=3
     )
     assert_same(staged, tally)
+
+
+def test_every_tensor_of_a_tally_follows_the_maps_device(camvid_frames, resnet_maps, tmp_path):
+    """The tallies run on the stage's device (CUDA when there is one): nothing in them may be made on torch's default
+    device. With the default set to "meta", a tensor made without naming its device lands there and fails at its
+    first use beside the CPU inputs; the staged tally (combined labels, saturated units) must still equal the plain
+    run, on real frames and ResNet-20 maps."""
+    shape = (90, 120)
+    annotations = [camvid_frames.annotation(i, shape) for i in range(len(camvid_frames))]
+    labels = label_batch(annotations, camvid_frames.categories, shape)
+    combined, counts = combine_layers(labels.pixels.numpy(), camvid_frames.n_codes, tmp_path / "c.npy")
+    cache = LabelCache(labels.pixels.numpy(), labels.scalars.numpy(), labels.annotated.numpy(), shape, combined, counts)
+    maps = resnet_maps["layer3"]
+    thresholds = unit_thresholds(maps, 0.005)
+    saturated = np.arange(maps.shape[1]) % 3 == 0
+    run = {"batch_size": 3, "saturated": saturated, "device": torch.device("cpu")}
+    plain = dissect_layer(maps, thresholds, cache, camvid_frames.n_codes, **run)
+    with torch.device("meta"):
+        assert torch.empty(1).device.type == "meta"  # what a tensor made without a device would be
+        followed = dissect_layer(maps, thresholds, cache, camvid_frames.n_codes, **run)
+    assert plain.intersection.sum() > 0
+    assert_same(followed, plain)
 
 
 def test_planted_unit_is_labelled_with_its_concept(camvid_frames, resnet_maps):

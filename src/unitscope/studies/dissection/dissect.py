@@ -44,7 +44,7 @@ bootstrap intervals over images (`bootstrap_layer`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -125,8 +125,9 @@ def mask_cutoffs(thresholds, saturated=None):
         return thresholds
     if isinstance(thresholds, torch.Tensor):
         values = thresholds.float()
-        below = torch.nextafter(values - ROUNDING_MARGIN * values.abs(), torch.tensor(-math.inf))
-        return torch.where(torch.as_tensor(np.asarray(saturated), dtype=torch.bool), below, values)
+        lowest = torch.tensor(-math.inf, device=values.device)
+        below = torch.nextafter(values - ROUNDING_MARGIN * values.abs(), lowest)
+        return torch.where(torch.as_tensor(saturated, dtype=torch.bool, device=values.device), below, values)
     values = np.asarray(thresholds, dtype=np.float32)
     below = np.nextafter(values - np.float32(ROUNDING_MARGIN) * np.abs(values), np.float32(-np.inf))
     return np.where(saturated, below, values)
@@ -139,7 +140,7 @@ def mask_cutoffs(thresholds, saturated=None):
 def _axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each output index along one axis: the first source index a and the weights of a and a + 1,
     read from torch's own bilinear upsampling (align_corners=False) of one-hot inputs."""
-    probe = torch.eye(n_in, dtype=torch.float32).reshape(n_in, 1, n_in, 1)
+    probe = torch.eye(n_in, dtype=torch.float32, device="cpu").reshape(n_in, 1, n_in, 1)  # read back as numpy
     weights = F.interpolate(probe, size=(n_out, 1), mode="bilinear", align_corners=False)[:, 0, :, 0].numpy()
     nonzero = weights != 0
     if not nonzero.any(axis=0).all():
@@ -202,6 +203,9 @@ class Bands:
             torch.from_numpy(w1[ends]),
         )
 
+    def to(self, device: torch.device) -> Bands:
+        return Bands(*(getattr(self, field.name).to(device) for field in fields(self)))
+
 
 @dataclass(frozen=True)
 class BilinearGrid:
@@ -216,6 +220,9 @@ class BilinearGrid:
     def build(cls, in_shape: tuple[int, int], out_shape: tuple[int, int]) -> BilinearGrid:
         in_shape, out_shape = tuple(int(x) for x in in_shape), tuple(int(x) for x in out_shape)
         return cls(in_shape, out_shape, Bands.of(in_shape[0], out_shape[0]), Bands.of(in_shape[1], out_shape[1]))
+
+    def to(self, device: torch.device) -> BilinearGrid:
+        return BilinearGrid(self.in_shape, self.out_shape, self.rows.to(device), self.cols.to(device))
 
 
 def upsample(maps: torch.Tensor, out_shape: tuple[int, int]) -> torch.Tensor:
@@ -333,6 +340,15 @@ class LabelBatch:
     combined: torch.Tensor | None = None
     combo_counts: torch.Tensor | None = None
 
+    def to(self, device: torch.device) -> LabelBatch:
+        def move(tensor):
+            return None if tensor is None else tensor.to(device)
+
+        return LabelBatch(
+            move(self.pixels), move(self.scalars), move(self.annotated), self.shape,
+            move(self.combined), move(self.combo_counts),
+        )  # fmt: skip
+
 
 def label_batch(annotations, categories: list[str], shape: tuple[int, int]) -> LabelBatch:
     """Stack `Annotation`s (same mask shape) into a LabelBatch."""
@@ -353,9 +369,10 @@ def label_batch(annotations, categories: list[str], shape: tuple[int, int]) -> L
 def _label_area(labels: LabelBatch, n_codes: int) -> torch.Tensor:
     """[B, n_codes]: pixels of each concept per image (an image-level concept covers the image)."""
     n_images, n_layers, n_pixels = labels.pixels.shape
-    keys = labels.pixels.long() + (torch.arange(n_images) * n_codes)[:, None, None]
+    offsets = torch.arange(n_images, device=labels.pixels.device) * n_codes
+    keys = labels.pixels.long() + offsets[:, None, None]
     area = torch.bincount(keys.reshape(-1), minlength=n_images * n_codes).reshape(n_images, n_codes)
-    scalar_keys = labels.scalars + (torch.arange(n_images) * n_codes)[:, None]
+    scalar_keys = labels.scalars + offsets[:, None]
     area += torch.bincount(scalar_keys.reshape(-1), minlength=n_images * n_codes).reshape(n_images, n_codes) * (
         n_pixels
     )
@@ -378,15 +395,15 @@ def _finish(labels: LabelBatch, n_units: int, n_codes: int, keys: torch.Tensor, 
     intersection = intersection.reshape(n_images, n_units, n_codes)
     area = area.round().long().reshape(n_images, n_units)
     if labels.scalars.any():  # an image-level concept overlaps the whole mask of its image
-        onehot = torch.zeros(n_images, n_codes, dtype=torch.long)
+        onehot = torch.zeros(n_images, n_codes, dtype=torch.long, device=area.device)
         onehot.scatter_(1, labels.scalars, 1)
         intersection += area[:, :, None] * onehot[:, None, :]
     intersection[:, :, 0] = 0
     part = PerImage(
-        intersection.numpy().astype(np.int32),
-        area.numpy().astype(np.int32),
-        _label_area(labels, n_codes).numpy().astype(np.int32),
-        labels.annotated.numpy(),
+        intersection.cpu().numpy().astype(np.int32),
+        area.cpu().numpy().astype(np.int32),
+        _label_area(labels, n_codes).cpu().numpy().astype(np.int32),
+        labels.annotated.cpu().numpy(),
     )
     return Tally.of(part)
 
@@ -436,6 +453,7 @@ def tally_batch(
     `saturated` [K] (bool, optional): the units whose mask is `>= T_k`; the tiles and margins below work for
     any cutoff, so they take each unit's cutoff from `mask_cutoffs` in place of T_k."""
     maps = maps.float()
+    device = maps.device
     n_images, n_units, h, w = maps.shape
     if (h, w) != grid.in_shape or tuple(labels.shape) != grid.out_shape:
         raise DissectionError(f"maps {h}x{w} / masks {labels.shape} do not match the grid {grid.in_shape}")
@@ -444,7 +462,7 @@ def tally_batch(
     tiles, corners, margin = _active_tiles(maps, thresholds, grid)
     bh, bw = rows.w0.shape[1], cols.w0.shape[1]
     tile_size, width = bh * bw, grid.out_shape[1]
-    within = (torch.arange(bh)[:, None] * width + torch.arange(bw)[None, :]).reshape(-1)  # offsets in a tile
+    within = (torch.arange(bh, device=device)[:, None] * width + torch.arange(bw, device=device)).reshape(-1)
     chunk = max(1, TILE_PIXELS_PER_CHUNK // tile_size)
     n_layers, n_pixels = labels.pixels.shape[1:]
     if labels.combined is not None:  # one lookup per mask pixel: the pixel's code combination
@@ -453,7 +471,7 @@ def tally_batch(
     else:  # one lookup per layer
         label_maps, n_bins = labels.pixels.reshape(-1), n_codes
         layer_offsets, image_stride = [layer * n_pixels for layer in range(n_layers)], n_layers * n_pixels
-    keys, area = [], torch.zeros(n_images * n_units, dtype=torch.float64)
+    keys, area = [], torch.zeros(n_images * n_units, dtype=torch.float64, device=device)
     for begin in range(0, len(tiles), chunk):
         b, k, rb, cb = tiles[begin : begin + chunk].unbind(1)
         x = corners[:, begin : begin + chunk]
@@ -484,7 +502,8 @@ def tally_batch(
         unit_key = _pick((b * n_units + k) * n_bins, tile)
         for offset in layer_offsets:  # code 0 (no concept) lands in column 0, cleared in _finish
             keys.append(unit_key + _pick(label_maps, label_index + offset))
-    return _finish(labels, n_units, n_codes, torch.cat(keys) if keys else torch.zeros(0, dtype=torch.int64), area)
+    keys = torch.cat(keys) if keys else torch.zeros(0, dtype=torch.int64, device=device)
+    return _finish(labels, n_units, n_codes, keys, area)
 
 
 def _active_tiles(maps: torch.Tensor, thresholds: torch.Tensor, grid: BilinearGrid):
@@ -550,7 +569,7 @@ def _exact_values(
     thresholds, the ties that matter, are kept a rounding margin away by `mask_cutoffs`.)
     """
     h, w = maps.shape[-2:]
-    values = torch.empty(len(pixel), dtype=torch.float32)
+    values = torch.empty(len(pixel), dtype=torch.float32, device=maps.device)
     counted = weights != 0  # [4, n]
     reference = corners.gather(0, counted.float().argmax(0, keepdim=True))  # a corner that counts
     constant = ((corners == reference) | ~counted).all(0)
@@ -572,13 +591,14 @@ def _bands_of_source(band_source: torch.Tensor, n_in: int) -> list[torch.Tensor]
 
 def _expand_tiles(cells: torch.Tensor, row_bands: list[torch.Tensor], col_bands: list[torch.Tensor]) -> torch.Tensor:
     """Active source cells [n, 4] (image, unit, a, c) -> active tiles (image, unit, row band, column band)."""
-    n_rows = torch.tensor([len(x) for x in row_bands])
-    n_cols = torch.tensor([len(x) for x in col_bands])
+    device = cells.device
+    n_rows = torch.tensor([len(x) for x in row_bands], device=device)
+    n_cols = torch.tensor([len(x) for x in col_bands], device=device)
     a, c = cells[:, 2], cells[:, 3]
     per_cell = n_rows[a] * n_cols[c]
-    cell = torch.repeat_interleave(torch.arange(len(cells)), per_cell)
+    cell = torch.repeat_interleave(torch.arange(len(cells), device=device), per_cell)
     first = torch.cumsum(per_cell, 0) - per_cell
-    offset = torch.arange(len(cell)) - first[cell]
+    offset = torch.arange(len(cell), device=device) - first[cell]
     row_table = torch.nn.utils.rnn.pad_sequence(row_bands, batch_first=True, padding_value=-1)
     col_table = torch.nn.utils.rnn.pad_sequence(col_bands, batch_first=True, padding_value=-1)
     ncols = n_cols[c[cell]]

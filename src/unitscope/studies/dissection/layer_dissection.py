@@ -44,18 +44,23 @@ def dissect_layer(
     *,
     batch_size: int = 16,
     saturated: np.ndarray | None = None,
+    device: torch.device | str = "cpu",
 ) -> Tally:
     """Stream over the images in batches and tally one layer against the labels. `saturated` [K] (bool): the
-    units whose mask is `>= T_k` (see `dissect.mask_cutoffs`; None: `> T_k` for every unit)."""
-    grid = BilinearGrid.build(tuple(maps.shape[2:]), labels.shape)
+    units whose mask is `>= T_k` (see `dissect.mask_cutoffs`; None: `> T_k` for every unit). Each batch's maps
+    and labels are tallied on `device` (counts come back to the CPU): on CUDA the counts are those of CUDA's own
+    bilinear upsampling, which may round a value that ties a threshold differently from the CPU's."""
+    grid = BilinearGrid.build(tuple(maps.shape[2:]), labels.shape).to(device)
     n_images, n_units = maps.shape[:2]
     total = Tally.zeros(n_units, n_codes, labels.annotated.shape[1])
-    thresholds_t = torch.from_numpy(np.array(mask_cutoffs(thresholds, saturated), dtype=np.float32))  # a copy
+    cutoffs = np.array(mask_cutoffs(thresholds, saturated), dtype=np.float32)  # a copy
+    thresholds_t = torch.from_numpy(cutoffs).to(device)
     bins = len(labels.combo_counts) if labels.combo_counts is not None else 0
     combined = 0 < bins and batch_size * n_units * bins <= MAX_TALLY_BINS
     for start, stop in batches(n_images, batch_size):
-        batch = torch.from_numpy(np.array(maps[start:stop], dtype=np.float32))
-        total.add(tally_batch(batch, thresholds_t, labels.batch(start, stop, combined=combined), n_codes, grid))
+        batch = torch.from_numpy(np.array(maps[start:stop], dtype=np.float32)).to(device)
+        label_batch = labels.batch(start, stop, combined=combined).to(device)
+        total.add(tally_batch(batch, thresholds_t, label_batch, n_codes, grid))
     return total
 
 
@@ -140,12 +145,15 @@ def dissect_cached_layer(
     top_k: int,
     seed: int,
     batch_size: int = 16,
+    device: torch.device | str = "cpu",
 ) -> LayerDissection:
-    """Thresholds, tally, unit table and summary of one layer, and each unit's top-`top_k` images with their
-    maps (for the figures)."""
+    """Thresholds, tally (on `device`), unit table and summary of one layer, and each unit's top-`top_k` images
+    with their maps (for the figures)."""
     rule = threshold_units(maps, quantile)
     thresholds = rule.values
-    tally = dissect_layer(maps, thresholds, labels, concepts.n_codes, batch_size=batch_size, saturated=rule.saturated)
+    tally = dissect_layer(
+        maps, thresholds, labels, concepts.n_codes, batch_size=batch_size, saturated=rule.saturated, device=device
+    )
     units, summary = summarise_layer(tally, concepts, thresholds, iou_threshold, seed=seed, saturated=rule.saturated)
     units.insert(0, "model", model_name)
     units.insert(1, "layer", layer)
@@ -189,7 +197,7 @@ def dissect_network(
 ) -> list[LayerDissection]:
     """Every one of `layers` (module paths of `network`, in order of depth) against the concepts, with masks of
     `shape`: one forward pass (images read as `preprocessing` says, see `caches`), maps and labels cached in
-    memmaps under `folder` (which the caller removes)."""
+    memmaps under `folder` (which the caller removes); the tallies run on the network's device."""
     transform = dissection_transform(preprocessing, model_name)
     caches = cache_activations(
         network, concepts, list(layers), transform, Path(folder), model_name=model_name, batch_size=batch_size
@@ -208,6 +216,7 @@ def dissect_network(
             top_k=top_k,
             seed=seed,
             batch_size=batch_size,
+            device=next(network.parameters(), torch.empty(0)).device,
         )
         for depth, layer in enumerate(layers)
     ]

@@ -104,11 +104,14 @@ def rotated_summary(
     quantile: float,
     iou_threshold: float,
     batch_size: int,
+    device: torch.device | str = "cpu",
 ) -> dict:
     """The layer summary of one set of (rotated) units: thresholds recomputed (a saturated one's mask is `>= T_k`, as
-    in the dissection), no intervals."""
+    in the dissection), no intervals; the tally on `device`."""
     rule = threshold_units(maps, quantile)
-    tally = dissect_layer(maps, rule.values, labels, concepts.n_codes, batch_size=batch_size, saturated=rule.saturated)
+    tally = dissect_layer(
+        maps, rule.values, labels, concepts.n_codes, batch_size=batch_size, saturated=rule.saturated, device=device
+    )
     units = unit_table(tally, lookup, concepts.categories, iou_threshold, saturated=rule.saturated)
     return layer_summary(units, concepts.categories, iou_threshold)
 
@@ -126,14 +129,16 @@ def rotation_rows(
     folder: Path,
     batch_size: int = 16,
     workers: int = 1,
+    device: torch.device | str = "cpu",
 ) -> list[dict]:
-    """One summary per (seed, alpha), in that order, with "alpha" and "seed"; rotated maps go to `folder`.
+    """One summary per (seed, alpha), in that order, with "alpha" and "seed"; rotated maps go to `folder`, the
+    tallies run on `device`.
 
     The dissections are independent (each its own rotated units and thresholds), so they run `workers` at a time
     (`runtime.parallel_map`: one core each); alpha = 0 is dissected once for all seeds. The rows do not depend on
     `workers`."""
     lookup = concept_lookup(concepts)
-    settings = {"quantile": quantile, "iou_threshold": iou_threshold, "batch_size": batch_size}
+    settings = {"quantile": quantile, "iou_threshold": iou_threshold, "batch_size": batch_size, "device": device}
     n_units = maps.shape[1]
 
     def rotation_of(s: int) -> FractionalRotation:
@@ -180,8 +185,8 @@ def rotate_network(
     workers: int = 1,
 ) -> list[dict]:
     """The rotation experiment on `layer` (a module path of `network`): its maps cached once (images read as
-    `preprocessing` says), then `rotation_rows` with masks of `shape`, `workers` dissections at a time; memmaps go
-    under `folder`."""
+    `preprocessing` says), then `rotation_rows` with masks of `shape`, `workers` dissections at a time, the tallies
+    on the network's device; memmaps go under `folder`."""
     transform = dissection_transform(preprocessing, model_name)
     maps = cache_activations(
         network, concepts, [layer], transform, Path(folder), model_name=model_name, batch_size=batch_size
@@ -204,4 +209,5 @@ def rotate_network(
         folder=Path(folder),
         batch_size=batch_size,
         workers=workers,
+        device=next(network.parameters(), torch.empty(0)).device,
     )

@@ -43,7 +43,7 @@ def run_dissection(
     device: str = "auto",
 ) -> pd.DataFrame:
     """The dissection stage for one model: every configured layer against the concept dataset; the forward pass on
-    `device` (extraction.device; run-only), the tallies on the CPU.
+    `device` (extraction.device; run-only), and so are the tallies (the thresholds' quantiles on the CPU).
 
     Writes the unit table and the layer table (parquet) and an npz holding, per layer, the summed
     counts, the thresholds, and each unit's top-`top_images` images with their activation maps (figures).
@@ -94,7 +94,7 @@ def run_rotation(
     threads: int = 1,
 ) -> pd.DataFrame:
     """The rotation experiment: dissect the units Q^alpha A of one layer, per alpha and seed (see `rotation`); the
-    forward pass on `device` (extraction.device; run-only), the rotations and tallies on the CPU, `threads`
+    forward pass and the tallies on `device` (extraction.device; run-only), the rotations on the CPU, `threads`
     dissections at a time (the job's threads)."""
     # torch, torchvision and scipy: only the stages that run the network import them
     from unitscope.runtime import pick_device
