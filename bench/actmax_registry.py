@@ -1,6 +1,6 @@
 """The actmax study's registry target in the default config (MobileNetV2 `features.18.1`, 3 channels x 2 seeds,
 256 steps at 224 px, FFT parameterisation with transforms) before and after folding each BatchNorm into the
-convolution before it (`activations.folded_batchnorm`, issue 15 item 4), in one process, alternating.
+convolution before it (`runtime.inference_copy`, issue 15 item 4), in one process, alternating.
 
     .venv/bin/python bench/actmax_registry.py [--threads 2] [--repeat 2] [--steps 256] [--channels 925 100 200]
 
@@ -40,7 +40,7 @@ def main() -> None:
     from benchutil import Clock
 
     from unitscope.models.registry import build_model
-    from unitscope.studies.actmax.activations import folded_batchnorm
+    from unitscope.runtime import inference_copy
     from unitscope.studies.actmax.registry import channel_rows, optimize_channels
 
     torch.set_num_threads(args.threads)
@@ -73,7 +73,7 @@ def main() -> None:
     print(f"  as built, 1 thread: final activations {shown} (median {np.median(result.final_unit):.2f})")
     best = {fold: min(runs) for fold, runs in times.items()}
     print(f"  ratio: {best[False][0] / best[True][0]:.2f}x faster wall, {best[False][1] / best[True][1]:.2f}x less CPU")
-    print(f"  largest output difference, folded vs original: {output_difference(model, folded_batchnorm):.2e}")
+    print(f"  largest output difference, folded vs original: {output_difference(model, inference_copy):.2e}")
 
 
 def output_difference(model, fold) -> float:
@@ -84,7 +84,7 @@ def output_difference(model, fold) -> float:
 
     images = torch.rand(8, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     outputs = []
-    for network in (model, fold(model.eval(), keep={LAYER})):
+    for network in (model, fold(model, keep={LAYER})):
         recorder = ActivationRecorder(network, [LAYER], keep_maps=True, maps_dtype=torch.float32, stop_early=True)
         with recorder, torch.no_grad():
             recorder(images)

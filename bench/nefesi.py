@@ -49,10 +49,10 @@ def main() -> None:
     from unitscope.data.manifest import ManifestDataset, build_manifest, source_layout
     from unitscope.models.preprocessing import build_transform
     from unitscope.models.registry import build_model
-    from unitscope.runtime import pick_device
+    from unitscope.runtime import inference_copy, pick_device
     from unitscope.studies.nefesi.indexes import selectivity_table
     from unitscope.studies.nefesi.probes import per_channel_responses, probe_layer, tensor_batches
-    from unitscope.studies.nefesi.topn import collect_top_n, inference_copy
+    from unitscope.studies.nefesi.topn import collect_top_n
 
     torch.set_num_threads(args.threads)
     config = load_config(REPO / "config" / "config.yaml")

@@ -6,8 +6,10 @@ and changing them re-runs nothing.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -71,6 +73,71 @@ def channels_last(value):
     if isinstance(value, torch.Tensor) and value.dim() == 4:
         return value.contiguous(memory_format=torch.channels_last)
     return value
+
+
+def inference_copy(model: torch.nn.Module, keep: Collection[str] = ()) -> torch.nn.Module:
+    """A copy of `model` for forward passes and input gradients (the model itself is not changed): eval mode,
+    channels-last, and each BatchNorm2d whose input is a Conv2d's output and nothing else (found by tracing the
+    forward with torch.fx: a Sequential's pairs and a ResNet block's conv1/bn1 alike) folded into that convolution,
+    the BatchNorm becoming nn.Identity. Same module names, so hooks still apply; a hooked BatchNorm's Identity passes
+    on the fused convolution's output, the same values. A convolution named in `keep` (a hooked layer: its output
+    must stay before normalisation) is left alone, and so is a BatchNorm without running statistics.
+
+    Same outputs to float rounding (1e-5 of 6 on MobileNetV2) and much faster on CPU, where an eval-mode BatchNorm
+    is a separate pass over every map: MobileNetV2 up to features.18, 64 images at 224 px, 2 threads, 1.5 s -> 0.6-
+    0.75 s; an activation-maximisation step there 1.2x faster (bench/actmax_registry.py). A model torch.fx cannot
+    trace keeps every BatchNorm."""
+    import torch.fx as fx
+
+    folded = copy.deepcopy(model).eval()  # hooks on the model come along: the copy computes what the model does
+    with _hooks_set_aside(folded):  # tracing calls modules (with proxies): no hook may see that
+        try:
+            graph = fx.symbolic_trace(folded).graph
+        except Exception:  # not traceable: keep every BatchNorm as it is
+            graph = None
+    modules = dict(folded.named_modules())
+    for node in graph.nodes if graph is not None else []:
+        norm = modules.get(node.target) if node.op == "call_module" else None
+        source = node.args[0] if node.args else None
+        if not isinstance(norm, torch.nn.BatchNorm2d) or not isinstance(source, fx.Node) or source.op != "call_module":
+            continue
+        conv = modules.get(source.target)
+        if not isinstance(conv, torch.nn.Conv2d) or len(source.users) != 1 or norm.running_var is None:
+            continue
+        if source.target in keep:
+            continue
+        _fold_into(conv, norm)
+        parent, _, child = node.target.rpartition(".")
+        setattr(modules[parent] if parent else folded, child, torch.nn.Identity())
+    return folded.to(memory_format=torch.channels_last)
+
+
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
+
+
+@contextlib.contextmanager
+def _hooks_set_aside(model: torch.nn.Module) -> Iterator[None]:
+    """Every module's forward and backward hooks removed for the block, then put back as they were."""
+    saved = [(module, name, dict(getattr(module, name))) for module in model.modules() for name in _HOOK_DICTS]
+    for module, name, _ in saved:
+        getattr(module, name).clear()
+    try:
+        yield
+    finally:
+        for module, name, hooks in saved:
+            getattr(module, name).update(hooks)
+
+
+@torch.no_grad()
+def _fold_into(conv: torch.nn.Conv2d, norm: torch.nn.BatchNorm2d) -> None:
+    """conv := norm(conv(.)) for an eval-mode BatchNorm (per channel: scale the weights, shift the bias)."""
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.affine:
+        scale = scale * norm.weight
+    shift = (norm.bias if norm.affine else 0) - norm.running_mean * scale
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+    conv.weight.mul_(scale.view(-1, 1, 1, 1))
+    conv.bias = torch.nn.Parameter(bias * scale + shift, requires_grad=False)
 
 
 def pick_device(requested: str = "auto", key: str = "extraction.device") -> torch.device:

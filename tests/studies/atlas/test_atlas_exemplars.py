@@ -20,14 +20,14 @@ from unitscope.data.manifest import run_manifest
 from unitscope.extract import run_extraction
 from unitscope.models.facts import compute_facts
 from unitscope.models.registry import build_model, load_model
-from unitscope.runtime import RunSettings
+from unitscope.runtime import RunSettings, inference_copy
 from unitscope.settings import ModelRef
 from unitscope.studies.atlas import exemplars, stages
 from unitscope.studies.atlas.inputs import AtlasError
 from unitscope.studies.atlas.plan import AtlasPlan, ExemplarsSettings
 from unitscope.studies.nefesi.images import exemplar_crops, image_table, layer_field, model_inputs, nf_rgb
 from unitscope.studies.nefesi.probes import probe_layer, tensor_batches
-from unitscope.studies.nefesi.topn import collect_top_n, inference_copy
+from unitscope.studies.nefesi.topn import collect_top_n
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 

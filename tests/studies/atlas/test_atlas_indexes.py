@@ -23,6 +23,7 @@ from test_atlas_exemplars import (
 
 from unitscope.config import validate_config
 from unitscope.models.registry import load_model
+from unitscope.runtime import inference_copy
 from unitscope.settings import ModelRef
 from unitscope.studies.atlas import exemplars, stages
 from unitscope.studies.atlas.gather import NEFESI_COLUMNS, layer_table
@@ -31,7 +32,6 @@ from unitscope.studies.atlas.plan import AtlasPlan
 from unitscope.studies.nefesi.images import image_table
 from unitscope.studies.nefesi.indexes import selectivity_table
 from unitscope.studies.nefesi.probes import manifest_batches, probe_layer
-from unitscope.studies.nefesi.topn import inference_copy
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 

@@ -15,6 +15,7 @@ from unitscope.data.manifest import ManifestDataset, build_manifest, folder_layo
 from unitscope.models.cifar_resnet import cifar_resnet20
 from unitscope.models.preprocessing import build_transform
 from unitscope.models.receptive_field import layer_receptive_field
+from unitscope.runtime import inference_copy
 from unitscope.studies.nefesi.errors import NefesiError
 from unitscope.studies.nefesi.indexes import class_selectivity, selectivity_table
 from unitscope.studies.nefesi.probes import (
@@ -27,7 +28,7 @@ from unitscope.studies.nefesi.probes import (
     tensor_batches,
     transforms,
 )
-from unitscope.studies.nefesi.topn import StreamingTopN, collect_top_n, inference_copy
+from unitscope.studies.nefesi.topn import StreamingTopN, collect_top_n
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

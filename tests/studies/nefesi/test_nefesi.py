@@ -31,7 +31,6 @@ from unitscope.studies.nefesi.topn import (
     StreamingTopN,
     collect_top_n,
     full_sort_top_n,
-    inference_copy,
     read_layer_peaks,
 )
 
@@ -296,29 +295,6 @@ def test_dead_channels_get_no_index_and_image_table_checks_labels(cifar, tmp_pat
         image_table({"objects": manifest_path}, label_names={"objects": ["a", "b"]})
     assert "\n" not in str(info.value)
     assert isinstance(pd.read_parquet(manifest_path), pd.DataFrame)
-
-
-def test_inference_copy_folds_batchnorm_without_changing_outputs():
-    torch.manual_seed(0)
-    model = cifar_resnet20().eval()
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):  # non-trivial statistics, as after training
-            module.running_mean.normal_()
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.normal_()
-    fast = inference_copy(model)
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
-    assert [n for n, _ in fast.named_modules()] == [n for n, _ in model.named_modules()]
-    x = torch.randn(4, 3, 32, 32)
-    with torch.inference_mode():
-        expected = model(x)
-        torch.testing.assert_close(
-            fast(x.contiguous(memory_format=torch.channels_last)),
-            expected,
-            rtol=1e-4,
-            atol=1e-4 * float(expected.abs().max()),
-        )
-    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
 
 
 def test_plan_checks_targets_with_one_line_errors(default_config):

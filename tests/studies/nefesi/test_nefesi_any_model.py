@@ -17,12 +17,13 @@ from torch import nn
 
 from unitscope.data.manifest import ManifestDataset, build_manifest, folder_layout, write_manifest
 from unitscope.models.preprocessing import build_transform, input_size
+from unitscope.runtime import inference_copy
 from unitscope.studies.nefesi.decomposition import decompose_image, image_maps
 from unitscope.studies.nefesi.images import exemplar_crops, image_table, layer_field, nf_rgb
 from unitscope.studies.nefesi.indexes import layer_index_table
 from unitscope.studies.nefesi.probes import LayerGeometry, layer_record, local_geometry, manifest_batches, probe_layer
 from unitscope.studies.nefesi.section import layer_summary
-from unitscope.studies.nefesi.topn import collect_top_n, inference_copy
+from unitscope.studies.nefesi.topn import collect_top_n
 
 CIFAR_SOURCE = {
     "kind": "folder",

@@ -4,16 +4,14 @@ outputs of chosen layers for a set of images."""
 from __future__ import annotations
 
 import contextlib
-import copy
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from unitscope.hooks import hooked
 
-__all__ = ["folded_batchnorm", "frozen", "layer_activations"]
+__all__ = ["frozen", "layer_activations"]
 
 
 @contextlib.contextmanager
@@ -29,55 +27,6 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
         for parameter, flag in flags:
             parameter.requires_grad_(flag)
         model.train(was_training)
-
-
-def folded_batchnorm(model: nn.Module, keep: Collection[str] = ()) -> nn.Module:
-    """A copy of the eval-mode `model` in which each BatchNorm2d that directly follows a Conv2d inside an
-    nn.Sequential is folded into that convolution (the BatchNorm becomes nn.Identity); the model itself is not
-    changed (and is returned itself when it has no such pair).
-
-    Why: an eval-mode BatchNorm is an affine map per channel, so the fused convolution computes the same function
-    (outputs equal to float rounding, ~1e-5 on MobileNetV2), while the input gradient no longer passes through a
-    separate normalisation: on MobileNetV2 at 224 px that halves the time of an activation-maximisation step. A
-    hooked BatchNorm's output stays the same tensor (its Identity passes the fused convolution's output on). A
-    convolution named in `keep` (a hooked layer: its output must stay before normalisation) is left alone, and so
-    is a BatchNorm without running statistics (it normalises by the batch's own). Pairs outside an nn.Sequential
-    (e.g. a ResNet block's conv1/bn1, wired in its forward), or in a Sequential subclass with a forward of its own,
-    are left alone, since only Sequential's own forward shows that the convolution's output feeds nothing but the
-    BatchNorm."""
-    pairs = _foldable_pairs(model, keep)
-    if not pairs:
-        return model
-    folded = copy.deepcopy(model)
-    modules = dict(folded.named_modules())
-    for prefix, conv_name, norm_name in pairs:
-        parent = modules[prefix]
-        parent._modules[conv_name] = fuse_conv_bn_eval(parent._modules[conv_name], parent._modules[norm_name])
-        parent._modules[norm_name] = nn.Identity()
-    return folded
-
-
-def _foldable_pairs(model: nn.Module, keep: Collection[str]) -> list[tuple[str, str, str]]:
-    """(Sequential's name, conv's child name, BatchNorm's child name) of every pair `folded_batchnorm` fuses."""
-    pairs = []
-    for prefix, module in model.named_modules():
-        if not isinstance(module, nn.Sequential) or type(module).forward is not nn.Sequential.forward:
-            continue  # a subclass with a forward of its own may wire its children otherwise
-        children = list(module._modules.items())
-        for (conv_name, conv), (norm_name, norm) in zip(children, children[1:], strict=False):
-            if _foldable(conv, norm) and (f"{prefix}.{conv_name}" if prefix else conv_name) not in keep:
-                pairs.append((prefix, conv_name, norm_name))
-    return pairs
-
-
-def _foldable(conv, norm) -> bool:
-    return (
-        type(conv) is nn.Conv2d
-        and type(norm) is nn.BatchNorm2d
-        and not (conv.training or norm.training)
-        and norm.running_mean is not None
-        and norm.num_features == conv.out_channels
-    )
 
 
 @torch.no_grad()

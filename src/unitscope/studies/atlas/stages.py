@@ -227,7 +227,7 @@ def run_indexes(
     rows = pd.read_parquet(table, filters=[("channel", ">=", s.start), ("channel", "<", s.stop)])
     top = ex.shard_top_n(rows, images, channels, table)
     probed = len(probe_transforms(s.kinds, s.definitions["rotation_step"], s.definitions["color_grey"])) > 1
-    network = _probe_network(model, device) if probed else None
+    network = _probe_network(model, s.layer, device) if probed else None
     batches = manifest_batches(images, build_transform(preprocessing), num_workers=run.num_workers) if probed else None
     result = shard_indexes(
         network, s.layer, top, channels, images, batches, kinds=s.kinds, settings=s.definitions,
@@ -243,13 +243,13 @@ def run_indexes(
     return result
 
 
-def _probe_network(model: ModelRef, device):
+def _probe_network(model: ModelRef, layer: str, device):
     """The network nefesi's probes run: BatchNorm folded, channels-last (their identity check compares its activations
     with the stored peaks the exemplars were sorted by, to float rounding)."""
     from unitscope.models.registry import load_model
-    from unitscope.studies.nefesi.topn import inference_copy
+    from unitscope.runtime import inference_copy
 
-    return inference_copy(load_model(model)).to(device)
+    return inference_copy(load_model(model), keep={layer}).to(device)
 
 
 def run_gather(

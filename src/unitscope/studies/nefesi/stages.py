@@ -87,15 +87,15 @@ def run_layer(
     # torch and torchvision: only the stages that run the network import them
     from unitscope.models.preprocessing import build_transform, input_channels, input_size
     from unitscope.models.registry import load_model
-    from unitscope.runtime import RunSettings, pick_device
+    from unitscope.runtime import RunSettings, inference_copy, pick_device
     from unitscope.studies.nefesi.images import nf_rgb
     from unitscope.studies.nefesi.indexes import GRAYSCALE_NOTE, layer_index_table
     from unitscope.studies.nefesi.probes import layer_record, manifest_batches, probe_layer, probe_report
-    from unitscope.studies.nefesi.topn import inference_copy, read_top_n
+    from unitscope.studies.nefesi.topn import read_top_n
 
     run = run or RunSettings()
     layer, shallower, device = settings.layer, settings.shallower, pick_device(run.device)
-    network = inference_copy(load_model(model)).to(device)
+    network = inference_copy(load_model(model), keep={layer, shallower}).to(device)
     exemplars, images = pd.read_parquet(exemplars_path), pd.read_parquet(images_path)
     top = read_top_n(exemplars, layer)
     preprocessing = model.spec["preprocessing"]
@@ -197,13 +197,14 @@ def run_decomposition(
     """Image decomposition of the `index`-th image of `dataset` in the target's image table at `settings.layer`."""
     # torch and torchvision: only the stages that run the network import them
     from unitscope.models.registry import load_model
+    from unitscope.runtime import inference_copy
     from unitscope.studies.nefesi.decomposition import decompose_image, decomposition_record, image_maps
     from unitscope.studies.nefesi.images import dataset_image, layer_field, model_inputs, nf_rgb
-    from unitscope.studies.nefesi.topn import inference_copy, read_top_n
+    from unitscope.studies.nefesi.topn import read_top_n
 
     layer, max_overlap = settings.layer, settings.max_overlap
     rows = dataset_image(pd.read_parquet(images_path), dataset, index, images_path)
-    network = inference_copy(load_model(model))  # as top-N
+    network = inference_copy(load_model(model), keep={layer})  # as the probes
     preprocessing = model.spec["preprocessing"]
     image = model_inputs(rows, preprocessing)[0]
     maps = image_maps(network, layer, image)

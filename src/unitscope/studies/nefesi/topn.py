@@ -12,7 +12,6 @@ weights wₙ = aₙ / Σₘ aₘ (activations clipped at 0) make the Neuron Feat
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,43 +25,6 @@ from tqdm import tqdm
 
 from unitscope.hooks import ActivationRecorder, spatial_peak
 from unitscope.studies.nefesi.errors import NefesiError
-
-# ----------------------------------------------------------------------------------------------
-# a faster copy of the model for the many forward passes
-
-
-def inference_copy(model: nn.Module) -> nn.Module:
-    """A copy of `model` for the top-N pass and the probes: each BatchNorm2d that directly follows a Conv2d is
-    folded into it (and becomes Identity), and tensors are kept channels-last. Same module names (hooks still
-    apply), same outputs up to float rounding, about twice as fast on CPU. Both passes use it, so the probes'
-    untransformed windows still reproduce the top-N activations."""
-    import torch.fx as fx
-
-    folded = copy.deepcopy(model).eval()
-    try:
-        graph = fx.symbolic_trace(folded).graph
-    except Exception:  # not traceable: keep every BatchNorm as it is
-        graph = None
-    modules = dict(folded.named_modules())
-    for node in graph.nodes if graph is not None else []:
-        norm = modules.get(node.target) if node.op == "call_module" else None
-        source = node.args[0] if node.args else None
-        if not isinstance(norm, nn.BatchNorm2d) or not isinstance(source, fx.Node) or source.op != "call_module":
-            continue
-        conv = modules.get(source.target)
-        if not isinstance(conv, nn.Conv2d) or len(source.users) != 1 or norm.running_var is None:
-            continue
-        scale = torch.rsqrt(norm.running_var + norm.eps)
-        if norm.affine:
-            scale = scale * norm.weight
-        shift = (norm.bias if norm.affine else 0) - norm.running_mean * scale
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
-        with torch.no_grad():
-            conv.weight.mul_(scale.view(-1, 1, 1, 1))
-            conv.bias = nn.Parameter(bias * scale + shift, requires_grad=False)
-        parent, _, child = node.target.rpartition(".")
-        setattr(modules[parent] if parent else folded, child, nn.Identity())
-    return folded.to(memory_format=torch.channels_last)
 
 
 def channels_last(images: torch.Tensor) -> torch.Tensor:
