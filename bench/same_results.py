@@ -1,14 +1,17 @@
 """Refactors keep results: run every study's tiny config on two source trees and compare what they wrote.
 
     python bench/same_results.py run REPO OUT [STUDY ...]        # tests/configs/<study>.yaml on REPO's code
-    python bench/same_results.py compare BEFORE AFTER [STUDY ...]
+    python bench/same_results.py compare BEFORE AFTER [STUDY ...] [--rtol R]
 
 `run` copies REPO's workflow (Snakefile, rules, workflow, src, config schemas, envs, profiles) into
 OUT/<study>/ and runs `snakemake report` there with that study's tiny test config (the foundation's tiny
 config with only that study on). `compare` reads every table (Parquet, CSV), every JSON file (summary.json,
 section.json, cards) and every Zarr array under BEFORE/<study>/results and AFTER/<study>/results, and prints
 each difference: numbers must be equal; only values that are file paths or times may differ. Exit status 1
-when anything differs or is missing.
+when anything differs or is missing. With `--rtol R` (a change of arithmetic, not a refactor: e.g. BatchNorm folded
+into the convolutions) two floats count as equal when they are within R of each other, relative to the larger, or
+within R absolutely near 0; the largest difference so allowed is printed, and any other difference (an integer, a
+string, a float beyond R) is listed as before.
 """
 
 from __future__ import annotations
@@ -30,13 +33,15 @@ VOLATILE = {
 }
 # Report prose (section.json's body_html and conclusion): rewording it is not a change of results.
 PROSE = {"body_html", "conclusion"}
+TOLERANCE = {"rtol": 0.0, "largest": 0.0, "where": ""}  # set by --rtol
 
 
 def study_configs(data_dir: Path) -> dict[str, dict]:
     """Each study's tiny test config (tests/configs/<study>.yaml: only that study enabled)."""
     from wfutil import study_config
 
-    return {study: study_config(study, data_dir) for study in ("faces", "actmax", "nefesi", "dissection")}
+    studies = ("faces", "actmax", "nefesi", "dissection", "lesions", "atlas")
+    return {study: study_config(study, data_dir) for study in studies}
 
 
 def run(repo: Path, out: Path, only: list[str]) -> int:
@@ -77,6 +82,11 @@ def _differences(before, after, where: str):
             yield from _differences(one, two, f"{where}[{index}]")
     elif isinstance(before, float) and isinstance(after, float) and math.isnan(before) and math.isnan(after):
         return
+    elif isinstance(before, float) and isinstance(after, float) and TOLERANCE["rtol"] and before != after:
+        if not math.isclose(before, after, rel_tol=TOLERANCE["rtol"], abs_tol=TOLERANCE["rtol"]):
+            yield f"{where}: {before!r} before, {after!r} after"
+        elif abs(before - after) / max(abs(before), abs(after), 1.0) > TOLERANCE["largest"]:
+            TOLERANCE["largest"], TOLERANCE["where"] = abs(before - after) / max(abs(before), abs(after), 1.0), where
     elif before != after and not (isinstance(before, str) and ("/" in before or before.endswith(".log"))):
         yield f"{where}: {before!r} before, {after!r} after"
 
@@ -125,6 +135,9 @@ def compare(before: Path, after: Path, only: list[str]) -> int:
             ]
         problems += [f"{study}/{extra}: only after" for extra in set(_artifacts(new)) - set(_artifacts(old))]
     print(f"compared {compared} tables, JSON files and Zarr stores; {len(problems)} differences")
+    if TOLERANCE["rtol"]:
+        allowed = f"{TOLERANCE['largest']:.2e} ({TOLERANCE['where']})"
+        print(f"largest difference allowed by --rtol {TOLERANCE['rtol']:g}: {allowed}")
     for line in problems[:200]:
         print("  " + line)
     return 1 if problems else 0
@@ -133,5 +146,10 @@ def compare(before: Path, after: Path, only: list[str]) -> int:
 if __name__ == "__main__":
     if len(sys.argv) < 4 or sys.argv[1] not in ("run", "compare"):
         sys.exit(__doc__)
-    first, second, only = Path(sys.argv[2]).resolve(), Path(sys.argv[3]).resolve(), sys.argv[4:]
+    rest = sys.argv[4:]
+    if "--rtol" in rest:
+        at = rest.index("--rtol")
+        TOLERANCE["rtol"] = float(rest[at + 1])
+        rest = rest[:at] + rest[at + 2 :]
+    first, second, only = Path(sys.argv[2]).resolve(), Path(sys.argv[3]).resolve(), rest
     sys.exit(run(first, second, only) if sys.argv[1] == "run" else compare(first, second, only))

@@ -34,7 +34,7 @@ from unitscope.fsutil import atomic_path, publish_tree
 from unitscope.hooks import ActivationRecorder
 from unitscope.models.preprocessing import build_transform
 from unitscope.models.registry import load_model, resolve_layer
-from unitscope.runtime import RunSettings, channels_last, make_loader, pick_device
+from unitscope.runtime import RunSettings, channels_last, inference_copy, make_loader, pick_device
 from unitscope.settings import ModelRef
 
 VERSIONED_PACKAGES = ("torch", "torchvision", "numpy", "zarr", "pillow", "unitscope")
@@ -204,6 +204,7 @@ def run_extraction(
     network = load_model(model)
     for layer in layers:
         resolve_layer(network, layer, model.name)  # one-line error listing valid layers
+    network = inference_copy(network, keep=set(layers))  # BatchNorm folded: the same values, to float rounding
     manifest = read_manifest(manifest_path)
     dataset = ManifestDataset(manifest, build_transform(model.spec["preprocessing"]))
     loader = make_loader(dataset, batch_size=run.batch_size, num_workers=run.num_workers, device=torch_device)

@@ -77,12 +77,12 @@ def run_lesion(
     from unitscope.interventions.conditions import ablation_fill
     from unitscope.interventions.tail import build_tail, layer_cache
     from unitscope.models.registry import load_model
-    from unitscope.runtime import RunSettings, pick_device
+    from unitscope.runtime import RunSettings, inference_copy, pick_device
     from unitscope.studies.atlas import lesion as le
 
     run, s, clock = run or RunSettings(), settings, time.perf_counter()
     device = pick_device(run.device)
-    network = load_model(model).to(device)
+    network = inference_copy(load_model(model), keep={s.layer}).to(device)  # BatchNorm folded
     tail = build_tail(network, s.layer, model.name)
     images = read_layer_images(s.datasets, stores, manifests, s.layer)
     channels = _shard_channels(s, min(images.means.shape[1], s.stop) - s.start)

@@ -25,7 +25,7 @@ from unitscope.data.concepts import ConceptDataset, open_concepts
 from unitscope.hooks import ActivationRecorder, HookError
 from unitscope.models.preprocessing import ImageTransform, input_channels
 from unitscope.models.registry import load_model, resolve_layer
-from unitscope.runtime import channels_last
+from unitscope.runtime import channels_last, inference_copy
 from unitscope.settings import ModelRef
 from unitscope.studies.dissection.dissect import MAX_COMBINATIONS, DissectionError, LabelBatch
 from unitscope.studies.dissection.plan import ConceptSource
@@ -68,7 +68,7 @@ def open_inputs(model_ref: ModelRef, layers: Sequence[str], source: ConceptSourc
     model = load_model(model_ref)
     for layer in layers:
         resolve_layer(model, layer, model_ref.name)
-    return concepts, model
+    return concepts, inference_copy(model, keep=set(layers))  # BatchNorm folded: the same maps, to float rounding
 
 
 # ------------------------------------------------------------------------------------------------

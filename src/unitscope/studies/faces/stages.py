@@ -169,7 +169,7 @@ def run_interventions(
     from unitscope.interventions.conditions import ablation_fill, build_conditions
     from unitscope.interventions.tail import build_tail, layer_cache
     from unitscope.models.registry import load_model
-    from unitscope.runtime import RunSettings, pick_device
+    from unitscope.runtime import RunSettings, inference_copy, pick_device
     from unitscope.studies.faces.condition_pca import pca_curves
     from unitscope.studies.faces.interventions import condition_readouts, condition_table
     from unitscope.studies.faces.readouts import Readout
@@ -177,7 +177,7 @@ def run_interventions(
     run = run or RunSettings()
     clock, s = time.perf_counter(), settings
     device = pick_device(run.device)
-    network = load_model(model).to(device)
+    network = inference_copy(load_model(model), keep={s.layer}).to(device)  # BatchNorm folded
     tail = build_tail(network, s.layer, model.name)
     data = load_category_means(stores, s.face_dataset, s.layer)
     chosen = read_selection(selection, s.rule, data.n_channels, s.layer)

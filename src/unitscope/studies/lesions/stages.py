@@ -55,14 +55,14 @@ def run_class_units(
     from unitscope.interventions.conditions import ablation_fill
     from unitscope.interventions.tail import build_tail, layer_cache
     from unitscope.models.registry import load_model
-    from unitscope.runtime import RunSettings, pick_device
+    from unitscope.runtime import RunSettings, inference_copy, pick_device
     from unitscope.studies.lesions import class_units as cu
     from unitscope.studies.lesions.agreement import class_agreement
     from unitscope.studies.lesions.inputs import labelled_store, nefesi_shares
 
     run, s, clock = run or RunSettings(), settings, time.perf_counter()
     device = pick_device(run.device)
-    network = load_model(model).to(device)
+    network = inference_copy(load_model(model), keep={s.layer}).to(device)  # BatchNorm folded
     tail = build_tail(network, s.layer, model.name)
     data = labelled_store(store, manifest, s.layer)
     shares, class_index, class_names = nefesi_shares(exemplars, images, s.layer, data.n_channels, data.n_classes)
