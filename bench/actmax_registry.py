@@ -62,14 +62,14 @@ def main() -> None:
         name = "folded BatchNorm (now)" if fold else "as built (before)"
         shown = ", ".join(f"{wall:.1f} s wall / {cpu:.1f} s CPU" for wall, cpu in runs)
         print(f"  {name}: {shown}; {min(runs)[0] / args.steps:.3f} s per step")
-        shown = np.round(finals[fold], 2).tolist()
+        shown = ", ".join(f"{v:.2f}" for v in finals[fold])
         print(f"    final activations: {shown} (median {np.median(finals[fold]):.2f})")
     torch.set_num_threads(1)  # the spread that rounding alone gives: the same code on another thread count
     result, _ = optimize_channels(
         model, LAYER, spec["preprocessing"], rows, steps=args.steps, lr=0.05, parameterization="auto", progress=False,
         fold_batchnorm=False,
     )  # fmt: skip
-    shown = np.round(result.final_unit, 2).tolist()
+    shown = ", ".join(f"{v:.2f}" for v in result.final_unit)
     print(f"  as built, 1 thread: final activations {shown} (median {np.median(result.final_unit):.2f})")
     best = {fold: min(runs) for fold, runs in times.items()}
     print(f"  ratio: {best[False][0] / best[True][0]:.2f}x faster wall, {best[False][1] / best[True][1]:.2f}x less CPU")
