@@ -85,7 +85,7 @@ def inference_copy(model: torch.nn.Module, keep: Collection[str] = ()) -> torch.
 
     Same outputs to float rounding (1e-5 of 6 on MobileNetV2) and much faster on CPU, where an eval-mode BatchNorm
     is a separate pass over every map: MobileNetV2 up to features.18, 64 images at 224 px, 2 threads, 1.5 s -> 0.6-
-    0.75 s; an activation-maximisation step there 1.2x faster (bench/actmax_registry.py). A model torch.fx cannot
+    0.75 s; an activation-maximisation step there 1.2-1.5x faster (bench/actmax_registry.py). A model torch.fx cannot
     trace keeps every BatchNorm."""
     import torch.fx as fx
 

@@ -160,7 +160,7 @@ def optimize_inputs(
     `objective` defaults to `build_objective(layer, specs, topk=topk)`; any Objective over (layer, LOGITS)
     works. `max_batch` splits very large batches into chunks that run one after another (same results).
     `fold_batchnorm`: the steps run on a copy of the model with each BatchNorm folded into the convolution before it
-    (`runtime.inference_copy`: the same function to float rounding, a step 1.2x faster on MobileNetV2 at 224 px);
+    (`runtime.inference_copy`: the same function to float rounding, a step 1.2-1.5x faster on MobileNetV2 at 224 px);
     the final values always come from `model` itself.
     """
     settings = RenderSettings(
