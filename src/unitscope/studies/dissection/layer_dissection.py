@@ -59,8 +59,8 @@ def dissect_layer(
     combined = 0 < bins and batch_size * n_units * bins <= MAX_TALLY_BINS
     for start, stop in batches(n_images, batch_size):
         batch = torch.from_numpy(np.array(maps[start:stop], dtype=np.float32)).to(device)
-        label_batch = labels.batch(start, stop, combined=combined).to(device)
-        total.add(tally_batch(batch, thresholds_t, label_batch, n_codes, grid))
+        batch_labels = labels.batch(start, stop, combined=combined).to(device)
+        total.add(tally_batch(batch, thresholds_t, batch_labels, n_codes, grid))
     return total
 
 
