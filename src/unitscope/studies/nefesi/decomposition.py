@@ -8,7 +8,7 @@ from torch import nn
 
 from unitscope.hooks import ActivationRecorder
 from unitscope.models.receptive_field import ReceptiveField
-from unitscope.studies.nefesi.topn import channels_last
+from unitscope.runtime import channels_last
 
 
 def image_maps(model: nn.Module, layer: str, image: torch.Tensor) -> torch.Tensor:

@@ -46,10 +46,10 @@ from tqdm import tqdm
 from unitscope.data.manifest import ManifestDataset
 from unitscope.hooks import ActivationRecorder
 from unitscope.models.receptive_field import ReceptiveField, layer_receptive_field, probe_window, window_origin
-from unitscope.runtime import loader_workers
+from unitscope.runtime import channels_last, loader_workers
 from unitscope.studies.nefesi.errors import NefesiError
 from unitscope.studies.nefesi.images import field_crops, gather_crops
-from unitscope.studies.nefesi.topn import TopN, channels_last
+from unitscope.studies.nefesi.topn import TopN
 
 SYMMETRY_AXES = (0, 45, 90, 135)
 NF_CROP_BYTES = 256 * 2**20  # crops cut at once for the Neuron Features (float32), at most

@@ -24,12 +24,8 @@ from torch import nn
 from tqdm import tqdm
 
 from unitscope.hooks import ActivationRecorder, spatial_peak
+from unitscope.runtime import channels_last
 from unitscope.studies.nefesi.errors import NefesiError
-
-
-def channels_last(images: torch.Tensor) -> torch.Tensor:
-    return images.contiguous(memory_format=torch.channels_last)
-
 
 # ----------------------------------------------------------------------------------------------
 # top-N exemplars
